@@ -1,0 +1,107 @@
+"""One frozen record per model variant: the facts export and runtime read.
+
+Receptive field and stride of the small BagNets follow from their layer
+configuration; the official BagNets' come from the paper (r = 9/17/33, s = 8)
+and are verified empirically by the tests and by the exporter's probe.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from ..runtime.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from ..runtime.errors import PatchGuardError
+from ..runtime.geometry import IntOrPair, as_pair
+from ..runtime.metadata import ModelRecord
+from . import bagnet
+from .small import SmallBagNet, receptive_field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BAGNET_RF = {"bagnet9": 9, "bagnet17": 17, "bagnet33": 33}
+
+# The bundled default: designed for 28x28 grayscale Fashion-MNIST, 5x5 patches.
+DEFAULT_SMALL_CONFIG: dict[str, Any] = {
+    "spatial": [[3, 1, 32], [3, 1, 64]],
+    "pointwise": [128, 128],
+}
+
+
+def _bagnet_record(arch: str) -> ModelRecord:
+    return ModelRecord(
+        arch=arch,
+        num_classes=1000,
+        input_size=(224, 224),
+        receptive_field=BAGNET_RF[arch],
+        stride=8,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        in_channels=3,
+        crop_fraction=224 / 256,
+        default_patch_px=32,
+    )
+
+
+def small_record(config: Optional[dict[str, Any]] = None, **changes: Any) -> ModelRecord:
+    """Record of a :class:`SmallBagNet` (Fashion-MNIST defaults)."""
+    config = dict(config or DEFAULT_SMALL_CONFIG)
+    spatial = config["spatial"]
+    r, s = receptive_field([k for k, _, _ in spatial], [st for _, st, _ in spatial])
+    base = ModelRecord(
+        arch="smallbagnet",
+        num_classes=10,
+        input_size=(28, 28),
+        receptive_field=r,
+        stride=s,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+        class_names=FASHION_MNIST_CLASSES,
+        in_channels=1,
+        default_patch_px=5,
+        config={"spatial": spatial, "pointwise": list(config["pointwise"])},
+    )
+    return base.replace(**changes) if changes else base
+
+
+RECORDS: dict[str, ModelRecord] = {
+    **{arch: _bagnet_record(arch) for arch in BAGNET_RF},
+    "smallbagnet": small_record(),
+}
+
+
+def record_for(
+    arch: str,
+    num_classes: Optional[int] = None,
+    input_size: Optional[IntOrPair] = None,
+    class_names: Optional[Sequence[str]] = None,
+) -> ModelRecord:
+    """The registered record of ``arch`` with the user's overrides applied."""
+    if arch not in RECORDS:
+        raise PatchGuardError(f"unknown arch {arch!r}; known: {', '.join(sorted(RECORDS))}")
+    record = RECORDS[arch]
+    changes: dict[str, Any] = {}
+    if num_classes is not None and num_classes != record.num_classes:
+        changes["num_classes"] = num_classes
+        changes["class_names"] = ()
+    if class_names is not None:
+        changes["class_names"] = tuple(class_names)
+        changes.setdefault("num_classes", len(class_names))
+    if input_size is not None:
+        changes["input_size"] = as_pair(input_size, "input size")
+    return record.replace(**changes) if changes else record
+
+
+def build_model(record: ModelRecord) -> nn.Module:
+    """A fresh (randomly initialised) module for ``record``."""
+    if record.arch in BAGNET_RF:
+        return getattr(bagnet, record.arch)(num_classes=record.num_classes)
+    if record.arch == "smallbagnet":
+        config = record.config or DEFAULT_SMALL_CONFIG
+        return SmallBagNet(
+            in_channels=record.in_channels,
+            num_classes=record.num_classes,
+            spatial=config["spatial"],
+            pointwise=config["pointwise"],
+        )
+    raise PatchGuardError(f"unknown arch {record.arch!r}; known: {', '.join(sorted(RECORDS))}")

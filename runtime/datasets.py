@@ -1,0 +1,76 @@
+"""Fashion-MNIST from the standard idx files, read with numpy (torch-free).
+
+Debian's ``dataset-fashion-mnist`` package puts them under
+``/usr/share/datasets/fashion-mnist``; any folder holding the four
+``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` files works too
+(``PATCHGUARD_FASHION_MNIST`` or an explicit path).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import PatchGuardError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def fashion_mnist_dir(root: Optional[os.PathLike] = None) -> Path:
+    """Where the idx files are: ``root``, ``$PATCHGUARD_FASHION_MNIST`` or Debian's path."""
+    return Path(root or os.environ.get("PATCHGUARD_FASHION_MNIST") or FASHION_MNIST_DIR)
+
+
+def fashion_mnist_available(root: Optional[os.PathLike] = None) -> bool:
+    folder = fashion_mnist_dir(root)
+    return any((folder / f"t10k-images-idx3-ubyte{ext}").exists() for ext in (".gz", ""))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise PatchGuardError(f"cannot read {path}: {exc}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise PatchGuardError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise PatchGuardError(f"{path} is truncated: {body.size} bytes for shape {shape}")
+    return body.reshape(shape)
+
+
+def load_fashion_mnist(
+    split: str = "test", root: Optional[os.PathLike] = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of ``split`` ("train" or "test")."""
+    if split not in _PREFIX:
+        raise PatchGuardError(f"split must be one of {sorted(_PREFIX)}, got {split!r}")
+    folder = fashion_mnist_dir(root)
+    found = {}
+    for kind in ("images-idx3", "labels-idx1"):
+        candidates = [folder / f"{_PREFIX[split]}-{kind}-ubyte{ext}" for ext in (".gz", "")]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise PatchGuardError(
+                f"Fashion-MNIST {split} {kind.split('-')[0]} not found in {folder} "
+                "(apt-get install dataset-fashion-mnist, or set PATCHGUARD_FASHION_MNIST)"
+            )
+        found[kind] = _read_idx(path)
+    images, labels = found["images-idx3"], found["labels-idx1"]
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise PatchGuardError(f"Fashion-MNIST files in {folder} do not match each other")
+    return images, labels.astype(np.int64)

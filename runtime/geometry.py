@@ -1,0 +1,78 @@
+"""Patch -> window geometry: the one place that maps pixels to feature cells.
+
+A BagNet cell sees an r x r pixel receptive field and cells are s pixels
+apart, so a p-pixel patch touches at most ``ceil((p + r - 1) / s)`` cells
+along an axis (PatchGuard, Lemma 1). Rectangular patches give rectangular
+windows, one axis at a time.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+from .errors import PatchGuardError
+
+Pair = tuple[int, int]
+IntOrPair = Union[int, tuple[int, int], list[int]]
+
+
+def as_pair(value: IntOrPair, name: str = "window") -> Pair:
+    """``6`` -> ``(6, 6)``; ``(3, 5)`` stays; anything else is an error."""
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    else:
+        try:
+            a, b = value  # type: ignore[misc]
+            pair = (int(a), int(b))
+        except (TypeError, ValueError):
+            raise PatchGuardError(f"{name} must be an int or a pair (a, b), got {value!r}") from None
+    if pair[0] < 1 or pair[1] < 1:
+        raise PatchGuardError(f"{name} must be at least 1 cell per axis, got {pair}")
+    return pair
+
+
+def parse_pair(text: str, name: str = "size") -> Pair:
+    """Parse ``"6"`` or ``"6x4"`` (rows x columns) from the command line."""
+    parts = text.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise PatchGuardError(f"{name} must look like 6 or 6x4, got {text!r}") from None
+    if len(numbers) == 1:
+        return as_pair(numbers[0], name)
+    if len(numbers) == 2:
+        return as_pair((numbers[0], numbers[1]), name)
+    raise PatchGuardError(f"{name} must look like 6 or 6x4, got {text!r}")
+
+
+def cells_touched(extent_px: int, receptive_field: int, stride: int) -> int:
+    """Most cells along one axis that a run of ``extent_px`` pixels can touch."""
+    if extent_px < 1 or receptive_field < 1 or stride < 1:
+        raise PatchGuardError(
+            f"patch, receptive field and stride must be positive, got "
+            f"{extent_px}, {receptive_field}, {stride}"
+        )
+    return -(-(extent_px + receptive_field - 1) // stride)
+
+
+def window_size(patch_px: int, receptive_field: int, stride: int) -> int:
+    """Side of the square window of cells that covers any p x p patch.
+
+    >>> window_size(32, 17, 8)
+    6
+    """
+    return cells_touched(patch_px, receptive_field, stride)
+
+
+def window_shape(patch_px: IntOrPair, receptive_field: int, stride: int) -> Pair:
+    """Window (a, b) of cells that covers any patch of (height, width) pixels."""
+    ph, pw = as_pair(patch_px, "patch size")
+    return cells_touched(ph, receptive_field, stride), cells_touched(pw, receptive_field, stride)
+
+
+def map_size(input_px: int, receptive_field: int, stride: int) -> int:
+    """Cells along one axis of the local-logit map: ``floor((input - r) / s) + 1``."""
+    if input_px < receptive_field:
+        raise PatchGuardError(
+            f"input of {input_px} px is smaller than the receptive field of {receptive_field} px"
+        )
+    return (input_px - receptive_field) // stride + 1

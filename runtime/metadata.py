@@ -1,0 +1,117 @@
+"""Model facts as data: the record the exporter writes and the runtime reads.
+
+One :class:`ModelRecord` per model variant (torchvision ``models/_api.py``
+style). It travels inside the ONNX file (metadata entry ``patchguard``) and
+next to a TensorRT engine (``NAME.plan.json``), so nothing is configured
+twice. Torch-free on purpose: the robot reads it back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import PatchGuardError
+from .geometry import Pair, map_size
+
+METADATA_KEY = "patchguard"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Everything the runtime must know about a BagNet besides its weights.
+
+    ``input_size`` is (height, width) in model pixels; ``receptive_field`` r
+    and ``stride`` s define the cells; ``crop_fraction`` < 1 means "resize the
+    short side to input / crop_fraction, then centre-crop" (ImageNet's 256 ->
+    224), 1.0 means "resize the whole frame to input_size".
+    """
+
+    arch: str
+    num_classes: int
+    input_size: Pair
+    receptive_field: int
+    stride: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] = ()
+    in_channels: int = 3
+    crop_fraction: float = 1.0
+    default_patch_px: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        names = tuple(str(v) for v in self.class_names) or tuple(
+            str(i) for i in range(self.num_classes)
+        )
+        object.__setattr__(self, "class_names", names)
+        if len(self.input_size) != 2:
+            raise PatchGuardError(f"input_size must be (height, width), got {self.input_size}")
+        if len(self.class_names) != self.num_classes:
+            raise PatchGuardError(
+                f"{len(self.class_names)} class names given for {self.num_classes} classes"
+            )
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise PatchGuardError(
+                f"mean/std need {self.in_channels} values each, got {self.mean} / {self.std}"
+            )
+
+    @property
+    def map_size(self) -> Pair:
+        """(H, W) of the local-logit map this input size gives."""
+        h, w = self.input_size
+        return (
+            map_size(h, self.receptive_field, self.stride),
+            map_size(w, self.receptive_field, self.stride),
+        )
+
+    def replace(self, **changes: Any) -> "ModelRecord":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        data["class_names"] = list(self.class_names)
+        data["map_size"] = list(self.map_size)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        required = {"arch", "num_classes", "input_size", "receptive_field", "stride", "mean", "std"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise PatchGuardError(f"model metadata lacks {', '.join(missing)}")
+        try:
+            record = cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as exc:
+            raise PatchGuardError(f"model metadata is malformed: {exc}") from None
+        if "map_size" in data and list(data["map_size"]) != list(record.map_size):
+            raise PatchGuardError(
+                f"model metadata says map {data['map_size']} but r={record.receptive_field}, "
+                f"s={record.stride} at {record.input_size} gives {list(record.map_size)}"
+            )
+        return record
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelRecord":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PatchGuardError(f"model metadata is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise PatchGuardError("model metadata must be a JSON object")
+        return cls.from_dict(data)
+
+
+def optional_record(data: Optional[dict[str, Any]]) -> Optional[ModelRecord]:
+    return None if data is None else ModelRecord.from_dict(data)

@@ -1,0 +1,7 @@
+"""Export stage: PyTorch BagNet -> ONNX (fp32, fp16, int8) -> TensorRT engine.
+
+Modules, in chain order: ``onnx`` (torch -> ONNX, the only torch importer),
+``onnxfile`` (load / label / save ONNX), ``probe`` (locality check), ``fp16``,
+``engine`` (TensorRT build, torch-free), ``parity`` (report), ``pipeline``
+(orders the steps, stages the files), ``cli`` (pg-export).
+"""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,13 +43,28 @@ def read_checkpoint(path: os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(
-            f"checkpoint {path} was refused: it holds more than weights ({first})"
-        ) from None
+        raise _unpickling_error(path, str(exc)) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {first}") from None
+
+
+def _unpickling_error(path: Path, text: str) -> CheckpointError:
+    """One line from torch's multi-paragraph weights-only error.
+
+    A forbidden global means the file would import (and maybe run) code: refused.
+    Anything else (an unknown opcode, a text file) is simply not a checkpoint.
+    Torch's advice to allow-list the global is left out on purpose.
+    """
+    forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if forbidden:
+        return CheckpointError(
+            f"checkpoint {path} was refused: it holds more than weights (it would load "
+            f"{forbidden.group(1)}, and a pickle that loads code can run it)"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = detail.group(1).strip() if detail else (text.strip().splitlines() or ["unknown content"])[0]
+    return CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {reason}")
 
 
 def unwrap(content: Any) -> tuple[dict[str, torch.Tensor], Optional[ModelRecord]]:

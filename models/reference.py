@@ -23,8 +23,17 @@ def clipped(u: torch.Tensor, clip: Optional[float] = None) -> torch.Tensor:
 def window_sums(v: torch.Tensor, window: IntOrPair) -> torch.Tensor:
     """Sum of every (a, b) window: (B, H, W, C) -> (B, H - a + 1, W - b + 1, C)."""
     a, b = as_pair(window)
-    sums = F.avg_pool2d(v.permute(0, 3, 1, 2), (a, b), stride=1) * (a * b)
+    # divisor_override=1 sums without dividing: multiplying an average back by
+    # a * b rounds, which turns exact ties (a window as large as the map) into
+    # spurious differences and breaks the lowest-index tie rule.
+    sums = F.avg_pool2d(v.permute(0, 3, 1, 2), (a, b), stride=1, divisor_override=1)
     return sums.permute(0, 2, 3, 1)
+
+
+def totals(v: torch.Tensor) -> torch.Tensor:
+    """S_c (B, C), summed by the same operation as :func:`window_sums` so that
+    a window covering the whole map has exactly the total's value."""
+    return window_sums(v, (v.shape[1], v.shape[2]))[:, 0, 0]
 
 
 def robust_masking(
@@ -32,7 +41,7 @@ def robust_masking(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1: returns predictions (B,) and masked evidence (B, C)."""
     v = clipped(u, clip)
-    total = v.sum(dim=(1, 2))
+    total = totals(v)
     largest = window_sums(v, window).amax(dim=(1, 2))
     masked = (total > 0) & (largest > thres * total)
     evidence = torch.where(masked, total - largest, total)
@@ -75,11 +84,11 @@ def certify(
     batch, height, width, classes = v.shape
     a, b = as_pair(window)
     pa, pb = as_pair(patch_window if patch_window is not None else window, "patch_window")
+    if pa > a or pb > b or a > height or b > width:
+        return torch.zeros(batch, dtype=torch.bool)
     if labels is None:
         labels = robust_masking(v, (a, b), thres)[0]
     finite = torch.isfinite(u.reshape(batch, -1)).all(dim=1)
-    if pa > a or pb > b or a > height or b > width:
-        return torch.zeros(batch, dtype=torch.bool)
     total = v.sum(dim=(1, 2))
     tolerance = 1e-9 * torch.clamp(total.amax(dim=1), min=1.0)
     mask_sums = window_sums(v, (a, b))  # (B, H-a+1, W-b+1, C)

@@ -4,13 +4,85 @@ export parity checks, calibration and the runtime.
 Frames come in as OpenCV delivers them (uint8 BGR, or grayscale); the model
 sees float32 NCHW, resized (and centre-cropped when ``crop_fraction`` < 1),
 in RGB or grayscale, normalised with the record's mean/std.
+
+Interpolation is chosen per frame size, deliberately (:func:`resize_plan`):
+``INTER_AREA`` when no axis is enlarged and some axis shrinks by 2x or more
+(a camera frame to a small model input: every camera pixel is averaged in, no
+aliasing, as image datasets are usually downsampled), ``INTER_LINEAR``
+otherwise (mild shrinking, where it looks the same and OpenCV's area kernel
+costs about 8x more, measured for 420 -> 224 px on this project's CPUs; and
+enlarging, where ``INTER_AREA`` degenerates to a bilinear variant anyway).
+The certificate's
+footprint (:mod:`patchguard.runtime.footprint`) is derived for exactly these
+kernels from the same :class:`ResizePlan`, so the two cannot drift apart.
+Images already at model size (Fashion-MNIST arrays) are not resampled.
+
+Colour conversion is per pixel, so where it happens does not change the
+footprint: BGR -> RGB (a channel swap, exact either way) runs after the
+resize on the small image; BGR -> gray runs before it (one channel to resize).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Sequence
+
 import numpy as np
 
-from .errors import PatchGuardError
+from .errors import PatchGuardError, lazy_import
+from .geometry import Pair
 from .metadata import ModelRecord
+
+# Kernels the footprint knows how to bound; "none" = sizes already match.
+INTERPOLATIONS = ("none", "area", "linear")
+# Shrinking by this factor or more (on some axis) uses INTER_AREA.
+AREA_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """How a frame of one size becomes the model input.
+
+    ``crop`` is (top, left, height, width) in frame pixels: the region the
+    model sees; it is then resized to ``input_size`` (H, W) with
+    ``interpolation`` (one of :data:`INTERPOLATIONS`).
+    """
+
+    frame_size: Pair
+    crop: tuple[int, int, int, int]
+    input_size: Pair
+    interpolation: str
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Camera pixels per model pixel along (rows, columns)."""
+        return self.crop[2] / self.input_size[0], self.crop[3] / self.input_size[1]
+
+    def cv2_flag(self, cv2: Any) -> int:
+        return cv2.INTER_AREA if self.interpolation == "area" else cv2.INTER_LINEAR
+
+
+def resize_plan(frame_size: Sequence[int], record: ModelRecord) -> ResizePlan:
+    """The crop box and interpolation for frames of ``frame_size`` (h, w)."""
+    h, w = int(frame_size[0]), int(frame_size[1])
+    if h < 1 or w < 1:
+        raise PatchGuardError(f"cannot preprocess an empty frame of {h}x{w} pixels")
+    top, left, ch, cw = 0, 0, h, w
+    if record.crop_fraction < 1.0:
+        # Centre square of side short * crop_fraction: "resize the short side to
+        # input / crop_fraction, then centre-crop input", done in one resize.
+        short = min(h, w)
+        side = max(1, int(round(short * record.crop_fraction)))
+        top = int(round((h - short * record.crop_fraction) / 2))
+        left = int(round((w - short * record.crop_fraction) / 2))
+        ch, cw = side, side
+    out_h, out_w = record.input_size
+    if (ch, cw) == (out_h, out_w):
+        interpolation = "none"
+    elif ch >= out_h and cw >= out_w and (ch >= AREA_FACTOR * out_h or cw >= AREA_FACTOR * out_w):
+        interpolation = "area"
+    else:
+        interpolation = "linear"
+    return ResizePlan((h, w), (top, left, ch, cw), (out_h, out_w), interpolation)
 
 
 def normalize(images: np.ndarray, record: ModelRecord) -> np.ndarray:
@@ -28,44 +100,46 @@ def normalize(images: np.ndarray, record: ModelRecord) -> np.ndarray:
             f"images are {images.shape[1]}x{images.shape[2]} but the model takes "
             f"{record.input_size[0]}x{record.input_size[1]}"
         )
-    mean = np.asarray(record.mean, dtype=np.float32) * 255.0
-    scale = 1.0 / (np.asarray(record.std, dtype=np.float32) * 255.0)
-    out = (images.astype(np.float32) - mean) * scale
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    mean = np.asarray(record.mean, dtype=np.float32) * np.float32(255.0)
+    scale = np.float32(1.0) / (np.asarray(record.std, dtype=np.float32) * np.float32(255.0))
+    out = np.empty((images.shape[0], images.shape[3], *images.shape[1:3]), dtype=np.float32)
+    for c in range(images.shape[3]):
+        # Channel by channel straight into NCHW: 4-5x faster than one
+        # broadcast expression followed by a transposing copy.
+        np.subtract(images[..., c], mean[c], out=out[:, c], dtype=np.float32)
+        out[:, c] *= scale[c]
+    return out
 
 
 def to_model_image(frame: np.ndarray, record: ModelRecord) -> np.ndarray:
-    """One frame (H, W) gray or (H, W, 3) BGR uint8 -> model-size uint8 image.
+    """One frame (H, W) gray or (H, W, 3|4) BGR(A) uint8 -> model-size uint8 image.
 
-    Gray for 1-channel models, RGB for 3-channel ones; resized with OpenCV
-    (bilinear), centre-cropped first when ``record.crop_fraction`` < 1.
+    Gray for 1-channel models, RGB for 3-channel ones; centre-cropped first
+    when ``record.crop_fraction`` < 1, then resized as :func:`resize_plan` says.
     """
-    from .errors import lazy_import
-
     cv2 = lazy_import("cv2", "cpu")
     frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        raise PatchGuardError(f"frames must be uint8 as OpenCV reads them, got {frame.dtype}")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
-    if frame.ndim == 2:
-        image = frame if record.in_channels == 1 else cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    elif frame.ndim == 3 and frame.shape[2] in (3, 4):
-        code = (cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY) \
-            if record.in_channels == 1 else \
-            (cv2.COLOR_BGR2RGB if frame.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
-        image = cv2.cvtColor(frame, code)
-    else:
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
         raise PatchGuardError(f"cannot read a frame of shape {frame.shape} as an image")
-    out_h, out_w = record.input_size
-    if record.crop_fraction < 1.0:
-        h, w = image.shape[:2]
-        short = min(h, w)
-        top = int(round((h - short * record.crop_fraction) / 2))
-        left = int(round((w - short * record.crop_fraction) / 2))
-        side = int(round(short * record.crop_fraction))
-        image = image[top : top + side, left : left + side]
-    if image.shape[:2] != (out_h, out_w):
-        image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return image
+    plan = resize_plan(frame.shape[:2], record)
+    top, left, ch, cw = plan.crop
+    image = frame[top : top + ch, left : left + cw]
+    gray_model = record.in_channels == 1
+    if gray_model and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if plan.interpolation != "none":
+        out_h, out_w = plan.input_size
+        image = cv2.resize(image, (out_w, out_h), interpolation=plan.cv2_flag(cv2))
+    if not gray_model:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        else:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+    return np.ascontiguousarray(image)
 
 
 def preprocess(frames: list[np.ndarray], record: ModelRecord) -> np.ndarray:

@@ -1,0 +1,34 @@
+# Task runner. `make demo` and `make test` do all the set-up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= cpu,export,dev
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: export (fp32 + INT8), pg-run on a clip, pg-certify, on the bundled default model.
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+# The whole test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# Speed figures, printed (CI runs them with --short).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/certify.py
+	$(BIN)/python benchmarks/int8.py
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,104 @@
+"""INT8 vs fp32 on the Fashion-MNIST test set: prediction, certificate, certified accuracy.
+
+The acceptance check of the calibration stage (issue 5): robust-masking
+predictions of the INT8 model agree with fp32 on >= 98% of the test images
+and certified accuracy (5x5 patch, the record's default) drops by <= 2
+points. Quantizes MODEL (an fp32 ONNX exported by pg-export) with each
+flavour asked for, unless --int8 gives a ready INT8 file, and exits 1 when
+a flavour misses the bar.
+
+    python benchmarks/int8_agreement.py out/fashion_mnist_bagnet.onnx
+    python benchmarks/int8_agreement.py model.onnx --flavor cpu --limit 2000
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+import numpy as np
+
+from patchguard.calibration.data import DEFAULT_CALIB_SIZE, FASHION_MNIST
+from patchguard.calibration.int8 import FLAVORS, quantize_int8
+from patchguard.calibration.parity import MIN_AGREEMENT, int8_agreement
+from patchguard.runtime.backends import open_backend
+from patchguard.runtime.console import Command
+from patchguard.runtime.datasets import load_fashion_mnist
+from patchguard.runtime.geometry import window_size
+from patchguard.runtime.preprocess import preprocess
+
+MAX_DROP_POINTS = 2.0
+
+
+def local_logits(model: Path, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, object]:
+    """Local logits (N, H, W, C) of ``model`` on uint8 frames, and its record."""
+    with open_backend(model) as backend:
+        record = backend.record
+        parts = [backend.infer(preprocess(list(images[i : i + batch]), record))
+                 for i in range(0, len(images), batch)]
+    return np.concatenate(parts), record
+
+
+@click.command(cls=Command, epilog=__doc__.split("\n\n")[-1])
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--int8", "int8_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A ready INT8 model to compare (skips quantization).")
+@click.option("--flavor", "flavors", multiple=True, type=click.Choice(sorted(FLAVORS)),
+              help="Flavour(s) to quantize and compare (default: all).")
+@click.option("--calib-data", default=FASHION_MNIST, show_default=True,
+              help="Calibration images: a folder or 'fashion-mnist' (its train split).")
+@click.option("--calib-size", default=DEFAULT_CALIB_SIZE, show_default=True, type=int)
+@click.option("--patch", "patch_px", type=int, help="Patch side in pixels (default: the record's).")
+@click.option("--limit", type=int, help="Only the first N test images.")
+@click.option("--json", "json_out", is_flag=True, help="Print the reports as JSON.")
+def main(model: Path, int8_model: Optional[Path], flavors: tuple[str, ...], calib_data: str,
+         calib_size: int, patch_px: Optional[int], limit: Optional[int], json_out: bool) -> None:
+    """Compare INT8 and fp32 robust masking on the Fashion-MNIST test set."""
+    images, labels = load_fashion_mnist("test")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    fp32, record = local_logits(model, images)
+    patch = patch_px or record.default_patch_px
+    window = window_size(patch, record.receptive_field, record.stride)
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="pg-int8-agree-") as tmp:
+        if int8_model is not None:
+            candidates = {"given": int8_model}
+        else:
+            candidates = {}
+            for name in flavors or tuple(FLAVORS):
+                out = Path(tmp) / f"{model.name.removesuffix('.onnx')}.int8.onnx"
+                start = time.perf_counter()
+                candidates[name] = quantize_int8(model, out.with_name(f"{name}-{out.name}"),
+                                                 record, calib_data, calib_size, name, Path(tmp))
+                click.echo(f"{name}: quantized in {time.perf_counter() - start:.1f} s", err=True)
+        for name, path in candidates.items():
+            int8, _ = local_logits(path, images)
+            report = int8_agreement(fp32, int8, labels, window)
+            ok = (report["prediction_agreement"] >= MIN_AGREEMENT
+                  and report["certified_accuracy_drop"] <= MAX_DROP_POINTS)
+            failed |= not ok
+            report.update(flavor=name, patch_px=patch, passed=ok)
+            if json_out:
+                click.echo(json.dumps(report, sort_keys=True))
+                continue
+            click.echo(
+                f"{name}: {report['images']} images, {patch}px patch (window {window}): "
+                f"prediction agreement {100 * report['prediction_agreement']:.2f}%, "
+                f"certificate agreement {100 * report['certificate_agreement']:.2f}%, "
+                f"accuracy {100 * report['fp32_accuracy']:.2f}% -> "
+                f"{100 * report['int8_accuracy']:.2f}%, "
+                f"certified accuracy {100 * report['fp32_certified_accuracy']:.2f}% -> "
+                f"{100 * report['int8_certified_accuracy']:.2f}% "
+                f"(drop {report['certified_accuracy_drop']:.2f} points): "
+                f"{'PASS' if ok else 'FAIL'}"
+            )
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""ONNX files as the export stage hands them on: load, check, label, save.
+
+Torch-free on purpose: ``pg-export --onnx model.onnx`` on a Jetson runs this
+with only the ``onnx`` package. The model record travels in the metadata
+entry ``patchguard`` (DESIGN section 6). Graph input ``input``: float32
+(B, C, H, W) with a symbolic batch axis; graph output ``local_logits``:
+float32 (B, H', W', K).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..runtime.errors import PatchGuardError, lazy_import
+from ..runtime.files import atomic_path
+from ..runtime.metadata import METADATA_KEY, ModelRecord
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "local_logits"
+PRODUCER = "patchguard-edge"
+PRECISIONS = ("fp32", "fp16", "int8")
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def onnx_module() -> Any:
+    return lazy_import("onnx", "export")
+
+
+def load_onnx(path: os.PathLike) -> Any:
+    """``onnx.ModelProto`` of ``path``, or a one-line error (missing, not ONNX)."""
+    onnx = onnx_module()
+    path = Path(path)
+    if not path.is_file():
+        raise PatchGuardError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and friends
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PatchGuardError(f"{path} is not an ONNX model: {first}") from None
+    if not model.graph.node:
+        raise PatchGuardError(f"{path} is not an ONNX model: its graph is empty")
+    return model
+
+
+def set_record(model: Any, record: ModelRecord) -> Any:
+    """Write ``record`` into the ``patchguard`` metadata entry (replacing an old one)."""
+    keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for prop in keep:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    model.metadata_props.add(key=METADATA_KEY, value=record.to_json())
+    model.producer_name = PRODUCER
+    return model
+
+
+def get_record(model: Any, where: str = "the model") -> ModelRecord:
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return ModelRecord.from_json(prop.value)
+    raise PatchGuardError(f"{where} has no '{METADATA_KEY}' metadata; export it with pg-export")
+
+
+def precision_of(model: Any) -> str:
+    """"int8" for a QDQ graph, "fp16" for float16 weights, else "fp32"."""
+    onnx = onnx_module()
+    if any(node.op_type in _QDQ_OPS for node in model.graph.node):
+        return "int8"
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def io_shapes(model: Any) -> tuple[list[Any], list[Any]]:
+    """Input and output shapes; symbolic axes as their names, unknown ones as None."""
+
+    def dims(value: Any) -> list[Any]:
+        out = []
+        for d in value.type.tensor_type.shape.dim:
+            out.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        return out
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not model.graph.output:
+        raise PatchGuardError(
+            f"expected one image input and a local-logit output, found {len(inputs)} inputs"
+        )
+    return dims(inputs[0]), dims(model.graph.output[0])
+
+
+def check_layout(model: Any, record: ModelRecord) -> None:
+    """The input is (batch, C, H, W) with a symbolic batch and the record's size."""
+    shape_in, shape_out = io_shapes(model)
+    expected = [record.in_channels, *record.input_size]
+    if len(shape_in) != 4 or list(shape_in[1:]) != expected:
+        raise PatchGuardError(f"model input is {shape_in}, expected (batch, {expected})")
+    if isinstance(shape_in[0], int) and shape_in[0] > 0:
+        raise PatchGuardError(
+            f"model input has a fixed batch of {shape_in[0]}; the batch axis must be dynamic"
+        )
+    if len(shape_out) != 4:
+        raise PatchGuardError(f"model output is {shape_out}, expected local logits (B, H, W, C)")
+
+
+def save_onnx(model: Any, path: os.PathLike) -> Path:
+    """onnx.checker the model, then write it atomically."""
+    onnx = onnx_module()
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PatchGuardError(f"exported model fails onnx.checker: {first}") from None
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)

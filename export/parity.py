@@ -1,0 +1,157 @@
+"""Parity report: does each exported artifact compute what the PyTorch model does?
+
+For every artifact (fp32 / fp16 / int8 ONNX, TensorRT engine) the local
+logits u (N, H, W, K) on the same N inputs are compared with a reference
+(the PyTorch model, or the fp32 ONNX when exporting from ONNX without torch):
+
+- ``max_abs`` = max |u - u_ref|; ``max_rel`` = max_abs / max |u_ref|;
+- agreement of robust-masking predictions (Algorithm 1) and of certificates
+  (Algorithm 2, each map's own prediction) with the mask window of the
+  record's default patch, T = 0, no clipping (``patchguard.runtime``).
+
+Torch-free: the caller passes reference logits and backends.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..runtime import certify, robust_masking
+from ..runtime.backends.base import Backend
+from ..runtime.errors import PatchGuardError
+from ..runtime.files import write_text_atomic
+from ..runtime.geometry import window_size
+from ..runtime.metadata import ModelRecord
+
+
+# Largest max_rel each precision may show; fp32 beyond it fails the export.
+TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "int8": None}
+# TensorRT may pick TF32 kernels for an fp32 engine on Ampere and newer.
+ENGINE_FP32_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    artifact: str
+    precision: str
+    backend: str
+    n: int
+    max_abs: float
+    max_rel: float
+    tolerance: Optional[float]
+    within_tolerance: Optional[bool]
+    prediction_agreement: float
+    certificate_agreement: float
+    certified_reference: float
+    certified_artifact: float
+
+
+def parity_window(record: ModelRecord) -> int:
+    """Mask window (cells) of the record's default patch, clipped to the map."""
+    patch = record.default_patch_px or max(1, min(record.input_size) // 7)
+    return min(window_size(patch, record.receptive_field, record.stride), *record.map_size)
+
+
+def run_backend(backend: Backend, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Local logits of ``inputs`` (N, C, H, W), in chunks the backend accepts."""
+    size = min(batch, backend.max_batch or batch)
+    return np.concatenate([backend.infer(inputs[i:i + size]) for i in range(0, len(inputs), size)])
+
+
+def compare(
+    artifact: str,
+    precision: str,
+    backend_name: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    window: int,
+    tolerance: Optional[float],
+) -> ParityRow:
+    """One row of the report: errors and defense agreement of ``candidate`` vs ``reference``."""
+    if reference.shape != candidate.shape:
+        raise PatchGuardError(
+            f"{artifact} gives logits {candidate.shape}, the reference {reference.shape}"
+        )
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    pred_ref, pred_art = robust_masking(reference, window)[0], robust_masking(candidate, window)[0]
+    agree_pred = float(np.mean(pred_ref == pred_art))
+    c_ref, c_art = certify(reference, window), certify(candidate, window)
+    agree_cert = float(np.mean(c_ref == c_art))
+    cert_ref, cert_art = float(c_ref.mean()), float(c_art.mean())
+    within = None if tolerance is None else bool(max_rel <= tolerance)
+    return ParityRow(artifact, precision, backend_name, int(len(reference)), max_abs, max_rel,
+                     tolerance, within, agree_pred, agree_cert, cert_ref, cert_art)
+
+
+def format_table(rows: Sequence[ParityRow]) -> str:
+    """A small fixed-width table for the terminal."""
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f}%"
+
+    width = max([len("artifact")] + [len(row.artifact) for row in rows])
+    header = f"{'artifact':<{width}} {'prec':<5} {'n':>4} {'max abs':>10} {'max rel':>10} {'tol':>8} " \
+             f"{'ok':>3} {'pred agree':>10} {'cert agree':>10} {'certified ref/art':>17}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        ok = "-" if row.within_tolerance is None else ("yes" if row.within_tolerance else "NO")
+        tol = "-" if row.tolerance is None else f"{row.tolerance:.0e}"
+        certified = f"{pct(row.certified_reference)}/{pct(row.certified_artifact)}"
+        lines.append(
+            f"{row.artifact:<{width}} {row.precision:<5} {row.n:>4} {row.max_abs:>10.3g} {row.max_rel:>10.3g} "
+            f"{tol:>8} {ok:>3} {pct(row.prediction_agreement):>10} {pct(row.certificate_agreement):>10} "
+            f"{certified:>17}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(
+    path: os.PathLike, rows: Sequence[ParityRow], record: ModelRecord, reference: str,
+    inputs: str, window: int,
+) -> None:
+    """``NAME.parity.json``: the rows plus what they were measured against."""
+    data = {
+        "reference": reference, "inputs": inputs, "window": [window, window],
+        "defense": "mask", "thres": 0.0, "clip": None, "arch": record.arch, "input_size": list(record.input_size),
+        "map_size": list(record.map_size), "rows": [asdict(r) for r in rows],
+    }
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def parity_inputs(record: ModelRecord, data: Optional[str], n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """N model inputs (N, C, H, W) float32 and a description of where they came from.
+
+    ``data``: "fashion-mnist", an image folder, or None (Fashion-MNIST test images
+    when the model takes 28x28 gray and they are installed, else random inputs).
+    """
+    from ..runtime.datasets import fashion_mnist_available, load_fashion_mnist
+    from ..runtime.preprocess import normalize
+
+    if n < 1:
+        raise PatchGuardError(f"--parity-n must be at least 1, got {n}")
+    fits_fmnist = record.in_channels == 1 and tuple(record.input_size) == (28, 28)
+    if data == "fashion-mnist" or (data is None and fits_fmnist and fashion_mnist_available()):
+        if not fits_fmnist:
+            raise PatchGuardError(
+                f"Fashion-MNIST is 28x28 gray; this model takes {record.in_channels}x"
+                f"{record.input_size[0]}x{record.input_size[1]}"
+            )
+        images, _ = load_fashion_mnist("test")
+        return normalize(images[:n], record), f"fashion-mnist test[:{n}]"
+    if data is not None:
+        from ..runtime.preprocess import preprocess
+        from ..runtime.sources import list_images, read_image
+
+        frames = [f for f in (read_image(p) for p in list_images(data)[: 4 * n]) if f is not None][:n]
+        if not frames:
+            raise PatchGuardError(f"--parity-data {data}: no readable images there")
+        return preprocess(frames, record), f"{len(frames)} images from {data}"
+    rng = np.random.default_rng(seed)
+    shape = (n, record.in_channels, *record.input_size)
+    return rng.standard_normal(shape).astype(np.float32), f"{n} random inputs (seed {seed})"

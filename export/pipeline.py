@@ -1,0 +1,285 @@
+"""The export chain after the fp32 ONNX exists: probe -> fp16 -> int8 -> engine -> parity.
+
+Loaders build (Polygraphy style): each step is one small call from the
+modules beside this one; this module only orders them and stages the files.
+Everything is written into a hidden staging folder inside ``--out`` and moved
+into place at the very end, so a failed export (probe refused, parity out of
+tolerance, TensorRT error) leaves no file behind and old artifacts untouched.
+
+Torch-free: the PyTorch reference, when there is one, arrives as a callable.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..runtime.backends.base import Backend
+from ..runtime.backends.onnxrt import OnnxRuntimeBackend
+from ..runtime.errors import PatchGuardError
+from ..runtime.files import ensure_dir
+from ..runtime.metadata import ModelRecord
+from . import parity as parity_mod
+from .onnxfile import load_onnx, precision_of, save_onnx
+from .probe import ProbeReport, probe_locality
+
+log = logging.getLogger(__name__)
+Reference = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What pg-export was asked for, beyond the model itself."""
+
+    out: Path
+    name: str
+    fp16: bool = False
+    int8: bool = False
+    calib_data: Optional[str] = None
+    calib_size: int = 256
+    int8_flavor: Optional[str] = None  # None: "tensorrt" when an engine is built, else "cpu"
+    max_batch: int = 8
+    engine: Optional[bool] = None  # None: build when possible; True: must; False: never
+    parity_data: Optional[str] = None
+    parity_n: int = 16
+
+
+@dataclass
+class ExportResult:
+    record: ModelRecord
+    files: list[Path] = field(default_factory=list)
+    rows: list[parity_mod.ParityRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    probe: Optional[ProbeReport] = None
+
+
+def artifact_names(name: str) -> dict[str, str]:
+    return {
+        "fp32": f"{name}.onnx", "fp16": f"{name}.fp16.onnx", "int8": f"{name}.int8.onnx",
+        "engine": f"{name}.plan", "sidecar": f"{name}.plan.json", "parity": f"{name}.parity.json",
+    }
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "patchguard-edge" / "calibration"
+
+
+class Staging:
+    """A hidden folder in ``out`` whose files move into ``out`` on :meth:`commit`."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.out = ensure_dir(out)
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=self.out))
+        except OSError as exc:
+            raise PatchGuardError(f"cannot write into {self.out}: {exc.strerror}") from None
+
+    def path(self, filename: str) -> Path:
+        return self.dir / filename
+
+    def commit(self, stale: list[Path]) -> list[Path]:
+        # Temporary files are created 0600; the artifacts get the usual umask bits.
+        umask = os.umask(0)
+        os.umask(umask)
+        moved = []
+        for item in sorted(self.dir.iterdir()):
+            if item.name.startswith("."):
+                continue  # leftovers of atomic writes
+            target = self.out / item.name
+            os.chmod(item, 0o666 & ~umask)
+            os.replace(item, target)
+            moved.append(target)
+        for path in stale:
+            if path.exists() and path not in moved:
+                log.info("removing %s: left from an earlier export of this name", path)
+                path.unlink()
+        return moved
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _int8(fp32: Path, target: Path, record: ModelRecord, options: ExportOptions, flavor: str) -> None:
+    try:
+        from ..calibration.int8 import quantize_int8
+    except ImportError as exc:
+        raise PatchGuardError(f"--int8 needs patchguard.calibration.int8 ({exc})") from None
+    calib = options.calib_data
+    if calib is None:
+        if record.in_channels == 1 and tuple(record.input_size) == (28, 28):
+            calib = "fashion-mnist"
+        else:
+            raise PatchGuardError("--int8 needs --calib-data DIR (images like the deployment's)")
+    quantize_int8(fp32, target, record, calib, options.calib_size, flavor, default_cache_dir())
+
+
+def _open(path: Path) -> Backend:
+    if path.suffix == ".plan":
+        from ..runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(path)
+    return OnnxRuntimeBackend(path)
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _convert(fp32_onnx: Path, record: ModelRecord, options: ExportOptions, staging: Staging,
+             flavor: str) -> list[tuple[str, str, Path]]:
+    """The fp16 / int8 ONNX files asked for: (file name, precision, staged path)."""
+    from .fp16 import to_fp16
+
+    names = artifact_names(options.name)
+    given = load_onnx(fp32_onnx)
+    precision = precision_of(given)
+    made = [(names["fp32"], precision, fp32_onnx)] if staging.dir in fp32_onnx.parents else []
+    for flag, wanted in (("--fp16", options.fp16), ("--int8", options.int8)):
+        if wanted and precision != "fp32":
+            raise PatchGuardError(f"{flag} needs an fp32 ONNX; {fp32_onnx.name} is {precision}")
+    if options.fp16:
+        save_onnx(to_fp16(given), staging.path(names["fp16"]))
+        made.append((names["fp16"], "fp16", staging.path(names["fp16"])))
+    del given
+    if options.int8:
+        _int8(fp32_onnx, staging.path(names["int8"]), record, options, flavor)
+        made.append((names["int8"], "int8", staging.path(names["int8"])))
+    return made
+
+
+def _engine(fp32_onnx: Path, record: ModelRecord, options: ExportOptions, staging: Staging,
+            flavor: str, reason: Optional[str], result: ExportResult) -> Optional[tuple[str, str, Path]]:
+    """Build NAME.plan from the lowest precision ONNX asked for, or say why not."""
+    from .engine import build_engine
+
+    names = artifact_names(options.name)
+    if options.engine is False:
+        result.notes.append("no TensorRT engine built (--no-engine)")
+        return None
+    if reason is not None:
+        if options.engine:
+            raise PatchGuardError(f"--engine: cannot build a TensorRT engine: {reason}")
+        result.notes.append(f"no TensorRT engine built: {reason}")
+        return None
+    source = fp32_onnx
+    if options.int8 and flavor == "tensorrt":
+        source = staging.path(names["int8"])
+    elif options.fp16:
+        source = staging.path(names["fp16"])
+    if options.int8 and flavor != "tensorrt":
+        result.notes.append(f"engine built from {source.name}: the {flavor} int8 flavour is not for TensorRT")
+    info = build_engine(source, staging.path(names["engine"]), options.max_batch, record)
+    return names["engine"], info.precision, staging.path(names["engine"])
+
+
+def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: ModelRecord,
+            options: ExportOptions, staging: Staging, reference: Optional[Reference],
+            reference_label: str) -> list[parity_mod.ParityRow]:
+    """Compare every artifact with the reference, write NAME.parity.json, refuse a bad fp32."""
+    inputs, inputs_label = parity_mod.parity_inputs(record, options.parity_data, options.parity_n)
+    window = parity_mod.parity_window(record)
+    if reference is None:
+        with OnnxRuntimeBackend(fp32_onnx) as base:
+            expected = parity_mod.run_backend(base, inputs)
+        reference_label = f"{fp32_onnx.name} in onnxruntime"
+    else:
+        expected = reference(inputs)
+    rows = []
+    for label, precision, path in artifacts:
+        tolerance = parity_mod.TOLERANCE.get(precision)
+        if path.suffix == ".plan" and precision == "fp32":
+            tolerance = parity_mod.ENGINE_FP32_TOLERANCE
+        with _open(path) as backend:
+            got = parity_mod.run_backend(backend, inputs, options.max_batch)
+            rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window, tolerance))
+    parity_mod.write_report(staging.path(artifact_names(options.name)["parity"]), rows, record,
+                            reference_label, inputs_label, window)
+    for row in rows:
+        if row.precision == "fp32" and row.artifact.endswith(".onnx") and row.within_tolerance is False:
+            raise PatchGuardError(
+                f"{row.artifact} differs from {reference_label}: max relative error "
+                f"{row.max_rel:.3g} > {row.tolerance:g}; export refused"
+            )
+    return rows
+
+
+def finish_export(
+    fp32_onnx: Path,
+    record: ModelRecord,
+    options: ExportOptions,
+    staging: Staging,
+    reference: Optional[Reference],
+    reference_label: str,
+    fresh_weights: bool = True,
+) -> ExportResult:
+    """Probe, convert, build and compare; then commit the staged files.
+
+    ``fp32_onnx``: the model as exported (in the staging folder) or as given
+    (``--onnx``). ``reference``: PyTorch logits of a batch, or None to compare
+    against ``fp32_onnx`` in onnxruntime. Without onnxruntime (a bare Jetson),
+    the ``--onnx`` route skips probe and parity: the probe ran when the ONNX
+    was exported, and the runtime checks the map size again.
+    """
+    from .engine import engine_unavailable_reason
+
+    result = ExportResult(record)
+    checks = reference is not None or _has_onnxruntime()
+    if checks:
+        result.probe = probe_locality(fp32_onnx, record)
+        log.info("locality probe passed: %s map, no change outside the r=%d receptive field",
+                 "x".join(map(str, record.map_size)), record.receptive_field)
+    else:
+        result.notes.append("onnxruntime is not installed: locality probe and parity report skipped")
+    reason = None if options.engine is False else engine_unavailable_reason()
+    flavor = options.int8_flavor or ("tensorrt" if options.engine is not False and reason is None else "cpu")
+    artifacts = _convert(fp32_onnx, record, options, staging, flavor)
+    engine = _engine(fp32_onnx, record, options, staging, flavor, reason, result)
+    if engine is not None:
+        artifacts.append(engine)
+    if checks:
+        result.rows = _parity(artifacts, fp32_onnx, record, options, staging, reference, reference_label)
+    # A fresh PyTorch export makes older artifacts of the same name stale (an old
+    # engine beside new weights would run the wrong model); from --onnx, keep them.
+    names = artifact_names(options.name)
+    stale = [options.out / names[k] for k in ("fp16", "int8", "engine", "sidecar")]
+    stale = stale if fresh_weights else []
+    result.files = staging.commit([p for p in stale if p.resolve() != fp32_onnx.resolve()])
+    return result
+
+
+def run_export(
+    options: ExportOptions,
+    record: ModelRecord,
+    write_fp32: Optional[Callable[[Path], None]] = None,
+    onnx_path: Optional[Path] = None,
+    reference: Optional[Reference] = None,
+    reference_label: str = "",
+) -> ExportResult:
+    """The whole export into ``options.out``, all or nothing.
+
+    Either ``write_fp32`` writes the fp32 ONNX to the path it is given (the
+    PyTorch route), or ``onnx_path`` names an existing one (the torch-free
+    route, e.g. on a Jetson).
+    """
+    if (write_fp32 is None) == (onnx_path is None):
+        raise PatchGuardError("run_export needs either write_fp32 or onnx_path")
+    staging = Staging(options.out, options.name)
+    try:
+        if write_fp32 is not None:
+            fp32 = staging.path(artifact_names(options.name)["fp32"])
+            write_fp32(fp32)
+        else:
+            fp32 = Path(onnx_path)
+        return finish_export(fp32, record, options, staging, reference, reference_label,
+                             fresh_weights=write_fp32 is not None)
+    finally:
+        staging.discard()

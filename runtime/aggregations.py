@@ -1,0 +1,118 @@
+"""The other aggregations of the same local logits, with sound certificates.
+
+- CBN (Clipped BagNet): ``f = tanh(0.05 u - 1)`` per cell, prediction the
+  argmax of the mean. A patch moves each cell of its (a, b) window by at most
+  2 per class, so y is certified iff, at every window position P and for
+  EVERY class c != y, ``sum_{cells outside P} (f_y - f_c) > 2 |P|``.
+  (PatchGuard's script checked only the runner-up class, which is unsound.)
+- Majority vote: each cell votes its argmax class, the prediction is the class
+  with most votes. With ``out_c(P)`` the votes for c outside P, y is certified
+  iff ``out_y(P) > out_c(P) + |P|`` at every P for every c != y.
+
+Ties go to the lowest class index; maps with NaN or inf get
+:data:`masking.NO_LABEL` and are never certified. Shapes: u (B, H, W, C),
+``window`` the patch window (a, b) in cells.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .geometry import IntOrPair
+from .masking import (
+    NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral,
+)
+
+
+def cbn_scores(u: np.ndarray) -> np.ndarray:
+    """Per-cell clipped scores ``f = tanh(0.05 u - 1)`` in float64, (B, H, W, C)."""
+    return np.tanh(0.05 * np.asarray(u, dtype=np.float64) - 1.0)
+
+
+def cbn_predict(local_logits: np.ndarray) -> np.ndarray:
+    """CBN predictions (B,): argmax over c of the mean of f; NO_LABEL for NaN/inf maps."""
+    u = check_logits(local_logits)
+    out = np.empty(u.shape[0], dtype=np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            out[part] = cbn_scores(u[part]).sum(axis=(1, 2)).argmax(axis=1)
+    return np.where(finite_maps(u), out, NO_LABEL)
+
+
+def cbn_certify(
+    local_logits: np.ndarray, window: IntOrPair, labels: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """CBN certificates (B,) against a patch inside any ``window`` of cells.
+
+    ``labels=None`` certifies each map's own CBN prediction. The margin must
+    exceed 1e-9 * max(1, H * W) (the scale of the summed scores) so that a
+    rounding error never decides a tie.
+    """
+    u = check_logits(local_logits)
+    a, b = check_window(window, u.shape)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    if y is None:
+        y = cbn_predict(u)
+    cells = a * b
+    tol = 1e-9 * max(1.0, u.shape[1] * u.shape[2])
+    certified = np.zeros(u.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            ys = np.maximum(y[part], 0)
+            table = integral(cbn_scores(u[part]))
+            total = table[:, -1, -1]                               # (B, C)
+            outside = total[:, None, None, :] - box_sums(table, a, b)  # (B, P, P, C)
+            rows = np.arange(ys.size)
+            margin = outside[rows, :, :, ys][..., None] - outside
+            margin[rows, :, :, ys] = np.inf
+            certified[part] = (margin.min(axis=(1, 2, 3)) > 2.0 * cells + tol) & (y[part] >= 0)
+    return certified & finite_maps(u)
+
+
+def cell_votes(u: np.ndarray) -> np.ndarray:
+    """Each cell's vote (B, H, W): its argmax class, ties to the lowest index."""
+    return np.asarray(u).argmax(axis=3)
+
+
+def vote_predict(local_logits: np.ndarray) -> np.ndarray:
+    """Majority-vote predictions (B,); NO_LABEL for NaN/inf maps."""
+    u = check_logits(local_logits)
+    classes = u.shape[3]
+    votes = cell_votes(u).reshape(u.shape[0], -1)
+    counts = np.zeros((u.shape[0], classes), dtype=np.int64)
+    np.add.at(counts, (np.arange(u.shape[0])[:, None], votes), 1)
+    return np.where(finite_maps(u), counts.argmax(axis=1), NO_LABEL)
+
+
+def vote_certify(
+    local_logits: np.ndarray, window: IntOrPair, labels: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Majority-vote certificates (B,) with the per-position test (exact integers).
+
+    Only classes that receive a vote somewhere in the batch (plus the labels)
+    can have ``out_c(P) > 0``; the rest are dropped before counting.
+    """
+    u = check_logits(local_logits)
+    a, b = check_window(window, u.shape)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    if y is None:
+        y = vote_predict(u)
+    cells = a * b
+    certified = np.zeros(u.shape[0], dtype=bool)
+    for part in chunks(u):
+        votes = cell_votes(u[part])
+        ys = np.maximum(y[part], 0)
+        present, compact = np.unique(np.concatenate([ys, votes.ravel()]), return_inverse=True)
+        label_col, vote_col = compact[: ys.size], compact[ys.size :].reshape(votes.shape)
+        onehot = np.zeros(votes.shape + (present.size,), dtype=np.int64)
+        np.put_along_axis(onehot, vote_col[..., None], 1, axis=3)
+        table = np.zeros((votes.shape[0], votes.shape[1] + 1, votes.shape[2] + 1, present.size),
+                         dtype=np.int64)
+        np.cumsum(np.cumsum(onehot, axis=1), axis=2, out=table[:, 1:, 1:])
+        outside = table[:, -1, -1][:, None, None, :] - box_sums(table, a, b)
+        rows = np.arange(ys.size)
+        out_y = outside[rows, :, :, label_col]                      # (B, P, P)
+        outside[rows, :, :, label_col] = np.iinfo(np.int64).min // 2
+        certified[part] = (out_y > outside.max(axis=3) + cells).all(axis=(1, 2)) & (y[part] >= 0)
+    return certified & finite_maps(u)

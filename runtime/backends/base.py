@@ -1,0 +1,110 @@
+"""The one face every inference backend shows (Polygraphy's "runner").
+
+A backend is a context manager holding one loaded model. ``infer`` takes a
+float32 NCHW batch (B, C, H, W) and returns the local logits u as float32
+(B, H', W', K): one class-logit vector per feature cell. The base class does
+the checking once, so the backends stay thin: the input must match the
+record's channels and input size, and the model's map must have the size
+``floor((input - r) / s) + 1`` that the record's receptive field r and stride
+s promise (a certificate computed on any other map would be unsound).
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import PatchGuardError
+from ..metadata import ModelRecord
+
+
+class Backend(abc.ABC):
+    """A loaded model: ``with open_backend(path) as model: u = model.infer(x)``.
+
+    Subclasses set ``name`` (the backend kind, e.g. ``"onnxruntime"``),
+    ``provider`` (what runs it, e.g. ``"CPUExecutionProvider"``), ``record``,
+    and ``max_batch`` (None: any batch size; larger batches are run in chunks
+    of ``max_batch``), and implement :meth:`_run`.
+    """
+
+    name: str = "backend"
+    provider: str = ""
+
+    def __init__(self, path: Path, record: ModelRecord, max_batch: Optional[int] = None) -> None:
+        self.path = Path(path)
+        self.record = record
+        self.max_batch = max_batch
+        self._closed = False
+
+    # -- checks shared by every backend ---------------------------------------------------
+    def check_output_shape(self, shape: Sequence[object]) -> None:
+        """Refuse a model whose declared output disagrees with its record.
+
+        ``shape`` is the output shape the model declares, (B, H, W, K); symbolic
+        or unknown axes (strings, None, -1) are skipped.
+        """
+        expected = (*self.record.map_size, self.record.num_classes)
+        dims = list(shape)
+        if len(dims) != 4:
+            raise PatchGuardError(
+                f"{self.path.name}: output has {len(dims)} axes, expected local logits (B, H, W, C)"
+            )
+        for axis, (got, want) in enumerate(zip(dims[1:], expected), start=1):
+            if isinstance(got, (int, np.integer)) and got >= 0 and int(got) != want:
+                raise PatchGuardError(self._map_mismatch(dims[1:]))
+
+    def _map_mismatch(self, got: Sequence[object]) -> str:
+        r, s = self.record.receptive_field, self.record.stride
+        h, w = self.record.map_size
+        return (
+            f"{self.path.name}: model outputs a {'x'.join(str(v) for v in got)} map but its metadata "
+            f"(r={r}, s={s}, input {self.record.input_size[0]}x{self.record.input_size[1]}, "
+            f"{self.record.num_classes} classes) needs {h}x{w}x{self.record.num_classes}; "
+            "refusing to certify with it"
+        )
+
+    def _check_input(self, batch: np.ndarray) -> np.ndarray:
+        if not isinstance(batch, np.ndarray):
+            raise PatchGuardError(f"infer takes a numpy array, got {type(batch).__name__}")
+        if batch.dtype != np.float32:
+            raise PatchGuardError(f"infer takes float32 input, got {batch.dtype}")
+        expected = (self.record.in_channels, *self.record.input_size)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.shape[0] < 1:
+            raise PatchGuardError(
+                f"{self.path.name} takes batches (B, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(batch.shape)}"
+            )
+        return np.ascontiguousarray(batch)
+
+    # -- the public face --------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (B, C, H, W) -> local logits float32 (B, H', W', K)."""
+        if self._closed:
+            raise PatchGuardError(f"{self.path.name}: backend is closed")
+        batch = self._check_input(batch)
+        step = self.max_batch or len(batch)
+        # Engines have a largest batch (their optimisation profile); larger ones run in chunks.
+        parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        expected = (batch.shape[0], *self.record.map_size, self.record.num_classes)
+        if tuple(out.shape) != expected:
+            raise PatchGuardError(self._map_mismatch(out.shape[1:]))
+        return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    @abc.abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Run the checked, contiguous batch; return (B, H', W', K) logits."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path.name} on {self.provider}>"

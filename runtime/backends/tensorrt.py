@@ -1,0 +1,258 @@
+"""TensorRT backend: runs a ``NAME.plan`` engine built by pg-export on this machine.
+
+An engine only runs on the TensorRT version and GPU family that built it, so
+the facts live beside it in ``NAME.plan.json`` (the model record plus an
+``engine`` entry: TensorRT version, GPU name, compute capability, precision,
+batch range, tensor names) and a mismatch is refused with one line before the
+engine is deserialised. Uses only the tensor-name API that TensorRT 10 and 11
+share (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) and CUDA
+buffers from cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` in
+cuda-python < 12.6).
+
+Thread safety: :meth:`TensorRTBackend.infer` may be called from several
+threads; one execution context and one set of device buffers are shared, so
+calls are serialised by a lock (open one backend per thread to run them in
+parallel).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import MissingDependencyError, PatchGuardError, lazy_import
+from ..metadata import ModelRecord
+from .base import Backend
+
+# Every TensorRT attribute this module touches; tests check them against the
+# installed tensorrt wherever it imports (the builder's list is in export/engine.py).
+TRT_RUNTIME_ATTRIBUTES = (
+    "__version__",
+    "Logger", "Logger.WARNING",
+    "Runtime", "Runtime.deserialize_cuda_engine",
+    "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_shape",
+    "ICudaEngine.create_execution_context",
+    "IExecutionContext.set_input_shape", "IExecutionContext.set_tensor_address",
+    "IExecutionContext.execute_async_v3",
+    "TensorIOMode.INPUT", "TensorIOMode.OUTPUT",
+    "DataType.FLOAT", "DataType.HALF",
+)
+# Every cuda-python runtime attribute used here and by export/engine.py.
+CUDA_ATTRIBUTES = (
+    "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaGetErrorString",
+    "cudaMalloc", "cudaFree", "cudaMemcpyAsync", "cudaMemcpyKind.cudaMemcpyHostToDevice",
+    "cudaMemcpyKind.cudaMemcpyDeviceToHost", "cudaStreamCreate", "cudaStreamSynchronize",
+    "cudaStreamDestroy",
+)
+SIDECAR_SUFFIX = ".json"
+
+
+def tensorrt_module() -> Any:
+    return lazy_import("tensorrt", "trt")
+
+
+def cuda_runtime() -> Any:
+    """cuda-python's runtime API module (new and old import paths)."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise MissingDependencyError(
+        "cuda-python is not installed; install it with pip install 'patchguard-edge[trt]'"
+    )
+
+
+def cuda_call(result: Any, what: str) -> Any:
+    """Unpack cuda-python's ``(error, *values)`` tuples; raise on an error code."""
+    err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if int(err) != 0:
+        cudart = cuda_runtime()
+        message = cudart.cudaGetErrorString(err)[1]
+        message = message.decode() if isinstance(message, bytes) else str(message)
+        raise PatchGuardError(f"CUDA {what} failed: {message}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices, 0 when there is no driver, device or cuda-python."""
+    try:
+        cudart = cuda_runtime()
+    except MissingDependencyError:
+        return 0
+    err, count = cudart.cudaGetDeviceCount()
+    return int(count) if int(err) == 0 and count else 0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a ``.plan`` needs to run: recorded at build time, checked at load time."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    max_batch: int
+    input_name: str
+    output_name: str
+    source_onnx: str = ""
+
+
+def device_facts(device: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of a CUDA device."""
+    cudart = cuda_runtime()
+    props = cuda_call(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name
+    name = name.decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
+    return name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}"
+
+
+def sidecar_path(plan: os.PathLike) -> Path:
+    """``NAME.plan`` -> ``NAME.plan.json``."""
+    return Path(str(plan) + SIDECAR_SUFFIX)
+
+
+def sidecar_text(record: ModelRecord, info: EngineInfo) -> str:
+    """The sidecar JSON: the model record's fields plus an ``engine`` entry."""
+    data = record.to_dict()
+    data["engine"] = asdict(info)
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def read_sidecar(plan: os.PathLike) -> tuple[ModelRecord, EngineInfo]:
+    path = sidecar_path(plan)
+    if not path.is_file():
+        raise PatchGuardError(f"{path} is missing; a .plan needs the sidecar pg-export wrote with it")
+    try:
+        data = json.loads(path.read_text())
+        engine = data["engine"]
+        info = EngineInfo(**{k: engine[k] for k in EngineInfo.__dataclass_fields__ if k in engine})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PatchGuardError(f"{path} is not a pg-export engine sidecar ({exc})") from None
+    return ModelRecord.from_dict(data), info
+
+
+def check_machine(info: EngineInfo, plan: Path) -> None:
+    """Refuse an engine built by another TensorRT version or GPU family."""
+    trt = tensorrt_module()
+    if gpu_count() == 0:
+        raise PatchGuardError(f"{plan.name} is a TensorRT engine and this machine has no usable CUDA GPU")
+    gpu, capability = device_facts()
+    found = {"TensorRT": trt.__version__, "GPU": gpu, "compute capability": capability}
+    wanted = {"TensorRT": info.tensorrt_version, "GPU": info.gpu_name,
+              "compute capability": info.compute_capability}
+    wrong = [f"{k} {wanted[k]} (this machine: {found[k]})" for k in found if found[k] != wanted[k]]
+    if wrong:
+        raise PatchGuardError(
+            f"{plan.name} was built for {', '.join(wrong)}; rebuild it here with "
+            f"pg-export --onnx MODEL.onnx"
+        )
+
+
+def _np_dtype(trt: Any, dtype: Any) -> np.dtype:
+    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16}
+    if dtype not in table:
+        raise PatchGuardError(f"engine tensor type {dtype} is not supported (float32/float16 I/O only)")
+    return np.dtype(table[dtype])
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine with its sidecar; ``infer`` is serialised by a lock."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: os.PathLike, provider: Optional[str] = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise PatchGuardError(f"engine {path} does not exist")
+        if provider not in (None, "tensorrt", "trt"):
+            raise PatchGuardError(f"a .plan runs on TensorRT only; provider {provider!r} does not apply")
+        record, info = read_sidecar(path)
+        super().__init__(path, record, max_batch=int(info.max_batch))
+        self.info = info
+        trt = tensorrt_module()
+        check_machine(info, path)
+        cudart = cuda_runtime()
+        self._cudart = cudart
+        self._buffers: list[int] = []
+        self._stream = None
+        self._lock = threading.Lock()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise PatchGuardError(f"TensorRT could not deserialise {path.name} (corrupt or foreign engine)")
+        self._engine = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or not outputs:
+            raise PatchGuardError(f"{path.name} has inputs {inputs} and outputs {outputs}; expected one each")
+        self._input, self._output = inputs[0], outputs[0]
+        self.check_output_shape([int(d) for d in engine.get_tensor_shape(self._output)])
+        self._in_dtype = _np_dtype(trt, engine.get_tensor_dtype(self._input))
+        self._out_dtype = _np_dtype(trt, engine.get_tensor_dtype(self._output))
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise PatchGuardError(f"TensorRT could not create an execution context for {path.name}")
+        per_image_in = int(np.prod((record.in_channels, *record.input_size))) * self._in_dtype.itemsize
+        self._out_tail = (*record.map_size, record.num_classes)
+        per_image_out = int(np.prod(self._out_tail)) * self._out_dtype.itemsize
+        try:
+            self._stream = cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
+            self._d_in = self._malloc(per_image_in * self.max_batch)
+            self._d_out = self._malloc(per_image_out * self.max_batch)
+        except PatchGuardError:
+            self.close()
+            raise
+        self.provider = f"TensorRT {trt.__version__} ({info.precision}, {info.gpu_name})"
+
+    def _malloc(self, nbytes: int) -> int:
+        ptr = cuda_call(self._cudart.cudaMalloc(nbytes), "cudaMalloc")
+        self._buffers.append(ptr)
+        return ptr
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        host_in = np.ascontiguousarray(batch, dtype=self._in_dtype)
+        host_out = np.empty((batch.shape[0], *self._out_tail), dtype=self._out_dtype)
+        with self._lock:
+            ctx = self._context
+            if not ctx.set_input_shape(self._input, tuple(batch.shape)):
+                raise PatchGuardError(f"{self.path.name} rejected input shape {tuple(batch.shape)}")
+            ctx.set_tensor_address(self._input, int(self._d_in))
+            ctx.set_tensor_address(self._output, int(self._d_out))
+            cuda_call(cudart.cudaMemcpyAsync(
+                self._d_in, host_in.ctypes.data, host_in.nbytes,
+                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "copy to GPU")
+            if not ctx.execute_async_v3(int(self._stream)):
+                raise PatchGuardError(f"TensorRT failed to run {self.path.name}")
+            cuda_call(cudart.cudaMemcpyAsync(
+                host_out.ctypes.data, self._d_out, host_out.nbytes,
+                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "copy from GPU")
+            cuda_call(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return host_out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        # Context before engine before runtime: TensorRT's documented teardown order.
+        self._context = None
+        self._engine = None
+        for ptr in self._buffers:
+            self._cudart.cudaFree(ptr)
+        self._buffers = []
+        if self._stream is not None:
+            self._cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+        super().close()

@@ -1,0 +1,358 @@
+"""Certificates for robust masking (PatchGuard Algorithm 2), whole batches.
+
+For a label y, every (pa, pb) patch position P under an (a, b) mask
+(DESIGN.md section 2, "Smaller patches than the mask"):
+
+- upper bound of a class c != y: ``(S_c - max_{W >= P} sum v[W, c]) / (1 - T)``;
+- lower bound of y: with ``v'`` = ``v[..., y]`` with P zeroed and ``t = sum v'``,
+  ``t - M0`` when T = 0 or ``M0 > T t``, else ``t - OV`` (``M0``: largest mask
+  window sum of ``v'``; ``OV``: the same over the windows overlapping P).
+
+y is certified iff ``lower - upper`` exceeds :func:`masking.tolerance` at every
+P for every c. The work is arranged so the exact lower bound is rarely needed:
+
+1. cheap sufficient test: ``lower >= S_y - sum v[P, y] - M_y`` (zeroing P can
+   only shrink the best window), so a position where that already beats the
+   upper bound is safe;
+2. cheap necessary test: ``lower <= S_y - max_{W >= P} sum v[W, y]``, so a
+   position where that does not beat the upper bound refutes the image;
+3. the exact lower bound, from the integral image around P, only for the
+   positions neither test decided, in images not yet refuted.
+
+Classes whose total alone cannot reach the cheapest lower bound are dropped
+before any window sum of theirs is computed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import PatchGuardError
+from .geometry import IntOrPair, Pair, as_pair, window_shape
+from .masking import (
+    NO_LABEL, box_sums, check_labels, check_logits, check_params,
+    check_window, chunks, clipped_integral, containing_max,
+    masked_predictions, ranked_classes, tolerance, upper_class_totals,
+)
+
+log = logging.getLogger(__name__)
+
+# Flagged positions handled per vectorized step of the exact lower bound.
+_EXACT_ELEMENTS = 1 << 19
+
+
+def check_patch_window(patch_window: Optional[IntOrPair], mask: Pair) -> Pair:
+    """Patch window (pa, pb) no larger than the mask (a, b); default the mask."""
+    if patch_window is None:
+        return mask
+    pa, pb = as_pair(patch_window, "patch_window")
+    if pa > mask[0] or pb > mask[1]:
+        raise PatchGuardError(
+            f"patch window {pa}x{pb} is larger than the {mask[0]}x{mask[1]} mask: "
+            "masking cannot certify a patch the mask does not cover"
+        )
+    return pa, pb
+
+
+# --------------------------------------------------------------------------
+# Public entry points.
+
+def certify_mask(
+    local_logits: np.ndarray,
+    window: IntOrPair,
+    *,
+    patch_window: Optional[IntOrPair] = None,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Algorithm 2: bool (B,) -- is the label certified against every patch
+    that fits in ``patch_window`` (default: the mask ``window``)?
+
+    ``labels=None`` certifies each map's own robust-masking prediction.
+    """
+    u = check_logits(local_logits)
+    thres, clip = check_params(thres, clip)
+    a, b = check_window(window, u.shape)
+    pa, pb = check_patch_window(patch_window, (a, b))
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    certified = np.zeros(u.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            ys = None if y is None else y[part]
+            certified[part] = _certify_chunk(u[part], ys, (a, b), (pa, pb), thres, clip)[1]
+    return certified
+
+
+def largest_certified(
+    local_logits: np.ndarray,
+    window: IntOrPair,
+    patch_windows: Sequence[IntOrPair],
+    *,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Index (B,) into ``patch_windows`` of the largest patch window for which
+    the label stays certified under the (a, b) mask ``window``; -1 when none.
+
+    ``patch_windows`` must grow (each contains the previous one) and fit in
+    the mask. Certification is monotone in the patch, so a map drops out at
+    the first window it fails (early stop). ``labels=None`` uses each map's
+    robust-masking prediction, which does not depend on the patch.
+    """
+    u = check_logits(local_logits)
+    thres, clip = check_params(thres, clip)
+    a, b = check_window(window, u.shape)
+    pairs = [check_patch_window(p, (a, b)) if p is not None else (a, b) for p in patch_windows]
+    for before, after in zip(pairs, pairs[1:]):
+        if after[0] < before[0] or after[1] < before[1]:
+            raise PatchGuardError(
+                f"patch windows must grow, each containing the one before; got {before} then {after}"
+            )
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    best = np.full(u.shape[0], -1, dtype=np.int64)
+    active = np.arange(u.shape[0])
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k, patch in enumerate(pairs):
+            if active.size == 0:
+                break
+            sub = u if active.size == u.shape[0] else u[active]
+            still = np.zeros(active.size, dtype=bool)
+            found = np.zeros(active.size, dtype=np.int64)
+            for part in chunks(sub):
+                given = None if y is None else y[active[part]]
+                found[part], still[part] = _certify_chunk(sub[part], given, (a, b), patch, thres, clip)
+            if y is None:  # the prediction does not depend on the patch: compute it once
+                y = np.full(u.shape[0], NO_LABEL, dtype=np.int64)
+                y[active] = found
+            active = active[still]
+            best[active] = k
+    return best
+
+
+def certified_patch_px(
+    local_logits: np.ndarray,
+    patch_sizes_px: Sequence[IntOrPair],
+    receptive_field: int,
+    stride: int,
+    window: Optional[IntOrPair] = None,
+    *,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Largest certified patch (B,) in model pixels from ``patch_sizes_px``; 0 when none.
+
+    Sizes are ints (square) or (height, width); they are sorted by area and
+    mapped to cell windows with :func:`geometry.window_shape`. The mask
+    ``window`` defaults to the window of the largest size. Returns the side
+    of the certified size for square sizes, the height for rectangular ones
+    (use :func:`largest_certified` for the index).
+    """
+    if len(patch_sizes_px) == 0:
+        raise PatchGuardError("give at least one patch size")
+    sizes = sorted((as_pair(p, "patch size") for p in patch_sizes_px), key=lambda p: (p[0] * p[1], p))
+    windows = [window_shape(p, receptive_field, stride) for p in sizes]
+    mask = as_pair(window) if window is not None else windows[-1]
+    index = largest_certified(local_logits, mask, windows, thres=thres, clip=clip, labels=labels)
+    heights = np.array([0] + [p[0] for p in sizes], dtype=np.int64)
+    return heights[index + 1]
+
+
+@dataclass(frozen=True)
+class CertifiedSummary:
+    """Batch figures: counts and fractions over the n maps."""
+
+    n: int
+    labelled: bool
+    correct: int          # predictions equal to the labels (0 without labels)
+    certified: int        # certified labels (true labels when labelled)
+    no_label: int         # maps with NaN/inf (no prediction)
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.correct / self.n if self.labelled and self.n else None
+
+    @property
+    def certified_fraction(self) -> float:
+        return self.certified / self.n if self.n else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n, "labelled": self.labelled, "correct": self.correct,
+            "certified": self.certified, "no_label": self.no_label,
+            "accuracy": self.accuracy, "certified_fraction": self.certified_fraction,
+        }
+
+
+def summarize(
+    predictions: np.ndarray, certified: np.ndarray, labels: Optional[np.ndarray] = None
+) -> CertifiedSummary:
+    """Accuracy and certified counts of a batch (certified accuracy when labelled)."""
+    predictions = np.asarray(predictions)
+    certified = np.asarray(certified, dtype=bool)
+    correct = int((predictions == labels).sum()) if labels is not None else 0
+    return CertifiedSummary(
+        n=int(predictions.shape[0]), labelled=labels is not None, correct=correct,
+        certified=int(certified.sum()), no_label=int((predictions == NO_LABEL).sum()),
+    )
+
+
+# --------------------------------------------------------------------------
+# The computation.
+
+@dataclass
+class _LabelSide:
+    """Everything about class y of one chunk; position arrays are (B, H-pa+1, W-pb+1)."""
+
+    table: np.ndarray      # integral image of v[..., y], (B, H+1, W+1)
+    windows: np.ndarray    # mask window sums of v[..., y], (B, H-a+1, W-b+1)
+    total: np.ndarray      # S_y (B,)
+    t: np.ndarray          # S_y - sum v[P, y]
+    no_overlap: np.ndarray  # best mask window sum of v[..., y] not overlapping P
+    cheap: np.ndarray      # t - M_y <= lower bound
+    cap: np.ndarray        # >= lower bound
+
+
+def _label_side(table: np.ndarray, windows: np.ndarray, mask: Pair, patch: Pair,
+                thres: float) -> _LabelSide:
+    (a, b), (pa, pb) = mask, patch
+    total = table[:, -1, -1]
+    t = total[:, None, None] - box_sums(table, pa, pb)
+    cheap = t - windows.max(axis=(1, 2))[:, None, None]
+    no_overlap = _no_overlap_max(windows, mask, patch)
+    # lower <= t - OV <= S_y - (best window containing P); and when M0 is
+    # used (T = 0, or already the non-overlapping windows beat T t),
+    # lower = t - M0 <= t - no_overlap.
+    cap = total[:, None, None] - containing_max(windows, a, b, pa, pb)
+    uses_m0 = (thres == 0.0) | (no_overlap > thres * t)
+    cap = np.minimum(cap, np.where(uses_m0, t - no_overlap, np.inf))
+    return _LabelSide(table, windows, total, t, no_overlap, cheap, cap)
+
+
+def _no_overlap_max(windows: np.ndarray, mask: Pair, patch: Pair) -> np.ndarray:
+    """Best window sum (B, H-pa+1, W-pb+1) among mask windows not overlapping P.
+
+    A window misses P iff it lies wholly above, below, left or right of it:
+    prefix / suffix maxima of the window grid's row and column maxima.
+    """
+    (a, b), (pa, pb) = mask, patch
+    batch, rows, cols = windows.shape
+    edge = np.full((batch, 1), -np.inf)
+    row_max, col_max = windows.max(axis=2), windows.max(axis=1)
+    above = np.concatenate([edge, np.maximum.accumulate(row_max, axis=1)], axis=1)
+    below = np.concatenate([np.maximum.accumulate(row_max[:, ::-1], axis=1)[:, ::-1], edge], axis=1)
+    left = np.concatenate([edge, np.maximum.accumulate(col_max, axis=1)], axis=1)
+    right = np.concatenate([np.maximum.accumulate(col_max[:, ::-1], axis=1)[:, ::-1], edge], axis=1)
+    i = np.arange(rows + a - pa)  # patch rows: H - pa + 1 = rows + a - pa
+    j = np.arange(cols + b - pb)
+    vertical = np.maximum(above[:, np.maximum(i - a + 1, 0)], below[:, np.minimum(i + pa, rows)])
+    horizontal = np.maximum(left[:, np.maximum(j - b + 1, 0)], right[:, np.minimum(j + pb, cols)])
+    return np.maximum(vertical[:, :, None], horizontal[:, None, :])
+
+
+def _certify_chunk(
+    u: np.ndarray, y: Optional[np.ndarray], mask: Pair, patch: Pair,
+    thres: float, clip: Optional[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, certificates) of one chunk; ``y=None`` certifies the predictions.
+    Maps with NaN or inf are never certified (their labels are garbage).
+
+    Classes are ranked by (over-estimated) totals and only those that can
+    matter get an integral image: the few that can win the prediction, class
+    y, and the few whose total can reach y's smallest cheap lower bound.
+    """
+    totals, finite = upper_class_totals(u, clip)
+    order = ranked_classes(totals)
+    if y is None:
+        y = masked_predictions(u, totals, order, mask[0], mask[1], thres, clip)
+    tol = tolerance(totals)
+    table_y = clipped_integral(u, clip, y[:, None])[..., 0]
+    side = _label_side(table_y, box_sums(table_y, *mask), mask, patch, thres)
+    upper = _upper_bounds(u, y, totals, order, side.cheap.min(axis=(1, 2)), tol, mask, patch,
+                          thres, clip)
+    return y, _decide(side, upper, tol, mask, patch, thres) & finite
+
+
+def _upper_bounds(
+    u: np.ndarray, y: np.ndarray, totals: np.ndarray, order: np.ndarray, floor: np.ndarray,
+    tol: np.ndarray,
+    mask: Pair, patch: Pair, thres: float, clip: Optional[float],
+) -> np.ndarray:
+    """Largest upper bound (B, H-pa+1, W-pb+1) over the classes c != y.
+
+    A class with ``S_c / (1 - T) < floor - tol`` is below every lower bound at
+    every position by more than the tolerance (``floor`` is the smallest cheap
+    lower bound), so only the others get window sums. Ranked by total, those
+    form a prefix of the ranking once y is skipped.
+    """
+    batch, height, width, classes = u.shape
+    (a, b), (pa, pb) = mask, patch
+    candidate = totals >= (1.0 - thres) * (floor - tol)[:, None]
+    candidate[np.arange(batch), y] = False
+    count = int(candidate.sum(axis=1).max(initial=0))
+    if count == 0:
+        return np.full((batch, height - pa + 1, width - pb + 1), -np.inf)
+    index = order[:, : min(classes, count + 1)]
+    table = clipped_integral(u, clip, index)
+    gap = table[:, -1, -1][:, None, None, :] - containing_max(box_sums(table, a, b), a, b, pa, pb)
+    gap[np.broadcast_to((index == y[:, None])[:, None, None, :], gap.shape)] = -np.inf
+    return gap.max(axis=3) / (1.0 - thres)
+
+
+def _decide(side: _LabelSide, upper: np.ndarray, tol: np.ndarray, mask: Pair, patch: Pair,
+            thres: float) -> np.ndarray:
+    """Certificates (B,): cheap tests first, the exact lower bound where they disagree."""
+    tol3 = tol[:, None, None]
+    refuted = ((side.cap - upper) <= tol3).any(axis=(1, 2))
+    unsure = (side.cheap - upper) <= tol3
+    undecided = unsure & ~refuted[:, None, None]
+    n, i, j = np.nonzero(undecided)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("positions: %d, cheap test undecided: %d, exact bound: %d",
+                  unsure.size, int(unsure.sum()), n.size)
+    if n.size:
+        lower = _exact_lower(side, n, i, j, mask, patch, thres)
+        failed = (lower - upper[n, i, j]) <= tol[n]
+        refuted[n[failed]] = True
+    return ~refuted
+
+
+def _exact_lower(side: _LabelSide, n: np.ndarray, i: np.ndarray, j: np.ndarray,
+                 mask: Pair, patch: Pair, thres: float) -> np.ndarray:
+    """Exact lower bound of y at the patch positions (n, i, j), shape (F,).
+
+    ``M0`` is the larger of the best window not overlapping P and ``OV``, the
+    best overlapping window with its part inside P removed; each such part is
+    a rectangle whose corners lie in the (pa + 1) x (pb + 1) block of the
+    integral image at P's corner.
+    """
+    (a, b), (pa, pb) = mask, patch
+    # Overlapping windows start at rows i - a + 1 .. i + pa - 1 (columns
+    # alike): pad the window grid with -inf so every offset is an index.
+    padded = np.pad(side.windows, ((0, 0), (a - 1, a - 1), (b - 1, b - 1)),
+                    constant_values=-np.inf)
+    dr = np.arange(a + pa - 1) - (a - 1)
+    dc = np.arange(b + pb - 1) - (b - 1)
+    r0, r1 = np.maximum(0, dr)[:, None], np.minimum(pa, dr + a)[:, None]
+    c0, c1 = np.maximum(0, dc)[None, :], np.minimum(pb, dc + b)[None, :]
+    block_r, block_c = np.arange(pa + 1)[None, :, None], np.arange(pb + 1)[None, None, :]
+    out_r, out_c = np.arange(dr.size)[None, :, None], np.arange(dc.size)[None, None, :]
+
+    lower = np.empty(n.size, dtype=np.float64)
+    step = max(1, _EXACT_ELEMENTS // (dr.size * dc.size))
+    for s in range(0, n.size, step):
+        nn, ii, jj = n[s : s + step], i[s : s + step], j[s : s + step]
+        n3, i3, j3 = nn[:, None, None], ii[:, None, None], jj[:, None, None]
+        corners = side.table[n3, i3 + block_r, j3 + block_c]
+        inside = (corners[:, r1, c1] - corners[:, r0, c1]) - corners[:, r1, c0] + corners[:, r0, c0]
+        overlap = (padded[n3, i3 + out_r, j3 + out_c] - inside).max(axis=(1, 2))
+        best = np.maximum(side.no_overlap[nn, ii, jj], overlap)
+        t = side.t[nn, ii, jj]
+        uses_m0 = (thres == 0.0) | (best > thres * t)
+        lower[s : s + step] = np.where(uses_m0, t - best, t - overlap)
+    return lower

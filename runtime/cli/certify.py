@@ -1,0 +1,314 @@
+"""pg-certify: certify precomputed local logits, or evaluate a model on a data set.
+
+Two modes, one command:
+
+- ``--logits X.npy``: local logits (N, H, W, C) a researcher dumped; one
+  threat model; per-image predictions and certificates.
+- ``--engine MODEL --data fashion-mnist|DIR``: run the model on a labelled
+  set and report accuracy and certified accuracy per patch size
+  (:func:`patchguard.runtime.evaluate.evaluate`, also used by the first mode
+  when labels and patch sizes are given, so both give the same numbers).
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import click
+import numpy as np
+
+from ..console import Command, progress
+from ..errors import PatchGuardError
+from ..files import atomic_path, write_text_atomic
+from ..geometry import Pair, parse_pair, window_shape
+
+EXAMPLES = """
+\b
+Examples:
+  pg-certify --logits feats.npy --labels labels.npy --window 6
+  pg-certify --logits feats.npy --patch-size 32 --rf 17 --stride 8 --thres 0.1 --json out.json
+  pg-certify --logits feats.npy --window 6x4 --defense vote
+  pg-certify --engine model.onnx --data fashion-mnist --patch-size 3 --patch-size 5,7 --json report.json
+  pg-certify --engine model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
+\b
+--window is the mask in feature cells (AxB: rows x columns); --patch-size P
+(pixels) with --rf R and --stride S derives it. In --engine mode the receptive
+field and stride come from the model. Several --patch-size values (repeat the
+option or give a comma list) make an evaluation report per size.
+"""
+
+BATCH = 256
+
+
+@click.command(cls=Command, epilog=EXAMPLES)
+@click.option("--logits", type=click.Path(dir_okay=False), default=None,
+              help="Local logits (N, H, W, C) as a .npy file.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="True labels (N,) as a .npy file (--logits mode).")
+@click.option("--engine", type=click.Path(dir_okay=False), default=None,
+              help="Exported model (.onnx or .plan) to evaluate on --data.")
+@click.option("--data", default=None, help="fashion-mnist, or a folder with one sub-folder per class.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Fashion-MNIST split.")
+@click.option("--limit", type=int, default=None, help="Use the first N images only.")
+@click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
+@click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
+@click.option("--patch-size", "patch_sizes", multiple=True,
+              help="Patch side in pixels (repeatable, or a comma list).")
+@click.option("--rf", type=int, default=None, help="Receptive field r of a cell, pixels (--logits mode).")
+@click.option("--stride", type=int, default=None, help="Stride s between cells, pixels (--logits mode).")
+@click.option("--thres", type=float, default=0.0, show_default=True, help="Detection threshold T in [0, 1).")
+@click.option("--clip", type=float, default=None, help="Clipping ceiling c_h (default: none).")
+@click.option("--defense", type=click.Choice(["mask", "cbn", "vote"]), default="mask",
+              show_default=True, help="Aggregation to certify (--logits mode).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the per-image results / the report to this JSON file.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Plot certified accuracy against patch size to this PNG (--engine mode).")
+@click.option("--save-logits", type=click.Path(dir_okay=False), default=None,
+              help="Also save the model's logits (.npy) and labels (.labels.npy) (--engine mode).")
+def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], data: Optional[str],
+         split: str, limit: Optional[int], provider: Optional[str], window_text: Optional[str],
+         patch_sizes: Sequence[str], rf: Optional[int], stride: Optional[int], thres: float,
+         clip: Optional[float], defense: str, json_out: Optional[str], plot: Optional[str],
+         save_logits: Optional[str]) -> None:
+    """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote)."""
+    sizes = _parse_sizes(patch_sizes)
+    if (logits is None) == (engine is None):
+        raise PatchGuardError("give exactly one of --logits X.npy or --engine MODEL")
+    if logits is not None:
+        for flag, value in (("--data", data), ("--plot", plot), ("--save-logits", save_logits),
+                            ("--limit", limit)):
+            if value is not None:
+                raise PatchGuardError(f"{flag} belongs to --engine mode, not --logits")
+        _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out)
+    else:
+        for flag, value in (("--labels", labels), ("--window", window_text), ("--rf", rf),
+                            ("--stride", stride)):
+            if value is not None:
+                raise PatchGuardError(
+                    f"{flag} belongs to --logits mode; --engine takes the labels from --data and "
+                    "r, s from the model"
+                )
+        if defense != "mask":
+            raise PatchGuardError("--engine mode reports every defense; drop --defense")
+        _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
+                     plot, save_logits)
+
+
+# --------------------------------------------------------------------------
+# --logits mode.
+
+def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[str],
+                 sizes: list[int], rf: Optional[int], stride: Optional[int], thres: float,
+                 clip: Optional[float], defense: str, json_out: Optional[str]) -> None:
+    from ..certificate import largest_certified, summarize
+    from ..defenses import certify, predict
+    from ..evaluate import evaluate
+    from ..masking import check_labels, check_logits, check_params
+
+    u = check_logits(load_npy(path, "logits"))
+    thres, clip = check_params(thres, clip)
+    y = None
+    if labels_path is not None:
+        y = check_labels(load_npy(labels_path, "labels"), u.shape[0], u.shape[3])
+    window, windows = _threat(window_text, sizes, rf, stride, u.shape)
+    predictions = predict(u, window, defense=defense, thres=thres, clip=clip)
+    safe = np.maximum(predictions, 0)
+    certified = certify(u, window, defense=defense, thres=thres, clip=clip,
+                        labels=y if y is not None else safe) & (predictions >= 0)
+    summary = summarize(predictions, certified, y)
+    report: dict[str, Any] = {
+        "logits": str(path), "n": summary.n, "map": list(u.shape[1:3]), "classes": int(u.shape[3]),
+        "defense": defense, "window": list(window), "thres": thres, "clip": clip,
+        "summary": summary.to_dict(),
+    }
+    per_px = None
+    if defense == "mask" and len(windows) > 1:
+        index = largest_certified(u, window, windows, thres=thres, clip=clip,
+                                  labels=y if y is not None else safe)
+        per_px = np.array([0] + sizes, dtype=np.int64)[index + 1]
+    images = []
+    for n in range(u.shape[0]):
+        row: dict[str, Any] = {"index": n,
+                               "prediction": int(predictions[n]) if predictions[n] >= 0 else None,
+                               "certified": bool(certified[n])}
+        if y is not None:
+            row["label"] = int(y[n])
+        if per_px is not None:
+            row["certified_patch_px"] = int(per_px[n])
+        images.append(row)
+    report["images"] = images
+    if y is not None and sizes and rf is not None:
+        report["evaluation"] = evaluate(u, y, sizes, receptive_field=rf, stride=int(stride or 0),
+                                        thres=thres, clip=clip)
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
+    _print_summary(summary.to_dict(), defense, window, y is not None)
+    if json_out:
+        click.echo(f"per-image results: {json_out}")
+
+
+def _print_summary(summary: dict[str, Any], defense: str, window: Pair, labelled: bool) -> None:
+    n = summary["n"]
+    click.echo(f"{n} maps, defense {defense}, window {window[0]}x{window[1]}")
+    if labelled:
+        click.echo(f"  accuracy            {summary['accuracy']:.4f} ({summary['correct']}/{n})")
+        click.echo(f"  certified accuracy  {summary['certified_fraction']:.4f} ({summary['certified']}/{n})")
+    else:
+        click.echo(f"  certified           {summary['certified_fraction']:.4f} ({summary['certified']}/{n})")
+    if summary["no_label"]:
+        click.echo(f"  maps with NaN/inf   {summary['no_label']} (no label, never certified)")
+
+
+def _threat(window_text: Optional[str], sizes: list[int], rf: Optional[int],
+            stride: Optional[int], shape: tuple[int, ...]) -> tuple[Pair, list[Pair]]:
+    """The mask window and, for several patch sizes, the growing patch windows."""
+    if window_text is not None:
+        if sizes or rf is not None or stride is not None:
+            raise PatchGuardError("give either --window or --patch-size with --rf and --stride, not both")
+        window = parse_pair(window_text, "window")
+        windows = [window]
+    else:
+        if not sizes or rf is None or stride is None:
+            raise PatchGuardError("give --window W (or AxB), or --patch-size P with --rf R and --stride S")
+        windows = [window_shape(p, rf, stride) for p in sizes]
+        window = windows[-1]
+    if window[0] > shape[1] or window[1] > shape[2]:
+        raise PatchGuardError(
+            f"window {window[0]}x{window[1]} is larger than the {shape[1]}x{shape[2]} map of local logits"
+        )
+    return window, windows
+
+
+def _parse_sizes(values: Sequence[str]) -> list[int]:
+    sizes: list[int] = []
+    for value in values:
+        for part in str(value).split(","):
+            try:
+                size = int(part)
+            except ValueError:
+                raise PatchGuardError(f"--patch-size takes pixel counts, got {part!r}") from None
+            if size < 1:
+                raise PatchGuardError(f"--patch-size must be at least 1 pixel, got {size}")
+            sizes.append(size)
+    return sorted(set(sizes))
+
+
+def load_npy(path: str, what: str) -> np.ndarray:
+    """A .npy array (no pickles), or a one-line error naming the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise PatchGuardError(f"{what} file {file} does not exist")
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise PatchGuardError(f"cannot read {file} as a .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        raise PatchGuardError(f"{file} holds several arrays (.npz); give one .npy array")
+    return array
+
+
+# --------------------------------------------------------------------------
+# --engine mode.
+
+def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[int],
+                 provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
+                 json_out: Optional[str], plot: Optional[str], save_logits: Optional[str]) -> None:
+    from ..backends import open_backend
+    from ..evaluate import evaluate
+    from ..masking import check_params
+
+    if data is None:
+        raise PatchGuardError("--engine mode needs --data fashion-mnist or --data DIR")
+    if not sizes:
+        raise PatchGuardError("--engine mode needs at least one --patch-size")
+    if limit is not None and limit < 1:
+        raise PatchGuardError(f"--limit must be at least 1, got {limit}")
+    thres, clip = check_params(thres, clip)
+    with open_backend(engine, provider=provider) as backend:
+        record = backend.record
+        images, labels = _load_data(data, split, record)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        u = _infer_all(backend, images, record)
+    if save_logits:
+        np_path = Path(save_logits)
+        with atomic_path(np_path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, u)
+        with atomic_path(np_path.with_suffix(".labels.npy")) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, labels)
+    report = evaluate(u, labels, sizes, receptive_field=record.receptive_field,
+                      stride=record.stride, thres=thres, clip=clip)
+    report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
+              **report}
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
+    if plot:
+        plot_report(report, plot)
+    _print_report(report)
+
+
+def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarray]:
+    if data == "fashion-mnist":
+        from ..datasets import load_fashion_mnist
+        from ..preprocess import to_model_image
+
+        images, labels = load_fashion_mnist(split)
+        if record.in_channels != 1 or tuple(images.shape[1:3]) != tuple(record.input_size):
+            images = np.stack([to_model_image(image, record) for image in images])
+        return images, labels
+    from ..sources import read_image_folder
+
+    images, labels, _ = read_image_folder(data, record)
+    return images, labels
+
+
+def _infer_all(backend: Any, images: np.ndarray, record: Any) -> np.ndarray:
+    from ..preprocess import normalize
+
+    parts = []
+    with progress(len(images), "inference") as bar:
+        for start in range(0, len(images), BATCH):
+            batch = normalize(images[start : start + BATCH], record)
+            parts.append(np.asarray(backend.infer(batch), dtype=np.float32))
+            bar.update(len(batch))
+    return np.concatenate(parts)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    click.echo(f"{report['n']} images, undefended accuracy {report['undefended_accuracy']:.4f}")
+    names = list(report["results"][0]["defenses"]) if report["results"] else []
+    click.echo(f"{'patch':>7} {'window':>7}  " + "  ".join(f"{name:>17}" for name in names))
+    click.echo(f"{'':>7} {'':>7}  " + "  ".join(f"{'acc':>8} {'cert':>8}" for _ in names))
+    for row in report["results"]:
+        window = "x".join(str(v) for v in row["window"])
+        cells = "  ".join(f"{d['accuracy']:8.4f} {d['certified']:8.4f}" for d in row["defenses"].values())
+        click.echo(f"{row['patch_size']!s:>7} {window:>7}  {cells}")
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    """Certified accuracy against patch size, one line per defense, to a PNG."""
+    from ..errors import lazy_import
+
+    matplotlib = lazy_import("matplotlib", "plot")
+    matplotlib.use("Agg")
+    plt = lazy_import("matplotlib.pyplot", "plot")
+    sizes = [row["patch_size"] for row in report["results"]]
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for name in report["results"][0]["defenses"]:
+        axes.plot(sizes, [row["defenses"][name]["certified"] for row in report["results"]],
+                  marker="o", label=name)
+    axes.set_xlabel("patch size (px)")
+    axes.set_ylabel("certified accuracy")
+    axes.set_ylim(0, 1)
+    axes.legend()
+    axes.set_title(f"{report['n']} images, undefended accuracy {report['undefended_accuracy']:.3f}")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)

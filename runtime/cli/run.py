@@ -1,0 +1,113 @@
+"""pg-run: label and certify every frame of a camera, video, image folder or stream."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Optional
+
+import click
+
+from ..console import Command, progress
+from ..errors import PatchGuardError
+
+EXAMPLES = """
+\b
+Examples:
+  pg-run --engine model.plan --camera 0 --show
+  pg-run --engine model.onnx --source clip.avi --jsonl frames.jsonl --save-video out.avi
+  pg-run --engine model.onnx --source photos/ --patch-frac 0.02 --jsonl -
+  pg-run --engine model.plan --source "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,\\
+height=720 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink"
+\b
+The patch is stated in camera pixels (a square of --patch-size PX, or of
+--patch-frac F of the frame area); by default the model's own patch size,
+mapped from model pixels to camera pixels. The summary goes to stderr.
+"""
+
+
+def _log_through(bar: Any) -> Any:
+    """Route log lines (skipped files) above the progress bar instead of through it."""
+    if getattr(bar, "disable", True):
+        return contextlib.nullcontext()
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ImportError:
+        return contextlib.nullcontext()
+    return logging_redirect_tqdm()
+
+
+@click.command(cls=Command, epilog=EXAMPLES)
+@click.option("--engine", "engine", type=click.Path(dir_okay=False), required=True,
+              help="Exported model: .onnx (onnxruntime) or .plan (TensorRT, with its .plan.json).")
+@click.option("--camera", type=int, default=None, help="OpenCV camera index (e.g. 0 for /dev/video0).")
+@click.option("--source", default=None,
+              help="Video file, image, folder (sorted), glob, RTSP/HTTP URL or GStreamer pipeline.")
+@click.option("--patch-size", type=int, default=None, help="Patch side in camera pixels.")
+@click.option("--patch-frac", type=float, default=None, help="Patch area as a fraction of the frame (0.02 = 2%).")
+@click.option("--thres", type=float, default=0.0, show_default=True, help="Detection threshold T of robust masking.")
+@click.option("--clip", type=float, default=None, help="Clipping ceiling c_h (default: none).")
+@click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
+@click.option("--jsonl", default=None, help="Write one JSON object per frame to FILE, or - for stdout.")
+@click.option("--save-video", type=click.Path(dir_okay=False), default=None,
+              help="Write the annotated frames to this .avi/.mp4.")
+@click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
+@click.option("--max-frames", type=int, default=None, help="Stop after N frames.")
+def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: Optional[int],
+         patch_frac: Optional[float], thres: float, clip: Optional[float], provider: Optional[str],
+         jsonl: Optional[str], save_video: Optional[str], show: bool, max_frames: Optional[int]) -> None:
+    """Label every frame with robust masking and certify it against a patch of camera pixels."""
+    from ..pipeline import Pipeline, stream
+    from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, frame_row
+    from ..sources import open_camera, open_source
+
+    if (camera is None) == (source is None):
+        raise PatchGuardError("give exactly one of --camera N or --source S")
+    if max_frames is not None and max_frames < 1:
+        raise PatchGuardError(f"--max-frames must be at least 1, got {max_frames}")
+    with contextlib.ExitStack() as stack:
+        # Set-up first: a bad option or input fails here, before any frame, with one line.
+        pipeline = stack.enter_context(Pipeline.from_engine(
+            engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
+            provider=provider))
+        frames = stack.enter_context(
+            open_camera(camera) if camera is not None else open_source(source or ""))
+        jsonl_sink = JsonlSink(jsonl) if jsonl else None
+        if jsonl_sink:
+            stack.callback(jsonl_sink.close)
+        video = VideoSink(save_video, frames.fps) if save_video else None
+        if video:
+            stack.callback(video.close)
+        display = DisplaySink() if show else None
+        if display:
+            stack.callback(display.close)
+        total = frames.length if max_frames is None or frames.length is None \
+            else min(frames.length, max_frames)
+        # A bar only where someone watches a terminal; logs and pipes get the summary.
+        bar = stack.enter_context(progress(total, "frames",
+                                           disable=total is None or not sys.stderr.isatty()))
+        stack.enter_context(_log_through(bar))
+
+        summary = RunSummary()
+        try:
+            for item in stream(pipeline, frames, max_frames):
+                summary.add(item.result)
+                if jsonl_sink:
+                    jsonl_sink.write(frame_row(item.index, item.source, item.time, item.result))
+                if video:
+                    video.write(item.frame, item.result)
+                if display:
+                    display.write(item.frame, item.result)
+                    if display.stopped:
+                        summary.finish("closed by the user")
+                        break
+                bar.update(1)
+            if summary.ended is None and max_frames is not None and summary.frames >= max_frames:
+                summary.finish("--max-frames reached")
+        except KeyboardInterrupt:
+            summary.finish("interrupted")  # Ctrl-C is how a camera run ends: not an error
+        finally:
+            # Whatever stopped the run, what was written stays valid and the summary is printed.
+            if summary.ended is None:
+                summary.finish(None if sys.exc_info()[0] is None else "error")
+            bar.close()  # before the summary, so the two never share a line
+            click.echo(f"{frames.description}: {summary.text()}", err=True)

@@ -1,0 +1,341 @@
+"""Robust masking (PatchGuard Algorithm 1) over whole batches, in numpy.
+
+Symbols follow DESIGN.md section 2: local logits ``u`` (B, H, W, C), clipped
+evidence ``v = clip(u, 0, c_h)``, class totals ``S_c`` (B, C), largest window
+sums ``M_c`` over (a, b) windows, detection threshold ``T``. Every bound is
+computed in float64 from one integral image (2-D cumulative sum), so the same
+window always gets the same sum wherever it is used.
+
+Maps holding NaN or inf have no trustworthy evidence: :func:`robust_masking`
+returns :data:`NO_LABEL` (-1) and a NaN evidence row for them instead of a
+label, and no certificate is ever issued for them.
+
+Classes are pruned before any window sum: only classes
+whose (over-estimated) total ``S_c`` could still matter get their window sums
+computed, which keeps a 26x26x1000 map near one pass over the data (and
+a 26x26x10 map at a few classes instead of ten).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .errors import PatchGuardError
+from .geometry import IntOrPair, Pair, as_pair
+
+#: Prediction given for a map that holds NaN or inf (no label can be trusted).
+NO_LABEL = -1
+
+# Classes whose window sums the prediction computes first (by decreasing S_c).
+_FIRST_CLASSES = 3
+# Elements (B * H * W * C) per chunk: keeps float64 temporaries cache-sized.
+_CHUNK_ELEMENTS = 1 << 17
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+# --------------------------------------------------------------------------
+# Checking what the caller handed us.
+
+def check_logits(local_logits: np.ndarray) -> np.ndarray:
+    """Local logits as a 4-D float array (B, H, W, C), or a PatchGuardError."""
+    u = np.asarray(local_logits)
+    if u.ndim != 4:
+        raise PatchGuardError(
+            f"local logits must have shape (B, H, W, C), got an array of shape {u.shape}"
+        )
+    if u.dtype.kind in "biu":
+        u = u.astype(np.float64)
+    elif u.dtype.kind != "f":
+        raise PatchGuardError(f"local logits must be numbers, got dtype {u.dtype}")
+    if min(u.shape[1:]) < 1:
+        raise PatchGuardError(f"local logits need at least one cell and one class, got {u.shape}")
+    return u
+
+
+def check_params(thres: float, clip: Optional[float]) -> tuple[float, Optional[float]]:
+    """Validate the detection threshold T in [0, 1) and the ceiling c_h > 0."""
+    try:
+        thres = float(thres)
+    except (TypeError, ValueError):
+        raise PatchGuardError(f"thres must be a number in [0, 1), got {thres!r}") from None
+    if not 0.0 <= thres < 1.0:
+        raise PatchGuardError(f"thres must be in [0, 1), got {thres}")
+    if clip is not None:
+        try:
+            clip = float(clip)
+        except (TypeError, ValueError):
+            raise PatchGuardError(f"clip must be a positive number, got {clip!r}") from None
+        if not clip > 0.0:
+            raise PatchGuardError(f"clip must be a positive number (or none), got {clip}")
+    return thres, clip
+
+
+def check_window(window: IntOrPair, shape: tuple[int, ...], name: str = "window") -> Pair:
+    """(a, b) that fits inside the (H, W) map of ``shape`` (B, H, W, C)."""
+    a, b = as_pair(window, name)
+    height, width = shape[1], shape[2]
+    if a > height or b > width:
+        raise PatchGuardError(
+            f"{name} {a}x{b} is larger than the {height}x{width} map of local logits"
+        )
+    return a, b
+
+
+def check_labels(labels: Optional[np.ndarray], batch: int, classes: int) -> Optional[np.ndarray]:
+    """Labels (B,) as int64 within [0, C), or a PatchGuardError."""
+    if labels is None:
+        return None
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != batch:
+        raise PatchGuardError(f"expected {batch} labels (one per map), got an array of shape {y.shape}")
+    if y.size and y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise PatchGuardError(f"labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        raise PatchGuardError(
+            f"labels must be class indices in [0, {classes}), got {int(y[bad][0])}"
+        )
+    return y
+
+
+def finite_maps(u: np.ndarray) -> np.ndarray:
+    """(B,) True where the map holds no NaN and no inf."""
+    flat = u.reshape(u.shape[0], -1)
+    # min/max propagate NaN and expose +-inf in two cheap reductions.
+    return np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1))
+
+
+def chunks(u: np.ndarray) -> list[slice]:
+    """Batch slices small enough that float64 temporaries stay cache-sized."""
+    per_map = max(1, int(np.prod(u.shape[1:])))
+    step = max(1, _CHUNK_ELEMENTS // per_map)
+    return [slice(i, min(i + step, u.shape[0])) for i in range(0, u.shape[0], step)]
+
+
+# --------------------------------------------------------------------------
+# Integral images and window sums.
+
+def clipped(u: np.ndarray, clip: Optional[float]) -> np.ndarray:
+    """``v = clip(u, 0, c_h)`` in float64 (a new array)."""
+    v = np.maximum(u, 0.0, dtype=np.float64)
+    if clip is not None:
+        np.minimum(v, clip, out=v)
+    return v
+
+
+def clipped_integral(
+    u: np.ndarray, clip: Optional[float], index: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Integral image of ``v = clip(u, 0, c_h)`` in float64: (B, H + 1, W + 1, K).
+
+    ``table[:, i, j, k]`` is the sum of ``v[:, :i, :j, k]``, so
+    ``table[:, H, W]`` is the total S. ``index`` (B, K) picks K classes per
+    map (default: all C). Clipping, the cast to float64 and the class gather
+    write straight into the table, so it costs three passes over the data.
+    """
+    batch, height, width, classes = u.shape
+    if index is None:
+        source = u
+    else:
+        rows = np.arange(batch)[:, None]
+        source = np.moveaxis(u[rows, :, :, index], 1, 3)  # (B, K, H, W) -> (B, H, W, K)
+    table = np.empty((batch, height + 1, width + 1, source.shape[3]), dtype=np.float64)
+    table[:, 0] = 0.0
+    table[:, 1:, 0] = 0.0
+    inner = table[:, 1:, 1:]
+    np.maximum(source, 0.0, out=inner)
+    if clip is not None:
+        np.minimum(inner, clip, out=inner)
+    np.cumsum(inner, axis=1, out=inner)
+    np.cumsum(inner, axis=2, out=inner)
+    return table
+
+
+def integral(v: np.ndarray) -> np.ndarray:
+    """Integral image over axes 1, 2 of any (B, H, W, ...) array, float64 or int64."""
+    dtype = np.int64 if v.dtype.kind in "biu" else np.float64
+    out = np.zeros((v.shape[0], v.shape[1] + 1, v.shape[2] + 1) + v.shape[3:], dtype=dtype)
+    inner = out[:, 1:, 1:]
+    np.cumsum(v, axis=1, out=inner)
+    np.cumsum(inner, axis=2, out=inner)
+    return out
+
+
+def box_sums(table: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Sum of every (a, b) window from an integral image.
+
+    (B, H + 1, W + 1, ...) -> (B, H - a + 1, W - b + 1, ...); entry (i, j) is
+    the window whose top-left cell is (i, j). Always the same four corners in
+    the same order, so equal windows get bit-equal sums.
+    """
+    out = np.subtract(table[:, a:, b:], table[:, :-a, b:])
+    np.subtract(out, table[:, a:, :-b], out=out)
+    np.add(out, table[:, :-a, :-b], out=out)
+    return out
+
+
+def containing_max(sums: np.ndarray, a: int, b: int, pa: int, pb: int) -> np.ndarray:
+    """For each (pa, pb) patch position, the largest (a, b) window sum over the
+    windows that contain it.
+
+    ``sums`` (B, H - a + 1, W - b + 1, ...) -> (B, H - pa + 1, W - pb + 1, ...).
+    The windows containing the patch at (i, j) start at rows
+    ``max(0, i + pa - a) .. min(i, H - a)``: a sliding maximum of length
+    ``a - pa + 1`` over the window grid padded with -inf on both sides.
+    """
+    out = sums
+    for axis, extra in ((1, a - pa), (2, b - pb)):
+        if extra == 0:
+            continue
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (extra, extra)
+        padded = np.pad(out, pad, constant_values=-np.inf)
+        length = out.shape[axis] + extra
+        result = padded[_along(axis, 0, length)].copy()
+        for shift in range(1, extra + 1):
+            np.maximum(result, padded[_along(axis, shift, shift + length)], out=result)
+        out = result
+    return out
+
+
+def _along(axis: int, start: int, stop: int) -> tuple:
+    return (slice(None),) * axis + (slice(start, stop),)
+
+
+# --------------------------------------------------------------------------
+# Class totals and gathering the classes that matter.
+
+def upper_class_totals(u: np.ndarray, clip: Optional[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Over-estimates of ``S_c`` (B, C) float64, and which maps are finite (B,).
+
+    The totals are never below the exact values and only rank and prune
+    classes, never serve as a bound. float64 input: the float64 totals,
+    inflated by a relative 1e-12 so that ties with integral-image totals stay
+    inside every candidate set. float32 input: a float32 pass, with c_h
+    rounded up and the total inflated by the float32 summation error bound.
+    Finiteness comes with it: NaN reaches the totals, -inf shows in the
+    map's minimum, +inf in the totals (or, under a ceiling, in the maximum).
+    """
+    batch, height, width, classes = u.shape
+    cells = height * width
+    lowest = u.reshape(batch, -1).min(axis=1)
+    if u.dtype != np.float32:
+        totals = clipped(u, clip).reshape(batch, cells, classes).sum(axis=1) * (1.0 + 1e-12) + 1e-300
+    else:
+        ceiling = None
+        if clip is not None:
+            ceiling = np.float32(clip)
+            if float(ceiling) < clip:
+                ceiling = np.nextafter(ceiling, np.float32(np.inf))
+        if classes <= 64:
+            v = np.maximum(u, np.float32(0.0))
+            if ceiling is not None:
+                np.minimum(v, ceiling, out=v)
+            totals = v.sum(axis=(1, 2), dtype=np.float32).astype(np.float64)
+        else:  # one map at a time through a reused buffer: stays in cache
+            totals = np.empty((batch, classes), dtype=np.float64)
+            buffer = np.empty((cells, classes), dtype=np.float32)
+            for n in range(batch):
+                np.maximum(u[n].reshape(cells, classes), np.float32(0.0), out=buffer)
+                if ceiling is not None:
+                    np.minimum(buffer, ceiling, out=buffer)
+                totals[n] = buffer.sum(axis=0)
+        # Summing n non-negative float32 terms errs by at most (n - 1) * eps32 relative.
+        totals = totals * (1.0 + 2.0 * cells * _EPS32) + 1e-300
+    finite = np.isfinite(lowest) & np.isfinite(totals.sum(axis=1))
+    if clip is not None:  # c_h turns +inf into a finite value
+        finite &= np.isfinite(u.reshape(batch, -1).max(axis=1))
+    return totals, finite
+
+
+def ranked_classes(totals: np.ndarray) -> np.ndarray:
+    """Class indices (B, C) by decreasing total; equal totals by class index."""
+    return np.argsort(-totals, axis=1, kind="stable")
+
+
+# --------------------------------------------------------------------------
+# Algorithm 1.
+
+def evidence_from(total: np.ndarray, largest: np.ndarray, thres: float) -> np.ndarray:
+    """Masked evidence: ``S - M`` where ``S > 0`` and ``M > T * S``, else ``S``."""
+    masked = (total > 0) & (largest > thres * total)
+    return np.where(masked, total - largest, total)
+
+
+def _evidence(table: np.ndarray, a: int, b: int, thres: float) -> np.ndarray:
+    """Masked evidence (B, K) from an integral image (B, H + 1, W + 1, K)."""
+    return evidence_from(table[:, -1, -1], box_sums(table, a, b).max(axis=(1, 2)), thres)
+
+
+def robust_masking(
+    local_logits: np.ndarray,
+    window: IntOrPair,
+    *,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Algorithm 1 on a batch: predictions (B,) int64 and evidence (B, C) float64.
+
+    ``local_logits`` u is (B, H, W, C); ``window`` the mask (a, b) in cells (an
+    int for a square); ``thres`` T; ``clip`` the ceiling c_h (None: no
+    ceiling). Evidence of class c is ``S_c - M_c`` when ``S_c > 0`` and
+    ``M_c > T * S_c``, else ``S_c``; the prediction is its argmax, ties to
+    the lowest class index. A map holding NaN or inf gets :data:`NO_LABEL`
+    and a row of NaN evidence.
+    """
+    u = check_logits(local_logits)
+    thres, clip = check_params(thres, clip)
+    a, b = check_window(window, u.shape)
+    evidence = np.empty((u.shape[0], u.shape[3]), dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            evidence[part] = _evidence(clipped_integral(u[part], clip), a, b, thres)
+    finite = finite_maps(u)
+    evidence[~finite] = np.nan
+    predictions = np.where(finite, evidence.argmax(axis=1), NO_LABEL)
+    return predictions.astype(np.int64), evidence
+
+
+def masked_predictions(
+    u: np.ndarray, totals: np.ndarray, order: np.ndarray, a: int, b: int, thres: float,
+    clip: Optional[float],
+) -> np.ndarray:
+    """Algorithm 1's predictions (B,) computing window sums only where needed.
+
+    ``totals`` are over-estimates of S_c (:func:`upper_class_totals`) and
+    ``order`` their :func:`ranked_classes`. A class
+    whose total is below the best masked evidence already found cannot win
+    (its evidence is at most S_c), so classes are taken by decreasing total
+    until that holds. Non-finite maps give garbage here; callers mask them.
+    """
+    classes = u.shape[3]
+    k = min(classes, _FIRST_CLASSES)
+    while True:
+        index = order[:, :k]
+        evidence = _evidence(clipped_integral(u, clip, index), a, b, thres)
+        best = evidence.max(axis=1)
+        # Ranked by total, the classes with S_c >= best are a prefix of `order`.
+        needed = int((totals >= best[:, None]).sum(axis=1).max(initial=0))
+        if k == classes or needed <= k:
+            break
+        k = min(classes, needed)
+    winners = np.where(evidence == best[:, None], index, classes)
+    return winners.min(axis=1).astype(np.int64)
+
+
+def tolerance(totals: np.ndarray) -> np.ndarray:
+    """Certification margin (B,): 1e-9 * max(1, max_c S_c).
+
+    Exact ties (a window as large as the map makes every bound 0) must never
+    become certificates through rounding; float64 rounding of sums of a few
+    thousand terms stays far below this.
+    """
+    if totals.shape[1] == 0:
+        return np.full(totals.shape[0], 1e-9)
+    return 1e-9 * np.maximum(1.0, totals.max(axis=1))
+

@@ -1,0 +1,360 @@
+"""Frame in, label and certificate out: the runtime's Python API.
+
+    with Pipeline.from_engine("model.onnx", patch_size=32) as pipeline:
+        result = pipeline(frame_bgr)          # a FrameResult
+
+Per frame: preprocess from the model record, infer the local logits u
+(1, H, W, C), robust masking (PatchGuard Alg. 1) with the mask window (a, b)
+that covers the camera-pixel patch's footprint (:mod:`.footprint`), the
+certificate of the masked label for that patch (Alg. 2), the certified patch
+size (the largest camera patch, up to the configured one, whose certificate
+still holds under the same mask; found by bisection, certification being
+monotone in the patch), and the masked window as a frame-pixel box.
+
+Thread safety: a :class:`Pipeline` may be called from several threads at once.
+Inference is serialised by a lock around ``backend.infer`` (a TensorRT
+execution context and its buffers serve one call at a time; onnxruntime would
+not need it, but a single rule is easier to trust). Preprocessing and
+certification run in the calling thread without the lock: they only read
+shared state (the record, and threat models cached per frame size under
+their own lock).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .errors import PatchGuardError
+from .footprint import Box, CameraThreat, camera_threat, cells_to_box, patch_side
+from .geometry import Pair
+from .metadata import ModelRecord
+from .preprocess import normalize, resize_plan, to_model_image
+
+# Frame sizes whose threat model is kept (a camera has one; a photo folder many).
+_THREAT_CACHE = 64
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the runtime says about one frame.
+
+    ``label`` is the robust-masking prediction (``class_name`` its name);
+    ``certified``: no square patch of ``patch_px`` camera pixels anywhere in
+    the frame could have changed it. ``certified_patch_px``: the largest patch
+    side (up to ``patch_px``) with a certificate, 0 for none. ``masked_box``:
+    (left, top, right, bottom) frame pixels, right/bottom exclusive, seen by
+    the window robust masking removed from ``masked_class``, the class with
+    the most total evidence (the undefended model's answer: when a patch fools
+    that model, this is the patch's class and the box is where the patch put
+    its evidence); None when masking removed nothing from it. ``latency_ms``:
+    pre, infer and certify, in milliseconds per frame.
+    """
+
+    label: int
+    class_name: str
+    certified: bool
+    certified_patch_px: int
+    patch_px: int
+    window: Pair
+    masked_box: Optional[Box]
+    masked_class: Optional[int]
+    frame_size: Pair
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (lists for tuples)."""
+        return {
+            "label": self.label,
+            "class_name": self.class_name,
+            "certified": self.certified,
+            "certified_patch_px": self.certified_patch_px,
+            "patch_px": self.patch_px,
+            "window": list(self.window),
+            "masked_box": list(self.masked_box) if self.masked_box is not None else None,
+            "masked_class": self.masked_class,
+            "frame_size": list(self.frame_size),
+            "latency_ms": {k: round(v, 4) for k, v in self.latency_ms.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Certification of a batch of local-logit maps under one threat model."""
+
+    labels: np.ndarray            # (B,) int64 robust-masking predictions
+    certified: np.ndarray         # (B,) bool, for the configured patch
+    certified_patch_px: np.ndarray  # (B,) int64, 0 = none
+    boxes: list[Optional[Box]]
+    masked_classes: list[Optional[int]]
+
+
+def strongest_windows(
+    u: np.ndarray, window: Pair, thres: float, clip: Optional[float]
+) -> list[Optional[tuple[int, int, int]]]:
+    """Per map, (class c, top, left) of the window masking removes from the class
+    with the largest total evidence S_c, or None when it removes nothing there
+    (``S_c = 0`` or ``M_c <= T S_c``).
+
+    c is what the undefended BagNet would answer; when a patch fools it, c is
+    the patch's class and this window is where the patch put its evidence, so
+    it is the box worth showing. Window sums for one class per map only.
+    """
+    from .masking import box_sums, integral
+
+    a, b = window
+    lowest = np.float32(0.0) if u.dtype == np.float32 else 0.0
+    v = np.maximum(u, lowest)
+    if clip is not None:
+        np.minimum(v, clip, out=v)
+    top_class = v.sum(axis=(1, 2), dtype=np.float64).argmax(axis=1)
+    rows = np.arange(u.shape[0])
+    table = integral(v[rows, :, :, top_class].astype(np.float64))  # (B, H + 1, W + 1)
+    sums = box_sums(table, a, b)
+    found: list[Optional[tuple[int, int, int]]] = []
+    for n in range(u.shape[0]):
+        flat = int(np.argmax(sums[n]))
+        total, m = float(table[n, -1, -1]), float(sums[n].flat[flat])
+        if not (np.isfinite(m) and total > 0 and m > thres * total):
+            found.append(None)
+            continue
+        top, left = np.unravel_index(flat, sums.shape[1:3])
+        found.append((int(top_class[n]), int(top), int(left)))
+    return found
+
+
+def largest_certified_bisect(
+    u: np.ndarray, window: Pair, patch_windows: Sequence[Pair], labels: np.ndarray,
+    thres: float, clip: Optional[float],
+) -> np.ndarray:
+    """Index (B,) of the largest certified patch window, -1 for none, by bisection.
+
+    The caller knows the last window fails for every map. Certification is
+    monotone in the patch under a fixed mask (DESIGN section 2), so each map
+    keeps a bracket (certified lo, failed hi) and halves it: ceil(log2 n)
+    certificates per map instead of up to n for a scan from the smallest.
+    """
+    from .defenses import certify
+
+    lo = np.full(u.shape[0], -1, dtype=np.int64)
+    hi = np.full(u.shape[0], len(patch_windows) - 1, dtype=np.int64)
+    while True:
+        open_ = np.flatnonzero(hi - lo > 1)
+        if open_.size == 0:
+            return lo
+        mid = (lo[open_] + hi[open_]) // 2
+        for k in np.unique(mid):  # one certify call per distinct window
+            maps = open_[mid == k]
+            ok = np.asarray(certify(u[maps], window, patch_window=patch_windows[k], thres=thres,
+                                    clip=clip, labels=labels[maps]))
+            lo[maps[ok]] = k
+            hi[maps[~ok]] = k
+
+
+def certify_maps(
+    u: np.ndarray, threat: CameraThreat, record: ModelRecord, thres: float, clip: Optional[float]
+) -> Verdicts:
+    """Labels, certificates, certified patch sizes and masked boxes of u (B, H, W, C).
+
+    Only the defense's public functions are used (``predict``, ``certify``).
+    The certificate for the configured patch comes first, so a certified
+    frame costs one certificate; the others bisect the smaller patch sizes.
+    """
+    from .defenses import certify, predict
+
+    window = threat.window
+    labels = np.asarray(predict(u, window, thres=thres, clip=clip), dtype=np.int64)
+    finite = labels >= 0  # NO_LABEL (-1): the map held NaN or inf
+    # Such maps are never certified; class 0 stands in for their label.
+    safe = np.maximum(labels, 0)
+    certified = np.asarray(certify(u, window, thres=thres, clip=clip, labels=safe)) & finite
+    sizes = np.asarray((0,) + threat.sizes, dtype=np.int64)
+    certified_px = np.where(certified, threat.patch_px, 0).astype(np.int64)
+    rest = np.flatnonzero(finite & ~certified)
+    if rest.size and len(threat.patch_windows) > 1:
+        best = largest_certified_bisect(u[rest], window, threat.patch_windows, safe[rest],
+                                        thres, clip)
+        certified_px[rest] = sizes[best + 1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        strongest = strongest_windows(u, window, thres, clip)
+    boxes: list[Optional[Box]] = []
+    classes: list[Optional[int]] = []
+    for n, hit in enumerate(strongest):
+        if hit is None or not finite[n]:
+            boxes.append(None)
+            classes.append(None)
+            continue
+        c, top, left = hit
+        boxes.append(cells_to_box(threat.plan, record, top, left, window))
+        classes.append(c)
+    return Verdicts(labels, certified, certified_px, boxes, classes)
+
+
+class Pipeline:
+    """A loaded model plus the threat model: call it on BGR frames.
+
+    ``patch_size`` (camera pixels, square side) or ``patch_frac`` (fraction of
+    the frame area) state the threat; neither: the model's default patch
+    mapped to camera pixels (:func:`.footprint.patch_side`). ``thres`` is the
+    detection threshold T in [0, 1), ``clip`` the ceiling c_h (None: none).
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        patch_size: Optional[int] = None,
+        patch_frac: Optional[float] = None,
+        thres: float = 0.0,
+        clip: Optional[float] = None,
+    ) -> None:
+        if not 0.0 <= float(thres) < 1.0:
+            raise PatchGuardError(f"detection threshold T must be in [0, 1), got {thres}")
+        if clip is not None and not float(clip) > 0.0:
+            raise PatchGuardError(f"clipping ceiling must be positive, got {clip}")
+        if patch_size is not None and patch_frac is not None:
+            raise PatchGuardError(
+                "give either a patch size in pixels or a fraction of the frame, not both")
+        self.backend = backend
+        self.record: ModelRecord = backend.record
+        self.patch_size = patch_size
+        self.patch_frac = patch_frac
+        self.thres = float(thres)
+        self.clip = None if clip is None else float(clip)
+        self._infer_lock = threading.Lock()
+        self._threat_lock = threading.Lock()
+        self._threats: dict[Pair, CameraThreat] = {}
+
+    @classmethod
+    def from_engine(
+        cls,
+        path: "os.PathLike[str] | str",
+        patch_size: Optional[int] = None,
+        patch_frac: Optional[float] = None,
+        thres: float = 0.0,
+        clip: Optional[float] = None,
+        provider: Optional[str] = None,
+    ) -> "Pipeline":
+        """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it."""
+        from .backends import open_backend
+
+        backend = open_backend(path, provider=provider)
+        try:
+            return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip)
+        except BaseException:
+            backend.close()
+            raise
+
+    def threat(self, frame_size: Sequence[int]) -> CameraThreat:
+        """The threat model for frames of ``frame_size`` (h, w), computed once per size."""
+        key = (int(frame_size[0]), int(frame_size[1]))
+        with self._threat_lock:
+            found = self._threats.get(key)
+            if found is None:
+                plan = resize_plan(key, self.record)
+                side = patch_side(plan, self.record, self.patch_size, self.patch_frac)
+                found = camera_threat(plan, self.record, side)
+                h, w = self.record.map_size
+                if found.window[0] > h or found.window[1] > w:
+                    raise PatchGuardError(
+                        f"a {side} px patch in {key[1]}x{key[0]} frames needs a "
+                        f"{found.window[0]}x{found.window[1]} mask, larger than the model's "
+                        f"{h}x{w} map: choose a smaller patch")
+                if len(self._threats) >= _THREAT_CACHE:
+                    self._threats.clear()  # a folder of many frame sizes must not grow it forever
+                self._threats[key] = found
+            return found
+
+    def __call__(self, frame: np.ndarray) -> FrameResult:
+        """Label, certificate and masked box of one uint8 BGR (or gray) frame."""
+        return self.run_batch([frame])[0]
+
+    def run_batch(self, frames: Sequence[np.ndarray]) -> list[FrameResult]:
+        """Several frames in one inference call; latencies are per frame."""
+        if len(frames) == 0:
+            return []
+        start = time.perf_counter()
+        sizes = [(int(np.shape(f)[0]), int(np.shape(f)[1])) for f in frames]
+        groups: dict[Pair, list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)  # frames of one size share a threat model
+        # Threat models first: an impossible patch fails before any inference.
+        threats = {size: self.threat(size) for size in groups}
+        images = [to_model_image(f, self.record) for f in frames]
+        batch = normalize(np.stack(images), self.record)
+        after_pre = time.perf_counter()
+        with self._infer_lock:
+            u = self.backend.infer(batch)
+        after_infer = time.perf_counter()
+        results: list[Optional[FrameResult]] = [None] * len(frames)
+        verdicts = []
+        for size, members in groups.items():
+            threat = threats[size]
+            verdicts.append((threat, members, certify_maps(
+                u[members], threat, self.record, self.thres, self.clip)))
+        done = time.perf_counter()
+        n = len(frames)
+        latency = {
+            "pre": (after_pre - start) * 1e3 / n,
+            "infer": (after_infer - after_pre) * 1e3 / n,
+            "certify": (done - after_infer) * 1e3 / n,
+        }
+        names = self.record.class_names
+        for threat, members, v in verdicts:
+            for j, i in enumerate(members):
+                label = int(v.labels[j])
+                results[i] = FrameResult(
+                    label=label,
+                    class_name=names[label] if 0 <= label < len(names) else "",
+                    certified=bool(v.certified[j]),
+                    certified_patch_px=int(v.certified_patch_px[j]),
+                    patch_px=threat.patch_px,
+                    window=threat.window,
+                    masked_box=v.boxes[j],
+                    masked_class=v.masked_classes[j],
+                    frame_size=sizes[i],
+                    latency_ms=dict(latency),
+                )
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One processed frame of a source: where it came from, when, and the verdict."""
+
+    index: int
+    source: str
+    time: float
+    frame: np.ndarray
+    result: FrameResult
+
+
+def stream(
+    pipeline: Pipeline, frames: Iterable[tuple[int, np.ndarray, str]], max_frames: Optional[int] = None
+) -> Iterator[StreamItem]:
+    """Run ``pipeline`` over ``(index, frame, name)`` items (a frame source).
+
+    Yields :class:`StreamItem`; stops after ``max_frames`` or when the source
+    ends. ``time`` is the Unix time the frame arrived.
+    """
+    if max_frames is not None and max_frames < 1:
+        return
+    count = 0
+    for index, frame, name in frames:
+        stamp = time.time()
+        yield StreamItem(index, name, stamp, frame, pipeline(frame))
+        count += 1
+        if max_frames is not None and count >= max_frames:
+            return

@@ -1,0 +1,206 @@
+"""Where per-frame results go: JSON lines, an annotated video, a window, a summary.
+
+JSON lines are written and flushed one frame at a time, each line in a
+single ``write``, so a reader can follow the file live and a run that dies
+leaves only whole rows behind (a stream log cannot be written atomically;
+the video, which is useless half-written, is: it goes to a temporary file
+that is renamed into place when the run ends).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TextIO, Union
+
+import numpy as np
+
+from .errors import PatchGuardError
+from .files import ensure_dir
+from .pipeline import FrameResult
+from .sources import opencv
+
+GREEN = (60, 180, 60)
+RED = (40, 40, 220)
+AMBER = (0, 190, 255)
+
+
+def frame_row(index: int, source: str, stamp: float, result: FrameResult) -> dict[str, Any]:
+    """One JSONL object: frame, source, time (Unix seconds) and the result's fields."""
+    return {"frame": index, "source": source, "time": round(stamp, 6), **result.to_dict()}
+
+
+class JsonlSink:
+    """``--jsonl FILE|-``: one JSON object per frame, flushed per frame."""
+
+    def __init__(self, target: Union[str, os.PathLike]) -> None:
+        self.target = str(target)
+        if self.target == "-":
+            self._handle: TextIO = sys.stdout
+            self._owned = False
+        else:
+            path = Path(self.target)
+            ensure_dir(path.parent if str(path.parent) else Path("."))
+            try:
+                self._handle = open(path, "w", encoding="utf-8")
+            except OSError as exc:
+                raise PatchGuardError(f"cannot write {path}: {exc.strerror}") from None
+            self._owned = True
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(row, separators=(",", ":")) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._owned and not self._handle.closed:
+            self._handle.close()
+
+
+def draw_overlay(frame: np.ndarray, result: FrameResult) -> np.ndarray:
+    """A BGR copy of ``frame`` with the label, a certified badge and the masked box."""
+    cv2 = opencv()
+    canvas = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    h, w = canvas.shape[:2]
+    scale = max(0.35, min(h, w) / 480.0)
+    thick = max(1, int(round(scale * 2)))
+    if result.masked_box is not None:
+        x0, y0, x1, y1 = result.masked_box
+        cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), AMBER, thick)
+    if result.certified:
+        badge, colour = f"CERTIFIED {result.patch_px}px", GREEN
+    elif result.certified_patch_px:
+        badge, colour = f"certified {result.certified_patch_px}/{result.patch_px}px", AMBER
+    else:
+        badge, colour = "not certified", RED
+    for row, (text, fg) in enumerate(((result.class_name or str(result.label), (255, 255, 255)),
+                                       (badge, colour))):
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        y = int((row + 1) * (th + base + 6 * scale))
+        cv2.rectangle(canvas, (0, y - th - base), (min(w - 1, tw + 6), y + base // 2), (0, 0, 0), -1)
+        cv2.putText(canvas, text, (3, y - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, fg, thick,
+                    cv2.LINE_AA)
+    return canvas
+
+
+class VideoSink:
+    """``--save-video FILE``: the annotated frames, renamed into place on close.
+
+    The container comes from the suffix (``.avi`` -> MJPG, ``.mp4`` -> mp4v);
+    the size is fixed by the first frame; later frames of another size are resized.
+    """
+
+    CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG", ".mov": "mp4v"}
+
+    def __init__(self, target: Union[str, os.PathLike], fps: Optional[float]) -> None:
+        self.path = Path(target)
+        if self.path.suffix.lower() not in self.CODECS:
+            raise PatchGuardError(
+                f"--save-video {self.path}: use one of {', '.join(sorted(self.CODECS))}")
+        ensure_dir(self.path.parent)
+        self.fps = fps if fps and fps > 0 else 30.0
+        # Same suffix as the target: OpenCV picks the container from it.
+        self._tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        self._writer: Any = None
+        self._size: Optional[tuple[int, int]] = None
+
+    def write(self, frame: np.ndarray, result: FrameResult) -> None:
+        cv2 = opencv()
+        canvas = draw_overlay(frame, result)
+        if self._writer is None:
+            self._size = (canvas.shape[1], canvas.shape[0])
+            fourcc = cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                self._writer = None
+                raise PatchGuardError(f"cannot write video {self.path} (OpenCV's writer did not open)")
+        if (canvas.shape[1], canvas.shape[0]) != self._size:
+            canvas = cv2.resize(canvas, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(canvas)
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the file; ``keep=False`` (a failed run) removes it instead."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp.exists():
+            if keep:
+                os.replace(self._tmp, self.path)
+            else:
+                self._tmp.unlink()
+
+
+class DisplaySink:
+    """``--show``: a window with the annotated frames; q or Esc stops the run."""
+
+    WINDOW = "PatchGuard-Edge"
+
+    def __init__(self) -> None:
+        cv2 = opencv()
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                     or os.environ.get("WAYLAND_DISPLAY")):
+            raise PatchGuardError("--show needs a display, and this session has none (no $DISPLAY)")
+        try:
+            cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise PatchGuardError(
+                "--show needs an OpenCV with GUI support (opencv-python, not -headless)") from None
+        self.stopped = False
+
+    def write(self, frame: np.ndarray, result: FrameResult) -> None:
+        cv2 = opencv()
+        cv2.imshow(self.WINDOW, draw_overlay(frame, result))
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.stopped = True
+
+    def close(self) -> None:
+        opencv().destroyAllWindows()
+
+
+@dataclass
+class RunSummary:
+    """Running totals for the end-of-run summary (frames, FPS, latencies, certified rate)."""
+
+    frames: int = 0
+    certified: int = 0
+    latency_sums: dict[str, float] = field(default_factory=lambda: {"pre": 0.0, "infer": 0.0,
+                                                                     "certify": 0.0})
+    started: float = field(default_factory=time.perf_counter)
+    ended: Optional[float] = None
+    stop_reason: str = "end of source"
+
+    def add(self, result: FrameResult) -> None:
+        self.frames += 1
+        self.certified += int(result.certified)
+        for key, value in result.latency_ms.items():
+            self.latency_sums[key] = self.latency_sums.get(key, 0.0) + value
+
+    def finish(self, reason: Optional[str] = None) -> None:
+        self.ended = time.perf_counter()
+        if reason:
+            self.stop_reason = reason
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = (self.ended or time.perf_counter()) - self.started
+        n = max(self.frames, 1)
+        return {
+            "frames": self.frames,
+            "seconds": round(elapsed, 3),
+            "fps": round(self.frames / elapsed, 2) if elapsed > 0 else 0.0,
+            "mean_latency_ms": {k: round(v / n, 3) for k, v in self.latency_sums.items()},
+            "certified": self.certified,
+            "certified_rate": round(self.certified / n, 4) if self.frames else 0.0,
+            "stopped": self.stop_reason,
+        }
+
+    def text(self) -> str:
+        d = self.as_dict()
+        lat = d["mean_latency_ms"]
+        return (
+            f"{d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS); mean latency "
+            f"pre {lat['pre']:.2f} ms, infer {lat['infer']:.2f} ms, certify {lat['certify']:.2f} ms; "
+            f"certified {d['certified']}/{d['frames']} ({100 * d['certified_rate']:.1f}%); "
+            f"stopped: {d['stopped']}"
+        )

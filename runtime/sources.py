@@ -1,0 +1,244 @@
+"""Where frames come from: cameras, videos, images, folders, globs, streams.
+
+:func:`open_source` turns what the user typed into a :class:`FrameSource`,
+an iterator of ``(index, frame, name)``: ``frame`` is uint8 BGR (H, W, 3) as
+OpenCV reads it, ``name`` the file or stream it came from. A stream that ends
+or drops simply stops the iteration; a corrupt image in a folder is skipped
+with one warning (``logging``); files that are not images are ignored.
+
+Also the image readers the calibration and training stages share:
+:func:`list_images`, :func:`read_image`, :func:`read_image_folder`.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from .errors import PatchGuardError, lazy_import
+from .metadata import ModelRecord
+
+log = logging.getLogger(__name__)
+
+# Still-image formats OpenCV decodes; anything else in a folder is ignored.
+IMAGE_SUFFIXES = frozenset({
+    ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+    ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".avif",
+})
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+Frame = tuple[int, np.ndarray, str]
+
+
+def opencv() -> Any:
+    """cv2, with its own console logging silenced.
+
+    OpenCV and its FFmpeg print warnings straight to stderr (a missing camera,
+    a corrupt PNG, a truncated video); this module reports those itself, one
+    line each, so theirs would only be noise.
+    """
+    cv2 = lazy_import("cv2", "cpu")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read on first use
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # very old OpenCV builds lack the utils.logging module
+        pass
+    return cv2
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def list_images(folder: Union[str, os.PathLike], recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (by suffix), sorted by path; others ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PatchGuardError(f"{folder} is not a folder")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if is_image_file(p))
+
+
+def read_image(path: Union[str, os.PathLike]) -> Optional[np.ndarray]:
+    """uint8 BGR (H, W, 3) image, or None when the file is unreadable or corrupt."""
+    cv2 = opencv()
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # imread cannot take every path (unicode)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return image if image is not None and image.size else None
+
+
+def read_image_folder(
+    folder: Union[str, os.PathLike], record: ModelRecord
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A class-per-sub-folder image set at model size.
+
+    Returns uint8 images (N, H, W) for 1-channel models or (N, H, W, C),
+    int64 labels (N,) indexing ``class_names`` (the sorted sub-folder names).
+    Corrupt images are skipped with one warning each.
+    """
+    from .preprocess import to_model_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PatchGuardError(f"{folder} is not a folder")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise PatchGuardError(f"{folder} has no sub-folders; expected one sub-folder per class")
+    images, labels = [], []
+    for label, sub in enumerate(classes):
+        for path in list_images(sub):
+            image = read_image(path)
+            if image is None:
+                log.warning("skipping %s: not a readable image", path)
+                continue
+            images.append(to_model_image(image, record))
+            labels.append(label)
+    if not images:
+        raise PatchGuardError(f"no readable images in the class folders of {folder}")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), [p.name for p in classes]
+
+
+class FrameSource:
+    """Iterator of ``(index, frame BGR, name)``; ``length`` is None for live streams."""
+
+    def __init__(self, description: str, length: Optional[int], fps: Optional[float]) -> None:
+        self.description = description
+        self.length = length
+        self.fps = fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageFiles(FrameSource):
+    """Still images read one by one, corrupt ones skipped with a warning."""
+
+    def __init__(self, paths: list[Path], description: str) -> None:
+        super().__init__(description, len(paths), None)
+        self.paths = paths
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        for path in self.paths:
+            frame = read_image(path)
+            if frame is None:
+                log.warning("skipping %s: not a readable image", path)
+                continue
+            yield index, frame, str(path)
+            index += 1
+
+
+class VideoStream(FrameSource):
+    """An open ``cv2.VideoCapture``: a camera, a video file, a URL or a pipeline."""
+
+    def __init__(self, capture: Any, description: str, live: bool) -> None:
+        cv2 = opencv()
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        super().__init__(description, None if live or count <= 0 else count, fps if fps > 0 else None)
+        self.capture = capture
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while self.capture is not None:
+            try:
+                ok, frame = self.capture.read()
+            except Exception as exc:  # cv2.error from a backend that lost its stream
+                log.warning("%s: stream ended with an error: %s", self.description, exc)
+                return
+            if not ok or frame is None:
+                return  # end of file, or the stream dropped: stop cleanly
+            yield index, frame, self.description
+            index += 1
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+            self.capture = None
+
+
+def _capture(target: Union[int, str], api: Optional[int] = None) -> Any:
+    cv2 = opencv()
+    capture = cv2.VideoCapture(target) if api is None else cv2.VideoCapture(target, api)
+    return capture if capture.isOpened() else None
+
+
+def open_camera(index: int) -> VideoStream:
+    """Camera ``index`` (``cv2.VideoCapture(index)``) or a one-line error naming it."""
+    capture = _capture(int(index))
+    if capture is None:
+        raise PatchGuardError(f"camera {index} cannot be opened (no such camera, or it is busy)")
+    return VideoStream(capture, f"camera {index}", live=True)
+
+
+def _has_gstreamer(cv2: Any) -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+def open_source(source: str) -> FrameSource:
+    """A frame source from ``--source``: file, folder, glob, URL or GStreamer pipeline.
+
+    Checked in this order: an existing folder (its images, sorted, recursive),
+    an existing file (a still image by suffix, else a video), a glob pattern
+    (``*?[``), a pipeline string (contains ``!``: ``cv2.CAP_GSTREAMER``, e.g.
+    ``nvarguscamerasrc ! ... ! appsink`` for a Jetson CSI camera), a URL.
+    """
+    cv2 = opencv()
+    path = Path(source)
+    if path.is_dir():
+        images = list_images(path)
+        if not images:
+            raise PatchGuardError(f"folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return ImageFiles(images, str(path))
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return ImageFiles([path], str(path))
+        capture = _capture(str(path))
+        if capture is None:
+            raise PatchGuardError(f"{path} is neither an image nor a video OpenCV can open")
+        return VideoStream(capture, str(path), live=False)
+    if any(ch in source for ch in "*?[") and "!" not in source and "://" not in source:
+        paths = sorted(Path(p) for p in glob.glob(source, recursive=True))
+        images = [p for p in paths if is_image_file(p)]
+        if not images:
+            raise PatchGuardError(f"no image files match {source!r}")
+        return ImageFiles(images, source)
+    if "!" in source:
+        if not _has_gstreamer(cv2):
+            raise PatchGuardError(
+                "this OpenCV has no GStreamer support (pip's wheels do not); use the system "
+                "OpenCV (e.g. JetPack's) for pipeline sources"
+            )
+        capture = _capture(source, cv2.CAP_GSTREAMER)
+        if capture is None:
+            raise PatchGuardError(f"GStreamer pipeline did not start: {source}")
+        return VideoStream(capture, "gstreamer", live=True)
+    if source.lower().startswith(STREAM_PREFIXES):
+        capture = _capture(source)
+        if capture is None:
+            raise PatchGuardError(f"stream {source} cannot be opened")
+        return VideoStream(capture, source, live=True)
+    raise PatchGuardError(f"source {source!r} is no file, folder, glob, URL or GStreamer pipeline")

@@ -1,0 +1,35 @@
+"""Hardware opt-in: tests marked ``gpu`` / ``tensorrt`` skip, with the reason,
+where the GPU or the package is missing. Nothing else lives here on purpose:
+fixtures belong in each area's own test file or ``tests/_<area>_fixtures.py``."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and _cuda_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    checks = {
+        "gpu": (_cuda_available, "needs a CUDA GPU (torch.cuda.is_available() is False)"),
+        "tensorrt": (_tensorrt_available, "needs the tensorrt package and a CUDA GPU"),
+    }
+    verdicts: dict[str, bool] = {}
+    for item in items:
+        for marker, (check, reason) in checks.items():
+            if marker in item.keywords:
+                if marker not in verdicts:
+                    verdicts[marker] = check()
+                if not verdicts[marker]:
+                    item.add_marker(pytest.mark.skip(reason=reason))

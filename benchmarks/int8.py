@@ -114,11 +114,13 @@ def main(short: bool, flavors: tuple[str, ...], batch: int, rounds: int | None,
         for s in sessions.values():  # warm-up: first runs allocate and pick kernels
             s.run(None, feed)
         times: dict[str, list[float]] = {name: [] for name in sessions}
-        for _ in range(rounds):  # alternate so load changes hit every model alike
+        for index in range(rounds):  # alternate so load changes hit every model alike
             for name, s in sessions.items():
                 start = time.perf_counter()
                 s.run(None, feed)
                 times[name].append(time.perf_counter() - start)
+            click.echo(f"round {index + 1}/{rounds}: " + ", ".join(
+                f"{name} {1000 * t[-1]:.0f} ms" for name, t in times.items()), err=True)
     base = statistics.median(times["fp32"])
     click.echo(f"batch {batch}, {rounds} alternating rounds, median per batch:")
     for name, values in times.items():

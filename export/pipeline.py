@@ -85,15 +85,11 @@ class Staging:
         return self.dir / filename
 
     def commit(self, stale: list[Path]) -> list[Path]:
-        # Temporary files are created 0600; the artifacts get the usual umask bits.
-        umask = os.umask(0)
-        os.umask(umask)
         moved = []
         for item in sorted(self.dir.iterdir()):
             if item.name.startswith("."):
                 continue  # leftovers of atomic writes
             target = self.out / item.name
-            os.chmod(item, 0o666 & ~umask)
             os.replace(item, target)
             moved.append(target)
         for path in stale:

@@ -13,7 +13,8 @@ non-square scaling gives rectangular windows.
 
 Supports, for OpenCV's kernels (``k = src / dst`` frame pixels per model pixel):
 
-- ``area`` (no axis enlarged): x averages the frame interval ``[x k, (x+1) k)``,
+- ``area`` (no axis enlarged, see :func:`~patchguard.runtime.preprocess.resize_plan`):
+  x averages the frame interval ``[x k, (x+1) k)``,
   so ``lo = floor(x k)``, ``hi = ceil((x+1) k) - 1`` (exact rationals; OpenCV
   drops slivers under 1e-3 px, so its support is never wider).
 - ``linear``: x samples ``e = (x + 0.5) k - 0.5`` and blends pixels

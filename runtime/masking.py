@@ -308,10 +308,12 @@ def masked_predictions(
     """Algorithm 1's predictions (B,) computing window sums only where needed.
 
     ``totals`` are over-estimates of S_c (:func:`upper_class_totals`) and
-    ``order`` their :func:`ranked_classes`. A class
-    whose total is below the best masked evidence already found cannot win
-    (its evidence is at most S_c), so classes are taken by decreasing total
-    until that holds. Non-finite maps give garbage here; callers mask them.
+    ``order`` their :func:`ranked_classes`. A class whose total is below the
+    best masked evidence already found cannot win (its evidence is at most
+    S_c), so classes are taken by decreasing total until that holds. Every
+    class's evidence is bit-identical to :func:`robust_masking`'s (same
+    integral image per class), so the two agree on ties too. Non-finite maps
+    give garbage here; callers mask them.
     """
     classes = u.shape[3]
     k = min(classes, _FIRST_CLASSES)
@@ -324,8 +326,9 @@ def masked_predictions(
         if k == classes or needed <= k:
             break
         k = min(classes, needed)
-    winners = np.where(evidence == best[:, None], index, classes)
-    return winners.min(axis=1).astype(np.int64)
+    winners = np.where(evidence == best[:, None], index, classes).min(axis=1)
+    # NaN evidence has no winner; class 0 stands in (such maps are never certified).
+    return np.where(winners < classes, winners, 0).astype(np.int64)
 
 
 def tolerance(totals: np.ndarray) -> np.ndarray:

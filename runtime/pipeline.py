@@ -8,8 +8,8 @@ Per frame: preprocess from the model record, infer the local logits u
 that covers the camera-pixel patch's footprint (:mod:`.footprint`), the
 certificate of the masked label for that patch (Alg. 2), the certified patch
 size (the largest camera patch, up to the configured one, whose certificate
-still holds under the same mask; found by bisection, certification being
-monotone in the patch), and the masked window as a frame-pixel box.
+still holds under the same mask; found by a bracketing search, certification
+being monotone in the patch), and the masked window as a frame-pixel box.
 
 Thread safety: a :class:`Pipeline` may be called from several threads at once.
 Inference is serialised by a lock around ``backend.infer`` (a TensorRT
@@ -131,22 +131,25 @@ def largest_certified_bisect(
     u: np.ndarray, window: Pair, patch_windows: Sequence[Pair], labels: np.ndarray,
     thres: float, clip: Optional[float],
 ) -> np.ndarray:
-    """Index (B,) of the largest certified patch window, -1 for none, by bisection.
+    """Index (B,) of the largest certified patch window, -1 for none.
 
     The caller knows the last window fails for every map. Certification is
     monotone in the patch under a fixed mask (DESIGN section 2), so each map
-    keeps a bracket (certified lo, failed hi) and halves it: ceil(log2 n)
-    certificates per map instead of up to n for a scan from the smallest.
+    keeps a bracket (certified lo, failed hi): the smallest window is tried
+    first (frames far from certified stop there), then the bracket is halved,
+    about 1 + log2(n) certificates instead of up to n for a plain scan.
     """
     from .defenses import certify
 
     lo = np.full(u.shape[0], -1, dtype=np.int64)
     hi = np.full(u.shape[0], len(patch_windows) - 1, dtype=np.int64)
+    first = True
     while True:
         open_ = np.flatnonzero(hi - lo > 1)
         if open_.size == 0:
             return lo
-        mid = (lo[open_] + hi[open_]) // 2
+        mid = np.zeros(open_.size, dtype=np.int64) if first else (lo[open_] + hi[open_]) // 2
+        first = False
         for k in np.unique(mid):  # one certify call per distinct window
             maps = open_[mid == k]
             ok = np.asarray(certify(u[maps], window, patch_window=patch_windows[k], thres=thres,
@@ -162,7 +165,8 @@ def certify_maps(
 
     Only the defense's public functions are used (``predict``, ``certify``).
     The certificate for the configured patch comes first, so a certified
-    frame costs one certificate; the others bisect the smaller patch sizes.
+    frame costs one certificate; the others search the smaller sizes
+    (:func:`largest_certified_bisect`).
     """
     from .defenses import certify, predict
 

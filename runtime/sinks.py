@@ -62,7 +62,12 @@ class JsonlSink:
 def draw_overlay(frame: np.ndarray, result: FrameResult) -> np.ndarray:
     """A BGR copy of ``frame`` with the label, a certified badge and the masked box."""
     cv2 = opencv()
-    canvas = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        canvas = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        canvas = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    else:
+        canvas = frame.copy()
     h, w = canvas.shape[:2]
     scale = max(0.35, min(h, w) / 480.0)
     thick = max(1, int(round(scale * 2)))

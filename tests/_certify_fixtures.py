@@ -141,6 +141,9 @@ def patch_contents(rng: np.random.Generator, pa: int, pb: int, classes: int,
             spike = np.zeros((pa, pb, classes))
             spike[:, :, c] = level * scale
             yield spike
+            over_floor = np.full((pa, pb, classes), -1e6)
+            over_floor[:, :, c] = level * scale if level < 1e3 else 1e6
+            yield over_floor
             single = np.zeros((pa, pb, classes))
             single[rng.integers(pa), rng.integers(pb), c] = level * scale * pa * pb
             yield single

@@ -60,3 +60,20 @@ def test_pairs():
             as_pair(bad)
     with pytest.raises(PatchGuardError, match="6x4"):
         parse_pair("6x4x2")
+
+
+def test_runtime_import_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "import patchguard.runtime as rt\n"
+        "assert 'torch' not in sys.modules, 'import patchguard.runtime imported torch'\n"
+        "for info in pkgutil.walk_packages(rt.__path__, 'patchguard.runtime.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "    assert 'torch' not in sys.modules, info.name + ' imported torch'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

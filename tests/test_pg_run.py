@@ -140,6 +140,6 @@ def test_bad_options_are_one_line(default_onnx: Path, tmp_path: Path) -> None:
                  ["--engine", str(default_onnx), "--source", str(tmp_path), "--max-frames", "0"],
                  ["--engine", str(tmp_path / "missing.onnx"), "--source", str(tmp_path)]):
         result = runner.invoke(main, args)
-        assert result.exit_code != 0 and result.exception is None or isinstance(
-            result.exception, SystemExit), args
-        assert "Traceback" not in result.output
+        # A clean click exit (no exception escaped) with a non-zero status and one message.
+        assert result.exit_code != 0 and isinstance(result.exception, SystemExit), args
+        assert "Error" in result.output and "Traceback" not in result.output, args

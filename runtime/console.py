@@ -15,6 +15,29 @@ from .errors import PatchGuardError
 
 
 class Command(click.Command):
+    """A click command with one-line errors.
+
+    ``multi_value=("--patch-size",)`` lets those options take several values
+    after one flag (``--patch-size 2 3 5``), as well as repeated flags.
+    """
+
+    def __init__(self, *args: Any, multi_value: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.multi_value = multi_value
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        expanded: list[str] = []
+        current = None
+        for token in args:
+            if token in self.multi_value:
+                current = token
+            elif token.startswith("-"):
+                current = None
+            elif current is not None and expanded and expanded[-1] != current:
+                expanded.append(current)
+            expanded.append(token)
+        return super().parse_args(ctx, expanded)
+
     def invoke(self, ctx: click.Context) -> Any:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         try:

@@ -30,19 +30,19 @@ Examples:
   pg-certify --logits feats.npy --labels labels.npy --window 6
   pg-certify --logits feats.npy --patch-size 32 --rf 17 --stride 8 --thres 0.1 --json out.json
   pg-certify --logits feats.npy --window 6x4 --defense vote
-  pg-certify --engine model.onnx --data fashion-mnist --patch-size 3 --patch-size 5,7 --json report.json
+  pg-certify --engine model.onnx --data fashion-mnist --patch-size 2 3 5 --json report.json
   pg-certify --engine model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
 \b
 --window is the mask in feature cells (AxB: rows x columns); --patch-size P
 (pixels) with --rf R and --stride S derives it. In --engine mode the receptive
-field and stride come from the model. Several --patch-size values (repeat the
-option or give a comma list) make an evaluation report per size.
+field and stride come from the model. Several --patch-size values (2 3 5, a
+repeated option or a comma list) make an evaluation report per size.
 """
 
 BATCH = 256
 
 
-@click.command(cls=Command, epilog=EXAMPLES)
+@click.command(cls=Command, epilog=EXAMPLES, multi_value=("--patch-size",))
 @click.option("--logits", type=click.Path(dir_okay=False), default=None,
               help="Local logits (N, H, W, C) as a .npy file.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
@@ -56,7 +56,7 @@ BATCH = 256
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
 @click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
 @click.option("--patch-size", "patch_sizes", multiple=True,
-              help="Patch side in pixels (repeatable, or a comma list).")
+              help="Patch side(s) in pixels: --patch-size 2 3 5, repeated, or a comma list.")
 @click.option("--rf", type=int, default=None, help="Receptive field r of a cell, pixels (--logits mode).")
 @click.option("--stride", type=int, default=None, help="Stride s between cells, pixels (--logits mode).")
 @click.option("--thres", type=float, default=0.0, show_default=True, help="Detection threshold T in [0, 1).")

@@ -78,7 +78,7 @@ def cpu_facts() -> str:
     return f"{name}, {os.cpu_count()} cores, VNNI: {', '.join(vnni) or 'no'}"
 
 
-@click.command(cls=Command, epilog=__doc__.split("\n\n")[-1])
+@click.command(cls=Command, epilog="\b\nExamples:\n" + __doc__.split("\n\n")[-1].rstrip())
 @click.option("--short", is_flag=True, help="CI mode: 3 rounds, 4 calibration images.")
 @click.option("--flavor", "flavors", multiple=True, type=click.Choice(sorted(FLAVORS)),
               help="INT8 flavour(s) to time (default: cpu).")

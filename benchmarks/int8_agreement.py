@@ -24,14 +24,12 @@ import numpy as np
 
 from patchguard.calibration.data import DEFAULT_CALIB_SIZE, FASHION_MNIST
 from patchguard.calibration.int8 import FLAVORS, quantize_int8
-from patchguard.calibration.parity import MIN_AGREEMENT, int8_agreement
+from patchguard.calibration.parity import MAX_CERTIFIED_DROP, MIN_AGREEMENT, int8_agreement
 from patchguard.runtime.backends import open_backend
 from patchguard.runtime.console import Command
 from patchguard.runtime.datasets import load_fashion_mnist
 from patchguard.runtime.geometry import window_size
 from patchguard.runtime.preprocess import preprocess
-
-MAX_DROP_POINTS = 2.0
 
 
 def local_logits(model: Path, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, object]:
@@ -43,7 +41,7 @@ def local_logits(model: Path, images: np.ndarray, batch: int = 256) -> tuple[np.
     return np.concatenate(parts), record
 
 
-@click.command(cls=Command, epilog=__doc__.split("\n\n")[-1])
+@click.command(cls=Command, epilog="\b\nExamples:\n" + __doc__.split("\n\n")[-1].rstrip())
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--int8", "int8_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A ready INT8 model to compare (skips quantization).")
@@ -51,7 +49,8 @@ def local_logits(model: Path, images: np.ndarray, batch: int = 256) -> tuple[np.
               help="Flavour(s) to quantize and compare (default: all).")
 @click.option("--calib-data", default=FASHION_MNIST, show_default=True,
               help="Calibration images: a folder or 'fashion-mnist' (its train split).")
-@click.option("--calib-size", default=DEFAULT_CALIB_SIZE, show_default=True, type=int)
+@click.option("--calib-size", default=DEFAULT_CALIB_SIZE, show_default=True, type=int,
+              help="Calibration images drawn (seeded).")
 @click.option("--patch", "patch_px", type=int, help="Patch side in pixels (default: the record's).")
 @click.option("--limit", type=int, help="Only the first N test images.")
 @click.option("--json", "json_out", is_flag=True, help="Print the reports as JSON.")
@@ -80,7 +79,7 @@ def main(model: Path, int8_model: Optional[Path], flavors: tuple[str, ...], cali
             int8, _ = local_logits(path, images)
             report = int8_agreement(fp32, int8, labels, window)
             ok = (report["prediction_agreement"] >= MIN_AGREEMENT
-                  and report["certified_accuracy_drop"] <= MAX_DROP_POINTS)
+                  and report["certified_accuracy_drop"] <= MAX_CERTIFIED_DROP)
             failed |= not ok
             report.update(flavor=name, patch_px=patch, passed=ok)
             if json_out:

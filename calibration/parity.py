@@ -20,7 +20,9 @@ from ..runtime.geometry import IntOrPair, as_pair
 
 log = logging.getLogger(__name__)
 
+# Issue 5's bars: predictions agree on >= 98% of images, certified accuracy drops <= 2 points.
 MIN_AGREEMENT = 0.98
+MAX_CERTIFIED_DROP = 2.0
 
 
 def int8_agreement(
@@ -32,6 +34,7 @@ def int8_agreement(
     thres: float = 0.0,
     clip: Optional[float] = None,
     min_agreement: float = MIN_AGREEMENT,
+    max_drop: float = MAX_CERTIFIED_DROP,
 ) -> dict[str, Any]:
     """Agreement of INT8 with fp32 local logits under robust masking with ``window`` (a, b).
 
@@ -39,8 +42,15 @@ def int8_agreement(
     ``certificate_agreement`` (fractions in [0, 1]); with ``labels`` (B,)
     also ``fp32_accuracy``, ``int8_accuracy``, ``fp32_certified_accuracy``,
     ``int8_certified_accuracy`` and ``certified_accuracy_drop`` (fp32 minus
-    INT8, in points of percent); ``warning``: a sentence when an agreement
-    is below ``min_agreement``, else None (also logged).
+    INT8, in points of percent); ``warning``: a sentence when the prediction
+    agreement is below ``min_agreement`` or the certified accuracy drops by
+    more than ``max_drop`` points, else None (also logged).
+
+    The certificate agreement is reported, not judged: a certificate flips
+    whenever a margin near zero moves by a rounding step, so it sits a few
+    points below the prediction agreement even for a good INT8 model (about
+    97% against 99% on the bundled Fashion-MNIST model); what the deployment
+    loses is the certified-accuracy drop.
     """
     fp32 = np.asarray(fp32_logits, dtype=np.float32)
     int8 = np.asarray(int8_logits, dtype=np.float32)
@@ -76,15 +86,17 @@ def int8_agreement(
         )
         report["certified_accuracy_drop"] = 100.0 * (
             report["fp32_certified_accuracy"] - report["int8_certified_accuracy"])
-    low = [name for name in ("prediction_agreement", "certificate_agreement")
-           if report[name] < min_agreement]
+    problems = []
+    if report["prediction_agreement"] < min_agreement:
+        share = 100 * report["prediction_agreement"]
+        problems.append(f"predictions agree with fp32 on {share:.1f}% of images "
+                        f"(< {100 * min_agreement:.0f}%)")
+    if report.get("certified_accuracy_drop", 0.0) > max_drop:
+        problems.append(f"certified accuracy drops by {report['certified_accuracy_drop']:.1f} "
+                        f"points (> {max_drop:g})")
     report["warning"] = None
-    if low:
-        report["warning"] = (
-            "INT8 " + " and ".join(f"{name.replace('_', ' ')} is {100 * report[name]:.1f}%"
-                                   for name in low)
-            + f", below {100 * min_agreement:.0f}% of fp32: recalibrate on more representative "
-            "images or keep fp32/fp16"
-        )
+    if problems:
+        report["warning"] = ("INT8 " + " and ".join(problems) + ": recalibrate on more "
+                             "representative images, try another flavour, or keep fp32/fp16")
         log.warning("%s", report["warning"])
     return report

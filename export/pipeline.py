@@ -66,9 +66,9 @@ def artifact_names(name: str) -> dict[str, str]:
     }
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "patchguard-edge" / "calibration"
+# Below these, a quantized artifact gets a warning in the export report.
+MIN_AGREEMENT = 0.98
+MAX_CERTIFIED_DROP = 2.0
 
 
 class Staging:
@@ -113,7 +113,8 @@ def _int8(fp32: Path, target: Path, record: ModelRecord, options: ExportOptions,
             calib = "fashion-mnist"
         else:
             raise PatchGuardError("--int8 needs --calib-data DIR (images like the deployment's)")
-    quantize_int8(fp32, target, record, calib, options.calib_size, flavor, default_cache_dir())
+    # The activation ranges are cached next to the model (NAME.int8.FLAVOR.calib.json in --out).
+    quantize_int8(fp32, target, record, calib, options.calib_size, flavor, options.out)
 
 
 def _open(path: Path) -> Backend:
@@ -208,6 +209,22 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
     return rows
 
 
+def _agreement_warnings(rows: list[parity_mod.ParityRow]) -> list[str]:
+    """A quantized artifact whose defense decisions drift from the reference's."""
+    notes = []
+    for row in rows:
+        if row.precision == "fp32":
+            continue
+        drop = 100 * (row.certified_reference - row.certified_artifact)
+        if row.prediction_agreement < MIN_AGREEMENT or drop > MAX_CERTIFIED_DROP:
+            notes.append(
+                f"warning: {row.artifact} agrees with the reference on {100 * row.prediction_agreement:.1f}% "
+                f"of robust-masking predictions (want >= {100 * MIN_AGREEMENT:.0f}%) and certifies "
+                f"{drop:+.1f} points less; check it on more data (--parity-n) before deploying"
+            )
+    return notes
+
+
 def finish_export(
     fp32_onnx: Path,
     record: ModelRecord,
@@ -243,6 +260,7 @@ def finish_export(
         artifacts.append(engine)
     if checks:
         result.rows = _parity(artifacts, fp32_onnx, record, options, staging, reference, reference_label)
+        result.notes.extend(_agreement_warnings(result.rows))
     # A fresh PyTorch export makes older artifacts of the same name stale (an old
     # engine beside new weights would run the wrong model); from --onnx, keep them.
     names = artifact_names(options.name)

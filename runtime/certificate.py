@@ -33,13 +33,14 @@ import numpy as np
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, window_shape
 from .masking import (
-    NO_LABEL, box_sums, check_labels, check_logits, check_params,
-    check_window, chunks, clipped_integral, containing_max,
-    masked_predictions, ranked_classes, tolerance, upper_class_totals,
+    NO_LABEL, MaskEvidence, box_sums, check_labels, check_logits, check_params, check_window, chunks,
+    containing_max,
 )
 
 log = logging.getLogger(__name__)
 
+# Best-ranked classes bounded first (see certify_evidence).
+_FIRST_BOUNDED = 16
 # Flagged positions handled per vectorized step of the exact lower bound.
 _EXACT_ELEMENTS = 1 << 19
 
@@ -82,8 +83,9 @@ def certify_mask(
     certified = np.zeros(u.shape[0], dtype=bool)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            ys = None if y is None else y[part]
-            certified[part] = _certify_chunk(u[part], ys, (a, b), (pa, pb), thres, clip)[1]
+            evidence = MaskEvidence(u[part], (a, b), thres, clip)
+            ys = own_labels(evidence) if y is None else y[part]
+            certified[part] = certify_evidence(evidence, ys, (pa, pb))
     return certified
 
 
@@ -115,22 +117,19 @@ def largest_certified(
             )
     y = check_labels(labels, u.shape[0], u.shape[3])
     best = np.full(u.shape[0], -1, dtype=np.int64)
-    active = np.arange(u.shape[0])
     with np.errstate(invalid="ignore", over="ignore"):
-        for k, patch in enumerate(pairs):
-            if active.size == 0:
-                break
-            sub = u if active.size == u.shape[0] else u[active]
-            still = np.zeros(active.size, dtype=bool)
-            found = np.zeros(active.size, dtype=np.int64)
-            for part in chunks(sub):
-                given = None if y is None else y[active[part]]
-                found[part], still[part] = _certify_chunk(sub[part], given, (a, b), patch, thres, clip)
-            if y is None:  # the prediction does not depend on the patch: compute it once
-                y = np.full(u.shape[0], NO_LABEL, dtype=np.int64)
-                y[active] = found
-            active = active[still]
-            best[active] = k
+        for part in chunks(u):
+            evidence = MaskEvidence(u[part], (a, b), thres, clip)
+            ys = own_labels(evidence) if y is None else y[part]
+            found = best[part]  # a view: filled in place
+            active = np.arange(found.size)
+            for k, patch in enumerate(pairs):
+                still = certify_evidence(evidence, ys, patch)
+                active, ys = active[still], ys[still]
+                found[active] = k
+                if active.size == 0:
+                    break
+                evidence = evidence.subset(still) if not still.all() else evidence
     return best
 
 
@@ -255,52 +254,65 @@ def _no_overlap_max(windows: np.ndarray, mask: Pair, patch: Pair) -> np.ndarray:
     return np.maximum(vertical[:, :, None], horizontal[:, None, :])
 
 
-def _certify_chunk(
-    u: np.ndarray, y: Optional[np.ndarray], mask: Pair, patch: Pair,
-    thres: float, clip: Optional[float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, certificates) of one chunk; ``y=None`` certifies the predictions.
-    Maps with NaN or inf are never certified (their labels are garbage).
+def own_labels(evidence: MaskEvidence) -> np.ndarray:
+    """Each map's robust-masking prediction (B,), class 0 standing in for
+    maps with NaN or inf (which :func:`certify_evidence` never certifies)."""
+    return np.maximum(evidence.predictions(), 0)
 
-    Classes are ranked by (over-estimated) totals and only those that can
-    matter get an integral image: the few that can win the prediction, class
-    y, and the few whose total can reach y's smallest cheap lower bound.
+
+def certify_evidence(evidence: MaskEvidence, y: np.ndarray, patch: Pair) -> np.ndarray:
+    """Certificates (B,) of labels ``y`` (B,) against every (pa, pb) ``patch``
+    under the evidence's mask. Maps with NaN or inf are never certified.
+
+    Only the classes that can matter get window sums: class y, and those
+    whose total can reach y's smallest cheap lower bound. Those are bounded
+    in two steps: a map refuted by the best-ranked few is refuted by all
+    (more classes only raise the upper bound), so most uncertified maps
+    never need the rest.
     """
-    totals, finite = upper_class_totals(u, clip)
-    order = ranked_classes(totals)
-    if y is None:
-        y = masked_predictions(u, totals, order, mask[0], mask[1], thres, clip)
-    tol = tolerance(totals)
-    table_y = clipped_integral(u, clip, y[:, None])[..., 0]
-    side = _label_side(table_y, box_sums(table_y, *mask), mask, patch, thres)
-    upper = _upper_bounds(u, y, totals, order, side.cheap.min(axis=(1, 2)), tol, mask, patch,
-                          thres, clip)
-    return y, _decide(side, upper, tol, mask, patch, thres) & finite
+    mask, thres = evidence.mask, evidence.thres
+    side = _label_side(*evidence.label(y), mask, patch, thres)
+    count = _candidates(evidence, y, side.cheap.min(axis=(1, 2)))
+    first = min(count, _FIRST_BOUNDED)
+    certified = _decide(side, _upper_bounds(evidence, y, first, patch), evidence.tol, mask, patch,
+                        thres)
+    if count > first and certified.any():
+        certified = _decide(side, _upper_bounds(evidence, y, count, patch), evidence.tol, mask,
+                            patch, thres)
+    return certified & evidence.finite
 
 
-def _upper_bounds(
-    u: np.ndarray, y: np.ndarray, totals: np.ndarray, order: np.ndarray, floor: np.ndarray,
-    tol: np.ndarray,
-    mask: Pair, patch: Pair, thres: float, clip: Optional[float],
-) -> np.ndarray:
-    """Largest upper bound (B, H-pa+1, W-pb+1) over the classes c != y.
+def _candidates(evidence: MaskEvidence, y: np.ndarray, floor: np.ndarray) -> int:
+    """How many ranked classes c != y (the most over the maps) can reach a lower bound.
 
     A class with ``S_c / (1 - T) < floor - tol`` is below every lower bound at
     every position by more than the tolerance (``floor`` is the smallest cheap
-    lower bound), so only the others get window sums. Ranked by total, those
-    form a prefix of the ranking once y is skipped.
+    lower bound), so it cannot refute; ranked by total, the others form a
+    prefix of the ranking once y is skipped. Bounding more classes than that
+    changes no verdict, for the same reason.
     """
-    batch, height, width, classes = u.shape
-    (a, b), (pa, pb) = mask, patch
-    candidate = totals >= (1.0 - thres) * (floor - tol)[:, None]
-    candidate[np.arange(batch), y] = False
-    count = int(candidate.sum(axis=1).max(initial=0))
+    candidate = evidence.totals >= (1.0 - evidence.thres) * (floor - evidence.tol)[:, None]
+    candidate[np.arange(y.shape[0]), y] = False
+    return int(candidate.sum(axis=1).max(initial=0))
+
+
+def _upper_bounds(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) -> np.ndarray:
+    """Largest upper bound (B, H-pa+1, W-pb+1) over the ``count`` best-ranked classes c != y."""
+    batch, height, width, classes = evidence.u.shape
+    (a, b), (pa, pb), thres = evidence.mask, patch, evidence.thres
     if count == 0:
         return np.full((batch, height - pa + 1, width - pb + 1), -np.inf)
-    index = order[:, : min(classes, count + 1)]
-    table = clipped_integral(u, clip, index)
-    gap = table[:, -1, -1][:, None, None, :] - containing_max(box_sums(table, a, b), a, b, pa, pb)
-    gap[np.broadcast_to((index == y[:, None])[:, None, None, :], gap.shape)] = -np.inf
+    index, exact, windows = evidence.ranked(count + 1)
+    if index.shape[1] > 2 * (count + 1):  # bound only the ranked classes asked for
+        if index.shape[1] < classes:  # a ranked prefix
+            index, exact, windows = index[:, : count], exact[:, : count], windows[..., : count]
+        else:  # all classes, in class order
+            index = evidence.order[:, : count]
+            exact = np.take_along_axis(exact, index, axis=1)
+            windows = np.take_along_axis(windows, index[:, None, None, :], axis=3)
+    # y's own gap is -inf: S_y - (finite window sums), for every position.
+    others = np.where(index == y[:, None], -np.inf, exact)
+    gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb)
     return gap.max(axis=3) / (1.0 - thres)
 
 

@@ -17,7 +17,7 @@ from .aggregations import cbn_certify, cbn_predict, vote_certify, vote_predict
 from .certificate import certify_mask
 from .errors import PatchGuardError
 from .geometry import IntOrPair
-from .masking import robust_masking
+from .masking import masked_labels
 
 DEFENSES = ("mask", "cbn", "vote")
 
@@ -40,7 +40,7 @@ def predict(
     if _check_defense(defense) == "mask":
         if window is None:
             raise PatchGuardError("robust masking needs a mask window")
-        return robust_masking(local_logits, window, thres=thres, clip=clip)[0]
+        return masked_labels(local_logits, window, thres=thres, clip=clip)
     return cbn_predict(local_logits) if defense == "cbn" else vote_predict(local_logits)
 
 

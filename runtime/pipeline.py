@@ -29,9 +29,11 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .certificate import certify_evidence
 from .errors import PatchGuardError
 from .footprint import Box, CameraThreat, camera_threat, cells_to_box, patch_side
 from .geometry import Pair
+from .masking import MaskEvidence, check_logits, chunks
 from .metadata import ModelRecord
 from .preprocess import normalize, resize_plan, to_model_image
 
@@ -93,43 +95,30 @@ class Verdicts:
     masked_classes: list[Optional[int]]
 
 
-def strongest_windows(
-    u: np.ndarray, window: Pair, thres: float, clip: Optional[float]
-) -> list[Optional[tuple[int, int, int]]]:
+def strongest_windows(evidence: MaskEvidence) -> list[Optional[tuple[int, int, int]]]:
     """Per map, (class c, top, left) of the window masking removes from the class
     with the largest total evidence S_c, or None when it removes nothing there
     (``S_c = 0`` or ``M_c <= T S_c``).
 
     c is what the undefended BagNet would answer; when a patch fools it, c is
     the patch's class and this window is where the patch put its evidence, so
-    it is the box worth showing. Window sums for one class per map only.
+    it is the box worth showing. Its window sums are already in ``evidence``.
     """
-    from .masking import box_sums, integral
-
-    a, b = window
-    lowest = np.float32(0.0) if u.dtype == np.float32 else 0.0
-    v = np.maximum(u, lowest)
-    if clip is not None:
-        np.minimum(v, clip, out=v)
-    top_class = v.sum(axis=(1, 2), dtype=np.float64).argmax(axis=1)
-    rows = np.arange(u.shape[0])
-    table = integral(v[rows, :, :, top_class].astype(np.float64))  # (B, H + 1, W + 1)
-    sums = box_sums(table, a, b)
+    classes, totals, sums = evidence.strongest()
     found: list[Optional[tuple[int, int, int]]] = []
-    for n in range(u.shape[0]):
+    for n in range(sums.shape[0]):
         flat = int(np.argmax(sums[n]))
-        total, m = float(table[n, -1, -1]), float(sums[n].flat[flat])
-        if not (np.isfinite(m) and total > 0 and m > thres * total):
+        total, m = float(totals[n]), float(sums[n].flat[flat])
+        if not (np.isfinite(m) and total > 0 and m > evidence.thres * total):
             found.append(None)
             continue
         top, left = np.unravel_index(flat, sums.shape[1:3])
-        found.append((int(top_class[n]), int(top), int(left)))
+        found.append((int(classes[n]), int(top), int(left)))
     return found
 
 
 def largest_certified_bisect(
-    u: np.ndarray, window: Pair, patch_windows: Sequence[Pair], labels: np.ndarray,
-    thres: float, clip: Optional[float],
+    evidence: MaskEvidence, patch_windows: Sequence[Pair], labels: np.ndarray
 ) -> np.ndarray:
     """Index (B,) of the largest certified patch window, -1 for none.
 
@@ -137,12 +126,11 @@ def largest_certified_bisect(
     monotone in the patch under a fixed mask (DESIGN section 2), so each map
     keeps a bracket (certified lo, failed hi): the smallest window is tried
     first (frames far from certified stop there), then the bracket is halved,
-    about 1 + log2(n) certificates instead of up to n for a plain scan.
+    about 1 + log2(n) certificates instead of up to n for a plain scan. Every
+    certificate reuses the frame's ``evidence`` (totals, window sums).
     """
-    from .defenses import certify
-
-    lo = np.full(u.shape[0], -1, dtype=np.int64)
-    hi = np.full(u.shape[0], len(patch_windows) - 1, dtype=np.int64)
+    lo = np.full(labels.shape[0], -1, dtype=np.int64)
+    hi = np.full(labels.shape[0], len(patch_windows) - 1, dtype=np.int64)
     first = True
     while True:
         open_ = np.flatnonzero(hi - lo > 1)
@@ -150,10 +138,10 @@ def largest_certified_bisect(
             return lo
         mid = np.zeros(open_.size, dtype=np.int64) if first else (lo[open_] + hi[open_]) // 2
         first = False
-        for k in np.unique(mid):  # one certify call per distinct window
+        for k in np.unique(mid):  # one certificate per distinct window
             maps = open_[mid == k]
-            ok = np.asarray(certify(u[maps], window, patch_window=patch_windows[k], thres=thres,
-                                    clip=clip, labels=labels[maps]))
+            part = evidence if maps.size == labels.shape[0] else evidence.subset(maps)
+            ok = certify_evidence(part, labels[maps], patch_windows[k])
             lo[maps[ok]] = k
             hi[maps[~ok]] = k
 
@@ -163,28 +151,36 @@ def certify_maps(
 ) -> Verdicts:
     """Labels, certificates, certified patch sizes and masked boxes of u (B, H, W, C).
 
-    Only the defense's public functions are used (``predict``, ``certify``).
-    The certificate for the configured patch comes first, so a certified
-    frame costs one certificate; the others search the smaller sizes
-    (:func:`largest_certified_bisect`).
+    Per chunk of maps, one :class:`~.masking.MaskEvidence` serves the
+    prediction, the certificate for the configured patch (first, so a
+    certified frame costs one certificate) and the search over smaller sizes
+    (:func:`largest_certified_bisect`); the results equal those of
+    ``predict``, ``certify`` and ``largest_certified``.
     """
-    from .defenses import certify, predict
-
+    u = check_logits(u)
     window = threat.window
-    labels = np.asarray(predict(u, window, thres=thres, clip=clip), dtype=np.int64)
-    finite = labels >= 0  # NO_LABEL (-1): the map held NaN or inf
-    # Such maps are never certified; class 0 stands in for their label.
-    safe = np.maximum(labels, 0)
-    certified = np.asarray(certify(u, window, thres=thres, clip=clip, labels=safe)) & finite
+    labels = np.empty(u.shape[0], dtype=np.int64)
+    strongest: list[Optional[tuple[int, int, int]]] = []
+    certified = np.zeros(u.shape[0], dtype=bool)
+    certified_px = np.zeros(u.shape[0], dtype=np.int64)
     sizes = np.asarray((0,) + threat.sizes, dtype=np.int64)
-    certified_px = np.where(certified, threat.patch_px, 0).astype(np.int64)
-    rest = np.flatnonzero(finite & ~certified)
-    if rest.size and len(threat.patch_windows) > 1:
-        best = largest_certified_bisect(u[rest], window, threat.patch_windows, safe[rest],
-                                        thres, clip)
-        certified_px[rest] = sizes[best + 1]
     with np.errstate(invalid="ignore", over="ignore"):
-        strongest = strongest_windows(u, window, thres, clip)
+        for part in chunks(u):
+            evidence = MaskEvidence(u[part], window, thres, clip)
+            labels[part] = evidence.predictions()
+            strongest += strongest_windows(evidence)
+            # Maps with NaN or inf (NO_LABEL) are never certified; class 0 stands in.
+            safe = np.maximum(labels[part], 0)
+            ok = certify_evidence(evidence, safe, window)
+            certified[part] = ok
+            certified_px[part] = np.where(ok, threat.patch_px, 0)
+            rest = np.flatnonzero(evidence.finite & ~ok)
+            if rest.size and len(threat.patch_windows) > 1:
+                if rest.size < ok.size:
+                    evidence = evidence.subset(rest)
+                best = largest_certified_bisect(evidence, threat.patch_windows, safe[rest])
+                certified_px[part][rest] = sizes[best + 1]
+    finite = labels >= 0
     boxes: list[Optional[Box]] = []
     classes: list[Optional[int]] = []
     for n, hit in enumerate(strongest):

@@ -1,21 +1,13 @@
 """Real fixtures for the calibration tests: the bundled model exported, image folders."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from patchguard.runtime.datasets import fashion_mnist_available
-
 SAMPLES = Path(__file__).resolve().parents[1] / "models" / "samples" / "fashion-mnist-test"
 
-# CI sets PATCHGUARD_REQUIRE_DATA=1 so a missing dataset fails instead of skipping.
-needs_fashion_mnist = pytest.mark.skipif(
-    not fashion_mnist_available() and os.environ.get("PATCHGUARD_REQUIRE_DATA") != "1",
-    reason="Fashion-MNIST idx files not found (apt-get install dataset-fashion-mnist)",
-)
 
 
 def export_default(path: Path) -> Path:

@@ -16,7 +16,6 @@ from patchguard.runtime.datasets import fashion_mnist_available, load_fashion_mn
 # CI sets PATCHGUARD_REQUIRE_DATA=1: a missing dataset then fails instead of skipping.
 _SKIP_WITHOUT_DATA = not fashion_mnist_available() and os.environ.get("PATCHGUARD_REQUIRE_DATA") != "1"
 _NO_DATA = "Fashion-MNIST idx files not found (apt-get install dataset-fashion-mnist)"
-needs_fashion_mnist = pytest.mark.skipif(_SKIP_WITHOUT_DATA, reason=_NO_DATA)
 
 
 def export_default_model(path: Path) -> Path:

@@ -12,7 +12,6 @@ from patchguard.models import build_model, small_record
 from patchguard.models.attack import AttackConfig, Outcome, PatchAttack, grid, summarize
 from patchguard.models.cli import attack_main
 from patchguard.models.reference import robust_masking
-from patchguard.runtime.datasets import fashion_mnist_available
 
 PLAIN = 0.015  # class 0's evidence in every cell of the hand-built model
 
@@ -99,8 +98,6 @@ def test_bad_settings_are_clear_errors(bright_votes, changes, message):
 
 
 @pytest.mark.fashion_mnist
-@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST idx files not found "
-                    "(apt-get install dataset-fashion-mnist)")
 def test_cli_on_the_bundled_model(tmp_path):
     out = tmp_path / "attack.json"
     result = CliRunner().invoke(attack_main, ["--limit", "20", "--steps", "3", "--stride", "4",

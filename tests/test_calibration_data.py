@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _calibration_fixtures import SAMPLES, needs_fashion_mnist, write_images
+from _calibration_fixtures import SAMPLES, write_images
 from patchguard.calibration.data import (
     FASHION_MNIST, CalibrationReader, calibration_batches, list_images, open_source,
 )
@@ -132,7 +132,6 @@ def test_reader_speaks_the_onnxruntime_protocol(tmp_path: Path) -> None:
     assert sizes == [2, 2, 1] and reader.images == 5
 
 
-@needs_fashion_mnist
 @pytest.mark.fashion_mnist
 def test_fashion_mnist_draws_train_images() -> None:
     from patchguard.runtime.datasets import load_fashion_mnist

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _calibration_fixtures import SAMPLES, export_default, needs_fashion_mnist, write_images
+from _calibration_fixtures import SAMPLES, export_default, write_images
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -18,7 +18,9 @@ from patchguard.calibration.data import FASHION_MNIST  # noqa: E402
 from patchguard.calibration.int8 import (  # noqa: E402
     DEFAULT_FLAVOR, FLAVOR_HELP, FLAVORS, cache_path, float_head, int8_path, quantize_int8,
 )
-from patchguard.calibration.parity import MIN_AGREEMENT, int8_agreement  # noqa: E402
+from patchguard.calibration.parity import (  # noqa: E402
+    MAX_CERTIFIED_DROP, MIN_AGREEMENT, int8_agreement,
+)
 from patchguard.runtime import certify, robust_masking, window_size  # noqa: E402
 from patchguard.runtime.errors import PatchGuardError  # noqa: E402
 from patchguard.runtime.metadata import METADATA_KEY, ModelRecord  # noqa: E402
@@ -231,16 +233,17 @@ def test_agreement_report_is_consistent() -> None:
     cert_b = certify(noisy, 3, labels=labels)
     assert report["certified_accuracy_drop"] == pytest.approx(
         100 * (cert_a.mean() - cert_b.mean()))
-    low = min(report["prediction_agreement"], report["certificate_agreement"]) < MIN_AGREEMENT
-    assert (report["warning"] is not None) == low
+    bad = (report["prediction_agreement"] < MIN_AGREEMENT
+           or report["certified_accuracy_drop"] > MAX_CERTIFIED_DROP)
+    assert bad, report  # this much noise must trip the warning
+    assert (report["warning"] is not None) == bad
     with pytest.raises(PatchGuardError):
         int8_agreement(fp32, fp32[:5], None, 3)
 
 
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
-@needs_fashion_mnist
-@pytest.mark.parametrize("flavour", [DEFAULT_FLAVOR, "cpu"])
+@pytest.mark.parametrize("flavour", [DEFAULT_FLAVOR, "cpu"], ids=lambda f: f"flavour={f}")
 def test_acceptance_on_the_fashion_mnist_test_set(fp32: Path, record: ModelRecord,
                                                   tmp_path: Path, flavour: str) -> None:
     """Issue 5: >= 98% prediction agreement, <= 2 points certified-accuracy drop (5x5 patch)."""
@@ -254,4 +257,16 @@ def test_acceptance_on_the_fashion_mnist_test_set(fp32: Path, record: ModelRecor
     window = window_size(5, record.receptive_field, record.stride)
     report = int8_agreement(logits(fp32, batch), logits(out, batch), labels, window)
     assert report["prediction_agreement"] >= MIN_AGREEMENT, report
-    assert report["certified_accuracy_drop"] <= 2.0, report
+    assert report["certified_accuracy_drop"] <= MAX_CERTIFIED_DROP, report
+
+
+@pytest.mark.parametrize("script", ["int8.py", "int8_agreement.py"])
+def test_benchmark_scripts_have_help(script: str) -> None:
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout and "python benchmarks/" in result.stdout

@@ -116,10 +116,6 @@ def test_engine_mode_matches_logits_mode(tmp_path: Path) -> None:
     and --logits mode on those logits all give the same numbers."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from patchguard.runtime.datasets import fashion_mnist_available
-
-    if not fashion_mnist_available():
-        pytest.skip("Fashion-MNIST idx files not installed (apt-get install dataset-fashion-mnist)")
     from _export_fixtures import export_small
 
     model = export_small(tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _pipeline_fixtures import (  # noqa: F401 (fixtures)
-    default_onnx, fashion_frames, fashion_video, needs_fashion_mnist,
+    default_onnx, fashion_frames, fashion_video,
 )
 from patchguard.runtime.backends import open_backend
 from patchguard.runtime.certificate import largest_certified
@@ -22,7 +22,7 @@ from patchguard.runtime.preprocess import normalize, preprocess, resize_plan
 from patchguard.runtime.sources import open_source
 
 cv2 = pytest.importorskip("cv2")
-pytestmark = [pytest.mark.fashion_mnist, needs_fashion_mnist]
+pytestmark = [pytest.mark.fashion_mnist]
 
 
 def _raw_accuracy(model: Path, count: int) -> float:

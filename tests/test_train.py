@@ -14,12 +14,7 @@ from patchguard.models.data import load_training_data
 from patchguard.models.records import record_for
 from patchguard.models.train import TrainConfig
 from patchguard.models.train import train as run_training
-from patchguard.runtime.datasets import fashion_mnist_available
 
-needs_data = pytest.mark.skipif(
-    not fashion_mnist_available(),
-    reason="Fashion-MNIST idx files not found (apt-get install dataset-fashion-mnist)",
-)
 SMOKE = ["--data", "fashion-mnist", "--limit", "256", "--eval-limit", "64", "--batch-size", "128"]
 
 
@@ -48,7 +43,6 @@ def two_epochs(tmp_path_factory):
 
 
 @pytest.mark.fashion_mnist
-@needs_data
 def test_writes_checkpoints_and_history(two_epochs):
     for name in ("model.pt", "last.pt", "epoch01.pt", "epoch02.pt"):
         assert (two_epochs / name).is_file(), name
@@ -68,7 +62,6 @@ def test_writes_checkpoints_and_history(two_epochs):
 
 
 @pytest.mark.fashion_mnist
-@needs_data
 def test_same_seed_same_weights(two_epochs, tmp_path):
     train(tmp_path / "again", "--epochs", "2", "--seed", "3")
     assert_identical(weights(two_epochs / "model.pt"), weights(tmp_path / "again" / "model.pt"))
@@ -82,7 +75,6 @@ class Interrupted(Exception):
 
 
 @pytest.mark.fashion_mnist
-@needs_data
 def test_resume_continues_where_it_stopped(two_epochs, tmp_path):
     # The run of the fixture, stopped after its first epoch: the training loop
     # writes last.pt before it reports the epoch, so stopping in the report
@@ -103,7 +95,6 @@ def test_resume_continues_where_it_stopped(two_epochs, tmp_path):
 
 
 @pytest.mark.fashion_mnist
-@needs_data
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     result = CliRunner().invoke(train_main, [*SMOKE, "--out", str(tmp_path / "fresh"), "--epochs", "1", "--resume"])
     assert result.exit_code == 1

@@ -305,9 +305,9 @@ def _upper_bounds(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair
     index, exact, windows = evidence.ranked(count + 1)
     if index.shape[1] > 2 * (count + 1):  # bound only the ranked classes asked for
         if index.shape[1] < classes:  # a ranked prefix
-            index, exact, windows = index[:, : count], exact[:, : count], windows[..., : count]
+            index, exact, windows = index[:, : count + 1], exact[:, : count + 1], windows[..., : count + 1]
         else:  # all classes, in class order
-            index = evidence.order[:, : count]
+            index = evidence.order[:, : count + 1]
             exact = np.take_along_axis(exact, index, axis=1)
             windows = np.take_along_axis(windows, index[:, None, None, :], axis=3)
     # y's own gap is -inf: S_y - (finite window sums), for every position.

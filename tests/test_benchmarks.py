@@ -1,0 +1,45 @@
+"""The benchmark scripts run in their short (CI) mode and print their figures.
+
+Speed is reported, never asserted: these tests only check that each script
+runs to the end and prints the numbers the README quotes.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)  # the figures, visible with pytest -s or in the CI log on failure
+    return done.stdout
+
+
+def test_certify_benchmark_short() -> None:
+    out = run("certify.py", "--short")
+    assert re.search(r"26x26x10 batch \d+", out) and re.search(r"26x26x1000 batch \d+", out)
+    assert re.search(r"\d+(\.\d+)? ms", out)
+
+
+@pytest.mark.slow
+def test_int8_benchmark_short() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    out = run("int8.py", "--short")
+    assert re.search(r"\d+(\.\d+)?x", out), out
+
+
+@pytest.mark.fashion_mnist
+def test_pipeline_memory_short() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("cv2")
+    out = run("pipeline_memory.py", "--frames", "400", "--warmup", "100")
+    assert "MiB" in out

@@ -20,7 +20,10 @@ P for every c. The work is arranged so the exact lower bound is rarely needed:
    positions neither test decided, in images not yet refuted.
 
 Classes whose total alone cannot reach the cheapest lower bound are dropped
-before any window sum of theirs is computed.
+before any window sum of theirs is computed, and the best-ranked few are
+bounded first (a refutation by some classes stands for all). The window sums
+live in a :class:`~.masking.MaskEvidence`, shared by the prediction and
+every patch size tried on the same maps.
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ import numpy as np
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, window_shape
 from .masking import (
-    NO_LABEL, MaskEvidence, box_sums, check_labels, check_logits, check_params, check_window, chunks,
-    containing_max,
+    NO_LABEL, MaskEvidence, box_sums, check_labels, check_logits, check_params, check_window,
+    chunks, containing_max,
 )
 
 log = logging.getLogger(__name__)
@@ -302,15 +305,16 @@ def _upper_bounds(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair
     (a, b), (pa, pb), thres = evidence.mask, patch, evidence.thres
     if count == 0:
         return np.full((batch, height - pa + 1, width - pb + 1), -np.inf)
-    index, exact, windows = evidence.ranked(count + 1)
-    if index.shape[1] > 2 * (count + 1):  # bound only the ranked classes asked for
+    k = count + 1  # y may be among them
+    index, exact, windows = evidence.ranked(k)
+    if index.shape[1] > 2 * k:  # bound only the ranked classes asked for
         if index.shape[1] < classes:  # a ranked prefix
-            index, exact, windows = index[:, : count + 1], exact[:, : count + 1], windows[..., : count + 1]
+            index, exact, windows = index[:, :k], exact[:, :k], windows[..., :k]
         else:  # all classes, in class order
-            index = evidence.order[:, : count + 1]
+            index = evidence.order[:, :k]
             exact = np.take_along_axis(exact, index, axis=1)
             windows = np.take_along_axis(windows, index[:, None, None, :], axis=3)
-    # y's own gap is -inf: S_y - (finite window sums), for every position.
+    # y is no rival of itself: its gap becomes -inf at every position.
     others = np.where(index == y[:, None], -np.inf, exact)
     gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb)
     return gap.max(axis=3) / (1.0 - thres)

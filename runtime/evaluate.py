@@ -27,7 +27,7 @@ from .aggregations import cbn_certify, cbn_predict, vote_certify, vote_predict
 from .certificate import certify_mask
 from .errors import PatchGuardError
 from .geometry import IntOrPair, as_pair, window_shape
-from .masking import check_labels, check_logits, check_params, clipped, robust_masking
+from .masking import check_labels, check_logits, check_params, clipped, masked_labels
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate(
                 f"a {_size_text(size)} px patch needs a {window[0]}x{window[1]} window, larger "
                 f"than the {height}x{width} map (r={receptive_field}, s={stride})"
             )
-        predictions = robust_masking(u, window, thres=thres, clip=clip)[0]
+        predictions = masked_labels(u, window, thres=thres, clip=clip)
         certified = certify_mask(u, window, thres=thres, clip=clip, labels=y)
         mask_accuracy = _fraction(predictions == y)
         results.append({

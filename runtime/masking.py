@@ -10,10 +10,12 @@ Maps holding NaN or inf have no trustworthy evidence: :func:`robust_masking`
 returns :data:`NO_LABEL` (-1) and a NaN evidence row for them instead of a
 label, and no certificate is ever issued for them.
 
-Classes are pruned before any window sum: only classes
-whose (over-estimated) total ``S_c`` could still matter get their window sums
-computed, which keeps a 26x26x1000 map near one pass over the data (and
-a 26x26x10 map at a few classes instead of ten).
+Classes are pruned before any window sum: only classes whose
+(over-estimated) total ``S_c`` could still matter get their window sums
+computed (:class:`MaskEvidence`, which also shares them between the
+prediction, the certificate and the certified-patch-size search of a map).
+:func:`robust_masking` returns every class's evidence, so it computes all;
+:func:`masked_labels` gives the same predictions from the pruned classes.
 """
 from __future__ import annotations
 
@@ -389,7 +391,9 @@ class MaskEvidence:
             else:
                 index = self.order[:, :k]
             table = clipped_integral(self.u, self.clip, index)
-            self.index = np.broadcast_to(np.arange(classes), (batch, classes)) if index is None else index
+            if index is None:
+                index = np.broadcast_to(np.arange(classes), (batch, classes))
+            self.index = index
             self.exact, self.windows = table[:, -1, -1], box_sums(table, *self.mask)
             self.known = k
         return self.index, self.exact, self.windows

@@ -96,10 +96,9 @@ def main(engine: Optional[str], batch: int, frame: str, synthetic_map: Optional[
          json_out: Optional[str]) -> None:
     """Time preprocessing, inference and certification; print certification's share."""
     from ..certificate import largest_certified
-    from ..defenses import certify
+    from ..defenses import certify, predict
     from ..files import write_text_atomic
     from ..geometry import parse_pair
-    from ..masking import robust_masking
     from ..pipeline import certify_maps
     from ..preprocess import normalize, resize_plan, to_model_image
     from ..footprint import camera_threat, patch_side
@@ -139,8 +138,8 @@ def main(engine: Optional[str], batch: int, frame: str, synthetic_map: Optional[
             maps = synthetic_logits(16, batch, *record.map_size, record.num_classes)
         rounds = max(1, iterations // len(maps))
         window, windows = threat.window, list(threat.patch_windows)
-        labelled = [(u, robust_masking(u, window)[0]) for u in maps]
-        ms["masking"] = timed(lambda u: robust_masking(u, window), maps, rounds)
+        labelled = [(u, predict(u, window)) for u in maps]
+        ms["masking"] = timed(lambda u: predict(u, window), maps, rounds)
         ms["certificate"] = timed(lambda p: certify(p[0], window, labels=p[1]), labelled, rounds)
         ms["certified_patch_size"] = timed(
             lambda p: largest_certified(p[0], window, windows, labels=p[1]), labelled, rounds)

@@ -9,7 +9,7 @@ SAMPLE=models/samples/fashion-mnist-test   # 200 Fashion-MNIST test images, one 
 mkdir -p "$OUT"
 
 echo "== 1/4 export the bundled model (fp32 + INT8, parity against PyTorch)"
-pg-export --out "$OUT" --int8 --calib-data "$SAMPLE" --parity-data "$SAMPLE" --parity-n 64
+pg-export --out "$OUT" --int8 --calib-data "$SAMPLE" --parity-data "$SAMPLE" --parity-n 200
 
 echo "== 2/4 make a 120-frame 112x112 clip from the sample (the stand-in camera)"
 python examples/make_clip.py "$SAMPLE" "$OUT/clip.avi" --frames 120 --size 112

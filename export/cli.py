@@ -8,7 +8,7 @@ import click
 
 from ..calibration.int8 import FLAVORS
 from ..runtime.console import Command
-from ..runtime.errors import PatchGuardError
+from ..runtime.errors import PatchGuardError, lazy_import
 
 EXAMPLES = """
 \b
@@ -155,6 +155,8 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         options = ExportOptions(out=Path(out_dir), name=name or _onnx_name(source), **common)
         result = run_export(options, record, onnx_path=source)
     else:
+        lazy_import("torch", "export")
+        lazy_import("onnx", "export")
         from .onnx import DEFAULT_OPSET, export_onnx, torch_reference
         from .onnxfile import save_onnx
 

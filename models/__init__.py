@@ -1,11 +1,27 @@
-"""BagNet models, their records, checkpoints and the PyTorch reference defense."""
-from .bagnet import BagNet, bagnet9, bagnet17, bagnet33
-from .checkpoints import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-from .records import RECORDS, build_model, record_for, small_record
-from .small import SmallBagNet
+"""BagNet models, their records, checkpoints and the PyTorch reference defense.
 
-__all__ = [
-    "BagNet", "bagnet9", "bagnet17", "bagnet33", "SmallBagNet",
-    "RECORDS", "record_for", "small_record", "build_model",
-    "DEFAULT_CHECKPOINT", "load_checkpoint", "save_checkpoint",
-]
+Names load lazily (PEP 562) so that ``pg-train --help`` and ``pg-attack --help``
+work on a machine without torch; using any of them needs the ``[export]`` extra.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BagNet": "bagnet", "bagnet9": "bagnet", "bagnet17": "bagnet", "bagnet33": "bagnet",
+    "SmallBagNet": "small",
+    "RECORDS": "records", "record_for": "records", "small_record": "records", "build_model": "records",
+    "DEFAULT_CHECKPOINT": "checkpoints", "load_checkpoint": "checkpoints",
+    "save_checkpoint": "checkpoints",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ..runtime.errors import lazy_import
+
+    lazy_import("torch", "export")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

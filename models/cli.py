@@ -8,7 +8,7 @@ from typing import Optional
 import click
 
 from ..runtime.console import Command, progress
-from ..runtime.errors import PatchGuardError
+from ..runtime.errors import PatchGuardError, lazy_import
 
 EXAMPLES = """
 \b
@@ -44,6 +44,7 @@ def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, ep
          lr: float, patch_px: int, clip: Optional[float], flip: bool, limit: Optional[int],
          eval_limit: int, seed: int, resume: bool) -> None:
     """Train a BagNet with PatchGuard's feature masking and write checkpoints per epoch."""
+    lazy_import("torch", "export")
     from ..runtime.files import ensure_dir
     from .checkpoints import load_checkpoint
     from .data import load_training_data
@@ -157,7 +158,7 @@ def attack_main(checkpoint: Optional[str], data: str, split: str, limit: Optiona
     """
     import time
 
-    import torch
+    torch = lazy_import("torch", "export")
 
     from ..runtime.files import write_text_atomic
     from .attack import AttackConfig, PatchAttack, summarize

@@ -14,7 +14,7 @@ pg-export --out "$OUT" --int8 --calib-data "$SAMPLE" --parity-data "$SAMPLE" --p
 echo "== 2/4 make a 120-frame 112x112 clip from the sample (the stand-in camera)"
 python examples/make_clip.py "$SAMPLE" "$OUT/clip.avi" --frames 120 --size 112
 
-echo "== 3/4 pg-run: label + certificate per frame (default patch: 20 camera px = 5 model px)"
+echo "== 3/4 pg-run: label + certificate per frame (default patch: 20 camera px, the model's 5 px scaled to the frame)"
 pg-run --engine "$OUT/fashion_mnist_bagnet.onnx" --source "$OUT/clip.avi" \
     --jsonl "$OUT/frames.jsonl" --save-video "$OUT/overlay.avi"
 

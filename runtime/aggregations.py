@@ -90,8 +90,9 @@ def vote_certify(
 ) -> np.ndarray:
     """Majority-vote certificates (B,) with the per-position test (exact integers).
 
-    Only classes that receive a vote somewhere in the batch (plus the labels)
-    can have ``out_c(P) > 0``; the rest are dropped before counting.
+    Only classes that receive a vote somewhere in the chunk (plus the labels)
+    can have ``out_c(P) > 0``; the rest share one count, ``out_c(P) = 0``,
+    and are not counted one by one.
     """
     u = check_logits(local_logits)
     a, b = check_window(window, u.shape)
@@ -114,5 +115,10 @@ def vote_certify(
         rows = np.arange(ys.size)
         out_y = outside[rows, :, :, label_col]                      # (B, P, P)
         outside[rows, :, :, label_col] = np.iinfo(np.int64).min // 2
-        certified[part] = (out_y > outside.max(axis=3) + cells).all(axis=(1, 2)) & (y[part] >= 0)
+        rival = outside.max(axis=3)
+        if present.size < u.shape[3]:
+            # A class without a vote has out_c(P) = 0, and the patch can still
+            # hand it all |P| cells: it is a rival too.
+            np.maximum(rival, 0, out=rival)
+        certified[part] = (out_y > rival + cells).all(axis=(1, 2)) & (y[part] >= 0)
     return certified & finite_maps(u)

@@ -80,3 +80,25 @@ def test_cbn_certificates_survive_brute_force() -> None:
 
 def test_vote_certificates_survive_brute_force() -> None:
     _aggregation_soundness("vote", 22)
+
+
+def test_vote_certificate_counts_classes_that_got_no_vote() -> None:
+    """A class with no vote anywhere still has out_c(P) = 0: the patch can give it
+    all |P| cells, so y needs out_y(P) > |P|. Maps where every cell votes y (the
+    only class present in the batch) must be checked against that rival too."""
+    rng = np.random.default_rng(23)
+
+    def aggregate(x: np.ndarray) -> np.ndarray:
+        return predict(x, defense="vote")
+
+    checked = 0
+    for h, w, a, b in [(2, 2, 2, 2), (3, 3, 3, 3), (4, 4, 3, 3), (4, 5, 2, 3), (5, 5, 2, 2)]:
+        u = np.zeros((1, h, w, 3))
+        u[..., 1] = 1.0  # every cell votes class 1; classes 0 and 2 get no vote
+        verdict = bool(certify(u, (a, b), defense="vote")[0])
+        # Brute force: the patch turns its cells to any class; certified iff no flip.
+        assert survives(u[0], 1, a, b, aggregate, rng) or not verdict, (h, w, a, b)
+        # Exact rule with the absent rival: out_y(P) = H W - a b > a b.
+        assert verdict == (h * w - a * b > a * b), (h, w, a, b)
+        checked += 1
+    assert checked == 5

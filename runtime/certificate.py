@@ -213,7 +213,6 @@ class _LabelSide:
 
     table: np.ndarray      # integral image of v[..., y], (B, H+1, W+1)
     windows: np.ndarray    # mask window sums of v[..., y], (B, H-a+1, W-b+1)
-    total: np.ndarray      # S_y (B,)
     t: np.ndarray          # S_y - sum v[P, y]
     no_overlap: np.ndarray  # best mask window sum of v[..., y] not overlapping P
     cheap: np.ndarray      # t - M_y <= lower bound
@@ -233,7 +232,7 @@ def _label_side(table: np.ndarray, windows: np.ndarray, mask: Pair, patch: Pair,
     cap = total[:, None, None] - containing_max(windows, a, b, pa, pb)
     uses_m0 = (thres == 0.0) | (no_overlap > thres * t)
     cap = np.minimum(cap, np.where(uses_m0, t - no_overlap, np.inf))
-    return _LabelSide(table, windows, total, t, no_overlap, cheap, cap)
+    return _LabelSide(table, windows, t, no_overlap, cheap, cap)
 
 
 def _no_overlap_max(windows: np.ndarray, mask: Pair, patch: Pair) -> np.ndarray:

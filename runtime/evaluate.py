@@ -27,7 +27,7 @@ from .aggregations import cbn_certify, cbn_predict, vote_certify, vote_predict
 from .certificate import certify_mask
 from .errors import PatchGuardError
 from .geometry import IntOrPair, as_pair, window_shape
-from .masking import check_labels, check_logits, check_params, clipped, masked_labels
+from .masking import check_labels, check_logits, check_params, clipped, finite_maps, masked_labels
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def evaluate(
     with np.errstate(invalid="ignore", over="ignore"):
         undefended = u.sum(axis=(1, 2), dtype=np.float64).argmax(axis=1)
         paper_ok = clipped(u, clip).sum(axis=(1, 2)).argmax(axis=1) == y
-    finite = np.isfinite(u.reshape(u.shape[0], -1)).all(axis=1)
+    finite = finite_maps(u)
     cbn_ok = cbn_predict(u) == y
     vote_ok = vote_predict(u) == y
     results = []

@@ -144,6 +144,16 @@ def camera_threat(plan: ResizePlan, record: ModelRecord, patch_px: int) -> Camer
     return CameraThreat(plan, patch_px, windows[-1], tuple(sizes), tuple(patch_windows))
 
 
+def check_patch_options(patch_size: Optional[int], patch_frac: Optional[float]) -> None:
+    """At most one of a patch side >= 1 pixel and an area fraction in (0, 1]."""
+    if patch_size is not None and patch_frac is not None:
+        raise PatchGuardError("give either a patch size in pixels or a fraction of the frame, not both")
+    if patch_size is not None and int(patch_size) < 1:
+        raise PatchGuardError(f"patch size must be at least 1 pixel, got {patch_size}")
+    if patch_frac is not None and not 0.0 < float(patch_frac) <= 1.0:
+        raise PatchGuardError(f"patch fraction must be in (0, 1], got {patch_frac}")
+
+
 def patch_side(
     plan: ResizePlan,
     record: ModelRecord,
@@ -158,15 +168,10 @@ def patch_side(
     the square with the same share of the area the model sees, rounded up:
     ``ceil(default_patch_px * sqrt(scale_rows * scale_cols))``.
     """
-    if patch_size is not None and patch_frac is not None:
-        raise PatchGuardError("give either a patch size in pixels or a fraction of the frame, not both")
+    check_patch_options(patch_size, patch_frac)
     if patch_size is not None:
-        if int(patch_size) < 1:
-            raise PatchGuardError(f"patch size must be at least 1 pixel, got {patch_size}")
         return int(patch_size)
     if patch_frac is not None:
-        if not 0.0 < float(patch_frac) <= 1.0:
-            raise PatchGuardError(f"patch fraction must be in (0, 1], got {patch_frac}")
         h, w = plan.frame_size
         return max(1, math.ceil(math.sqrt(float(patch_frac) * h * w) - 1e-9))
     if record.default_patch_px < 1:

@@ -65,16 +65,18 @@ def check_params(thres: float, clip: Optional[float]) -> tuple[float, Optional[f
     try:
         thres = float(thres)
     except (TypeError, ValueError):
-        raise PatchGuardError(f"thres must be a number in [0, 1), got {thres!r}") from None
+        raise PatchGuardError(
+            f"thres (detection threshold T) must be a number in [0, 1), got {thres!r}"
+        ) from None
     if not 0.0 <= thres < 1.0:
-        raise PatchGuardError(f"thres must be in [0, 1), got {thres}")
+        raise PatchGuardError(f"thres (detection threshold T) must be in [0, 1), got {thres}")
     if clip is not None:
         try:
             clip = float(clip)
         except (TypeError, ValueError):
-            raise PatchGuardError(f"clip must be a positive number, got {clip!r}") from None
+            raise PatchGuardError(f"clip (ceiling c_h) must be a positive number, got {clip!r}") from None
         if not clip > 0.0:
-            raise PatchGuardError(f"clip must be a positive number (or none), got {clip}")
+            raise PatchGuardError(f"clip (ceiling c_h) must be a positive number (or none), got {clip}")
     return thres, clip
 
 

@@ -31,9 +31,11 @@ import numpy as np
 
 from .certificate import certify_evidence
 from .errors import PatchGuardError
-from .footprint import Box, CameraThreat, camera_threat, cells_to_box, patch_side
+from .footprint import (
+    Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side,
+)
 from .geometry import Pair
-from .masking import MaskEvidence, check_logits, chunks
+from .masking import MaskEvidence, check_logits, check_params, chunks
 from .metadata import ModelRecord
 from .preprocess import normalize, resize_plan, to_model_image
 
@@ -211,19 +213,13 @@ class Pipeline:
         thres: float = 0.0,
         clip: Optional[float] = None,
     ) -> None:
-        if not 0.0 <= float(thres) < 1.0:
-            raise PatchGuardError(f"detection threshold T must be in [0, 1), got {thres}")
-        if clip is not None and not float(clip) > 0.0:
-            raise PatchGuardError(f"clipping ceiling must be positive, got {clip}")
-        if patch_size is not None and patch_frac is not None:
-            raise PatchGuardError(
-                "give either a patch size in pixels or a fraction of the frame, not both")
+        # Every option is checked here, so a bad one fails before the first frame.
+        self.thres, self.clip = check_params(thres, clip)
+        check_patch_options(patch_size, patch_frac)
         self.backend = backend
         self.record: ModelRecord = backend.record
         self.patch_size = patch_size
         self.patch_frac = patch_frac
-        self.thres = float(thres)
-        self.clip = None if clip is None else float(clip)
         self._infer_lock = threading.Lock()
         self._threat_lock = threading.Lock()
         self._threats: dict[Pair, CameraThreat] = {}

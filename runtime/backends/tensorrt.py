@@ -137,6 +137,8 @@ def read_sidecar(plan: os.PathLike) -> tuple[ModelRecord, EngineInfo]:
         data = json.loads(path.read_text())
         engine = data["engine"]
         info = EngineInfo(**{k: engine[k] for k in EngineInfo.__dataclass_fields__ if k in engine})
+        if int(info.max_batch) < 1:  # int() here: a corrupt value is this one-line error
+            raise ValueError(f"max_batch {info.max_batch} < 1")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PatchGuardError(f"{path} is not a pg-export engine sidecar ({exc})") from None
     return ModelRecord.from_dict(data), info

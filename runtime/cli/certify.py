@@ -166,6 +166,8 @@ def _print_summary(summary: dict[str, Any], defense: str, window: Pair, labelled
 def _threat(window_text: Optional[str], sizes: list[int], rf: Optional[int],
             stride: Optional[int], shape: tuple[int, ...]) -> tuple[Pair, list[Pair]]:
     """The mask window and, for several patch sizes, the growing patch windows."""
+    from ..masking import check_window
+
     if window_text is not None:
         if sizes or rf is not None or stride is not None:
             raise PatchGuardError("give either --window or --patch-size with --rf and --stride, not both")
@@ -176,11 +178,7 @@ def _threat(window_text: Optional[str], sizes: list[int], rf: Optional[int],
             raise PatchGuardError("give --window W (or AxB), or --patch-size P with --rf R and --stride S")
         windows = [window_shape(p, rf, stride) for p in sizes]
         window = windows[-1]
-    if window[0] > shape[1] or window[1] > shape[2]:
-        raise PatchGuardError(
-            f"window {window[0]}x{window[1]} is larger than the {shape[1]}x{shape[2]} map of local logits"
-        )
-    return window, windows
+    return check_window(window, shape), windows
 
 
 def _parse_sizes(values: Sequence[str]) -> list[int]:

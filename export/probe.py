@@ -50,14 +50,26 @@ def touched_cells(start: int, stop: int, receptive_field: int, stride: int, cell
     return slice(first, last + 1)
 
 
-def _block_corners(height: int, width: int, block: int, count: int, rng: np.random.Generator
-                   ) -> list[tuple[int, int]]:
-    """Corners and centre first (where padding shows), then random positions."""
+def _block_corners(height: int, width: int, block: int, stride: int, count: int,
+                   rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Corners and centre (where padding shows), random positions, then a stride sweep.
+
+    Away from the borders a cell's dependence on a pixel depends only on their
+    offset modulo s (the network is equivariant to shifts by s), so blocks
+    stepping from the centre through every pixel offset modulo s on both axes
+    reveal a receptive field wider than r or shifted from the claimed one,
+    which random positions find only by luck (e.g. one padded stem conv).
+    The sweep steps one pixel, not one block, so that every offset is both a
+    block's first and its last pixel (a leak just left of a field shows only
+    with a block that ends there).
+    """
+    cy, cx = (height - block) // 2, (width - block) // 2
     fixed = [(0, 0), (0, width - block), (height - block, 0), (height - block, width - block),
-             ((height - block) // 2, (width - block) // 2)]
+             (cy, cx)]
     extra = [(int(rng.integers(0, height - block + 1)), int(rng.integers(0, width - block + 1)))
              for _ in range(max(0, count - len(fixed)))]
-    return (fixed + extra)[:max(count, 1)]
+    sweep = [(min(cy + k, height - block), min(cx + k, width - block)) for k in range(1, stride)]
+    return (fixed + extra)[:max(count, 1)] + sweep
 
 
 def probe_locality(
@@ -76,7 +88,7 @@ def probe_locality(
     block = max(1, min(block_px, height, width))
     rng = np.random.default_rng(seed)
     base = rng.standard_normal((1, record.in_channels, height, width)).astype(np.float32)
-    corners = _block_corners(height, width, block, blocks, rng)
+    corners = _block_corners(height, width, block, s, blocks, rng)
     batch = np.repeat(base, len(corners) + 1, axis=0)
     for k, (y, x) in enumerate(corners, start=1):
         # A large change in normalised units, different per channel.

@@ -50,9 +50,3 @@ def write_text_atomic(target: os.PathLike, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
     return Path(target)
-
-
-def write_bytes_atomic(target: os.PathLike, data: bytes) -> Path:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-    return Path(target)

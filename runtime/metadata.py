@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .errors import PatchGuardError
 from .geometry import Pair, map_size
@@ -111,7 +111,3 @@ class ModelRecord:
         if not isinstance(data, dict):
             raise PatchGuardError("model metadata must be a JSON object")
         return cls.from_dict(data)
-
-
-def optional_record(data: Optional[dict[str, Any]]) -> Optional[ModelRecord]:
-    return None if data is None else ModelRecord.from_dict(data)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from patchguard.models.reference import certify, masked_training_logits, robust_masking, window_sums

@@ -115,3 +115,20 @@ def test_probe_passes_the_model_it_measures_not_the_metadata(tmp_path):
     with pytest.raises(LocalityError, match="26x26"):
         probe_locality(path, wrong)
     assert np.isfinite(probe_locality(path, record).max_change_inside)
+
+
+def test_probe_rejects_a_padded_stem_whose_map_size_still_fits(tmp_path):
+    """One padded 3x3 conv shifts every field by a pixel; at 60 px the map is still 6x6.
+
+    Only a block ending just left of a field shows the leak, so the probe must
+    sweep every pixel offset modulo the stride, not rely on random positions.
+    """
+    torch.manual_seed(3)
+    record = record_for("bagnet17", num_classes=4, input_size=60)
+    model = build_model(record)
+    model.conv2.padding = (1, 1)
+    with torch.no_grad():
+        assert tuple(model.eval()(torch.zeros(1, 3, 60, 60)).shape[1:3]) == record.map_size
+    path = exported(model, record, tmp_path)
+    with pytest.raises(LocalityError, match="outside the receptive field"):
+        probe_locality(path, record)

@@ -71,8 +71,10 @@ def unwrap(content: Any) -> tuple[dict[str, torch.Tensor], Optional[ModelRecord]
     """State dict (without ``module.``) and the record, if the file carries one."""
     record = None
     if isinstance(content, dict) and content.get("format") == PROJECT_FORMAT:
+        if not isinstance(content.get("record"), dict):
+            raise CheckpointError("checkpoint is marked patchguard-edge but holds no model record")
         record = ModelRecord.from_dict(content["record"])
-        content = content["state_dict"]
+        content = content.get("state_dict")
     elif isinstance(content, dict):
         for key in CONTAINER_KEYS:
             if isinstance(content.get(key), dict):

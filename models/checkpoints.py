@@ -23,7 +23,7 @@ from ..runtime.errors import PatchGuardError
 from ..runtime.files import atomic_path
 from ..runtime.geometry import IntOrPair
 from ..runtime.metadata import ModelRecord
-from .records import BAGNET_RF, build_model, record_for
+from .records import BAGNET_RF, build_model, record_for, with_overrides
 
 PROJECT_FORMAT = "patchguard-edge"
 CONTAINER_KEYS = ("model_state_dict", "state_dict", "net")
@@ -141,26 +141,13 @@ def load_checkpoint(
         arch = arch or infer_arch(state)
         record = record_for(arch, num_classes=num_classes or found_classes, input_size=input_size)
     elif num_classes is not None or input_size is not None:
-        record = record_for_overrides(record, num_classes, input_size)
+        record = with_overrides(record, num_classes, input_size)
     model = build_model(record)
     problem = _describe_mismatch(model, state)
     if problem:
         raise CheckpointError(f"checkpoint {path} does not fit {record.arch}: {problem}")
     model.load_state_dict(state)
     return model.eval(), record
-
-
-def record_for_overrides(
-    record: ModelRecord, num_classes: Optional[int], input_size: Optional[IntOrPair]
-) -> ModelRecord:
-    from ..runtime.geometry import as_pair
-
-    changes: dict[str, Any] = {}
-    if num_classes is not None and num_classes != record.num_classes:
-        changes.update(num_classes=num_classes, class_names=())
-    if input_size is not None:
-        changes["input_size"] = as_pair(input_size, "input size")
-    return record.replace(**changes) if changes else record
 
 
 def save_checkpoint(

@@ -79,7 +79,16 @@ def record_for(
     """The registered record of ``arch`` with the user's overrides applied."""
     if arch not in RECORDS:
         raise PatchGuardError(f"unknown arch {arch!r}; known: {', '.join(sorted(RECORDS))}")
-    record = RECORDS[arch]
+    return with_overrides(RECORDS[arch], num_classes, input_size, class_names)
+
+
+def with_overrides(
+    record: ModelRecord,
+    num_classes: Optional[int] = None,
+    input_size: Optional[IntOrPair] = None,
+    class_names: Optional[Sequence[str]] = None,
+) -> ModelRecord:
+    """``record`` with another class count (names reset), input size or class names."""
     changes: dict[str, Any] = {}
     if num_classes is not None and num_classes != record.num_classes:
         changes["num_classes"] = num_classes

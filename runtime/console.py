@@ -1,7 +1,10 @@
-"""What every command shares: one-line errors, logging set-up, progress bars.
+"""What every command shares: one-line errors, logging set-up, progress bars,
+``--version``, ``--quiet`` and ``--log-level``.
 
 Commands are click commands with ``cls=Command``: a :class:`PatchGuardError`
 becomes ``Error: <message>`` on stderr and exit status 1, never a traceback.
+Progress bars are drawn only when stderr is a terminal: in a log file their
+carriage returns are junk.
 """
 from __future__ import annotations
 
@@ -12,6 +15,42 @@ from typing import Any, Optional
 import click
 
 from .errors import PatchGuardError
+
+DISTRIBUTION = "patchguard-edge"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def tool_version() -> str:
+    """The installed distribution's version ("unknown" when run from an uninstalled tree)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"{ctx.info_name} ({DISTRIBUTION}) {tool_version()}")
+    ctx.exit(0)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    ctx.meta[f"patchguard.{param.name}"] = value
+
+
+def _common_options() -> list[click.Option]:
+    return [
+        click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                     callback=_print_version, help="Print the version and exit."),
+        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, callback=_remember,
+                     help="Only warnings and errors on stderr (same as --log-level warning)."),
+        click.Option(["--log-level"], type=click.Choice(LOG_LEVELS), default=None,
+                     expose_value=False, callback=_remember,
+                     help="Messages on stderr from this level up [default: info]."),
+    ]
 
 
 class Command(click.Command):
@@ -24,6 +63,7 @@ class Command(click.Command):
     def __init__(self, *args: Any, multi_value: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.multi_value = multi_value
+        self.params.extend(_common_options())
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         expanded: list[str] = []
@@ -39,7 +79,9 @@ class Command(click.Command):
         return super().parse_args(ctx, expanded)
 
     def invoke(self, ctx: click.Context) -> Any:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        level = ctx.meta.get("patchguard.log_level") or (
+            "warning" if ctx.meta.get("patchguard.quiet") else "info")
+        logging.basicConfig(level=level.upper(), format="%(message)s", stream=sys.stderr, force=True)
         try:
             return super().invoke(ctx)
         except PatchGuardError as exc:
@@ -48,8 +90,17 @@ class Command(click.Command):
             raise click.ClickException("interrupted") from None
 
 
+def info(message: str) -> None:
+    """A line for the person at the terminal (summaries), on stderr; --quiet hides it."""
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        click.echo(message, err=True)
+
+
 def progress(total: Optional[int], desc: str, disable: bool = False) -> Any:
-    """A tqdm bar on stderr when tqdm is installed, else a silent stand-in."""
+    """A tqdm bar on stderr when tqdm is installed, stderr is a terminal and
+    the log level shows info; else a silent stand-in."""
+    if disable or not sys.stderr.isatty() or not logging.getLogger().isEnabledFor(logging.INFO):
+        return _NoBar()
     try:
         from tqdm import tqdm
     except ImportError:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from ..console import Command, progress
+from ..console import Command, info, progress
 from ..errors import PatchGuardError
 
 EXAMPLES = """
@@ -83,8 +83,7 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
         total = frames.length if max_frames is None or frames.length is None \
             else min(frames.length, max_frames)
         # A bar only where someone watches a terminal; logs and pipes get the summary.
-        bar = stack.enter_context(progress(total, "frames",
-                                           disable=total is None or not sys.stderr.isatty()))
+        bar = stack.enter_context(progress(total, "frames", disable=total is None))
         stack.enter_context(_log_through(bar))
 
         summary = RunSummary()
@@ -110,4 +109,4 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
             if summary.ended is None:
                 summary.finish(None if sys.exc_info()[0] is None else "error")
             bar.close()  # before the summary, so the two never share a line
-            click.echo(f"{frames.description}: {summary.text()}", err=True)
+            info(f"{frames.description}: {summary.text()}")

@@ -37,7 +37,7 @@ from .footprint import (
 from .geometry import Pair
 from .masking import MaskEvidence, check_logits, check_params, chunks
 from .metadata import ModelRecord
-from .preprocess import normalize, resize_plan, to_model_image
+from .preprocess import check_color, check_value_range, normalize, resize_plan, to_model_image
 
 # Frame sizes whose threat model is kept (a camera has one; a photo folder many).
 _THREAT_CACHE = 64
@@ -203,6 +203,10 @@ class Pipeline:
     the frame area) state the threat; neither: the model's default patch
     mapped to camera pixels (:func:`.footprint.patch_side`). ``thres`` is the
     detection threshold T in [0, 1), ``clip`` the ceiling c_h (None: none).
+    ``color`` is the channel order of 3/4-channel frames ("bgr", OpenCV's, by
+    default; "rgb" for ROS rgb8 images and most SDKs), overridable per call;
+    ``value_range`` (lo, hi) maps frames that are not uint8 (uint16, float)
+    onto 0..255 (:func:`.preprocess.to_uint8`); without it they are refused.
     """
 
     def __init__(
@@ -212,10 +216,14 @@ class Pipeline:
         patch_frac: Optional[float] = None,
         thres: float = 0.0,
         clip: Optional[float] = None,
+        color: str = "bgr",
+        value_range: Optional[Sequence[float]] = None,
     ) -> None:
         # Every option is checked here, so a bad one fails before the first frame.
         self.thres, self.clip = check_params(thres, clip)
         check_patch_options(patch_size, patch_frac)
+        self.color = check_color(color)
+        self.value_range = check_value_range(value_range)
         self.backend = backend
         self.record: ModelRecord = backend.record
         self.patch_size = patch_size
@@ -233,13 +241,16 @@ class Pipeline:
         thres: float = 0.0,
         clip: Optional[float] = None,
         provider: Optional[str] = None,
+        color: str = "bgr",
+        value_range: Optional[Sequence[float]] = None,
     ) -> "Pipeline":
         """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it."""
         from .backends import open_backend
 
         backend = open_backend(path, provider=provider)
         try:
-            return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip)
+            return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
+                       color=color, value_range=value_range)
         except BaseException:
             backend.close()
             raise
@@ -264,12 +275,14 @@ class Pipeline:
                 self._threats[key] = found
             return found
 
-    def __call__(self, frame: np.ndarray) -> FrameResult:
-        """Label, certificate and masked box of one uint8 BGR (or gray) frame."""
-        return self.run_batch([frame])[0]
+    def __call__(self, frame: np.ndarray, color: Optional[str] = None) -> FrameResult:
+        """Label, certificate and masked box of one frame (gray, or 3/4 channels in
+        ``color`` order, default the pipeline's)."""
+        return self.run_batch([frame], color=color)[0]
 
-    def run_batch(self, frames: Sequence[np.ndarray]) -> list[FrameResult]:
+    def run_batch(self, frames: Sequence[np.ndarray], color: Optional[str] = None) -> list[FrameResult]:
         """Several frames in one inference call; latencies are per frame."""
+        order = self.color if color is None else check_color(color)
         if len(frames) == 0:
             return []
         start = time.perf_counter()
@@ -279,7 +292,7 @@ class Pipeline:
             groups.setdefault(size, []).append(i)  # frames of one size share a threat model
         # Threat models first: an impossible patch fails before any inference.
         threats = {size: self.threat(size) for size in groups}
-        images = [to_model_image(f, self.record) for f in frames]
+        images = [to_model_image(f, self.record, order, self.value_range) for f in frames]
         batch = normalize(np.stack(images), self.record)
         after_pre = time.perf_counter()
         with self._infer_lock:
@@ -328,29 +341,45 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class StreamItem:
-    """One processed frame of a source: where it came from, when, and the verdict."""
+    """One processed frame of a source: where it came from, when, and the verdict.
+
+    ``time`` is the Unix time the frame arrived here; ``capture_time`` and
+    ``stamp_ns`` the source's own capture stamp (seconds, integer ns), None
+    where it has none; ``color`` the channel order ``frame`` was read with.
+    """
 
     index: int
     source: str
     time: float
     frame: np.ndarray
     result: FrameResult
+    color: str = "bgr"
+    stamp_ns: Optional[int] = None
+
+    @property
+    def capture_time(self) -> Optional[float]:
+        return None if self.stamp_ns is None else self.stamp_ns / 1e9
 
 
 def stream(
-    pipeline: Pipeline, frames: Iterable[tuple[int, np.ndarray, str]], max_frames: Optional[int] = None
+    pipeline: Pipeline, frames: Iterable[Any], max_frames: Optional[int] = None,
+    color: Optional[str] = None,
 ) -> Iterator[StreamItem]:
-    """Run ``pipeline`` over ``(index, frame, name)`` items (a frame source).
+    """Run ``pipeline`` over a frame source's :class:`~.sources.SourceFrame` items.
 
     Yields :class:`StreamItem`; stops after ``max_frames`` or when the source
-    ends. ``time`` is the Unix time the frame arrived.
+    ends. ``color`` overrides the channel order each frame says it has (a
+    camera that delivers RGB; ``--color``).
     """
     if max_frames is not None and max_frames < 1:
         return
+    forced = check_color(color) if color is not None else None
     count = 0
-    for index, frame, name in frames:
+    for item in frames:
         stamp = time.time()
-        yield StreamItem(index, name, stamp, frame, pipeline(frame))
+        order = forced or item.color
+        yield StreamItem(item.index, item.name, stamp, item.image, pipeline(item.image, color=order),
+                         order, item.stamp_ns)
         count += 1
         if max_frames is not None and count >= max_frames:
             return

@@ -20,11 +20,17 @@ Images already at model size (Fashion-MNIST arrays) are not resampled.
 Colour conversion is per pixel, so where it happens does not change the
 footprint: BGR -> RGB (a channel swap, exact either way) runs after the
 resize on the small image; BGR -> gray runs before it (one channel to resize).
+
+Colour order and sample type are stated, never guessed: ``color`` says how
+a 3- or 4-channel frame is ordered (``"bgr"`` as OpenCV reads, ``"rgb"`` as
+ROS ``rgb8`` images and many SDKs deliver); frames that are not uint8 (ROS
+``mono16``, depth-like or float images) need an explicit ``value_range``
+(lo, hi) that maps linearly onto 0..255 (:func:`to_uint8`), also per pixel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -36,6 +42,8 @@ from .metadata import ModelRecord
 INTERPOLATIONS = ("none", "area", "linear")
 # Shrinking by this factor or more (on some axis) uses INTER_AREA.
 AREA_FACTOR = 2
+# Channel orders a 3/4-channel frame may have.
+COLORS = ("bgr", "rgb")
 
 
 @dataclass(frozen=True)
@@ -111,16 +119,78 @@ def normalize(images: np.ndarray, record: ModelRecord) -> np.ndarray:
     return out
 
 
-def to_model_image(frame: np.ndarray, record: ModelRecord) -> np.ndarray:
-    """One frame (H, W) gray or (H, W, 3|4) BGR(A) uint8 -> model-size uint8 image.
+def check_color(color: str) -> str:
+    """``color`` lower-cased, or a one-line error naming the choices."""
+    found = str(color).lower()
+    if found not in COLORS:
+        raise PatchGuardError(f"color must be one of {', '.join(COLORS)}, got {color!r}")
+    return found
 
-    Gray for 1-channel models, RGB for 3-channel ones; centre-cropped first
-    when ``record.crop_fraction`` < 1, then resized as :func:`resize_plan` says.
+
+def check_value_range(value_range: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    """``(lo, hi)`` as floats with lo < hi, both finite; None stays None."""
+    if value_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise PatchGuardError(f"value range must be two numbers LO HI, got {value_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise PatchGuardError(f"value range needs finite LO < HI, got {lo:g} {hi:g}")
+    return lo, hi
+
+
+def to_uint8(frame: np.ndarray, value_range: Optional[Sequence[float]] = None) -> np.ndarray:
+    """A frame as uint8: uint8 frames unchanged; others mapped from ``value_range``.
+
+    ``(lo, hi)`` maps linearly onto 0..255 (lo -> 0, hi -> 255, outside
+    clipped, NaN -> 0), per pixel. A non-uint8 frame without a range is an
+    error: guessing (the dtype's full range, the frame's own min/max) would
+    change the image from frame to frame or wash it out, silently.
+    """
+    frame = np.asarray(frame)
+    if frame.dtype == np.uint8:
+        return frame
+    if frame.dtype.kind not in "uif":
+        raise PatchGuardError(f"frames must hold numbers, got {frame.dtype}")
+    checked = check_value_range(value_range)
+    if checked is None:
+        hint = " (0 65535 for full-range 16-bit)" if frame.dtype == np.uint16 else ""
+        raise PatchGuardError(
+            f"frames are {frame.dtype}, not uint8: give the value range that maps to 0..255 "
+            f"(--value-range LO HI, or value_range=(lo, hi) in the API){hint}")
+    lo, hi = checked
+    scaled = (frame.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.nan_to_num(np.clip(np.rint(scaled), 0, 255), nan=0.0).astype(np.uint8)
+
+
+def to_bgr8(frame: np.ndarray, color: str = "bgr",
+            value_range: Optional[Sequence[float]] = None) -> np.ndarray:
+    """A frame as OpenCV draws and encodes it: uint8, gray or BGR (alpha dropped)."""
+    cv2 = lazy_import("cv2", "cpu")
+    image = to_uint8(frame, value_range)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image
+    if check_color(color) == "rgb":
+        return cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGR)
+    return image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+
+
+def to_model_image(frame: np.ndarray, record: ModelRecord, color: str = "bgr",
+                   value_range: Optional[Sequence[float]] = None) -> np.ndarray:
+    """One frame (H, W) gray or (H, W, 3|4) -> model-size uint8 image.
+
+    ``color`` is the frame's channel order (``"bgr"``: BGR(A) as OpenCV
+    reads; ``"rgb"``: RGB(A)); frames that are not uint8 are mapped to it with
+    ``value_range`` first (:func:`to_uint8`). Gray for 1-channel models, RGB
+    for 3-channel ones; centre-cropped first when ``record.crop_fraction`` < 1,
+    then resized as :func:`resize_plan` says.
     """
     cv2 = lazy_import("cv2", "cpu")
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8:
-        raise PatchGuardError(f"frames must be uint8 as OpenCV reads them, got {frame.dtype}")
+    rgb = check_color(color) == "rgb"
+    frame = to_uint8(frame, value_range)
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
@@ -130,15 +200,18 @@ def to_model_image(frame: np.ndarray, record: ModelRecord) -> np.ndarray:
     image = frame[top : top + ch, left : left + cw]
     gray_model = record.in_channels == 1
     if gray_model and image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+        codes = ((cv2.COLOR_BGR2GRAY, cv2.COLOR_BGRA2GRAY), (cv2.COLOR_RGB2GRAY, cv2.COLOR_RGBA2GRAY))
+        image = cv2.cvtColor(image, codes[rgb][image.shape[2] == 4])
     if plan.interpolation != "none":
         out_h, out_w = plan.input_size
         image = cv2.resize(image, (out_w, out_h), interpolation=plan.cv2_flag(cv2))
     if not gray_model:
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        else:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB if rgb else cv2.COLOR_BGRA2RGB)
+        elif not rgb:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(image)
 
 

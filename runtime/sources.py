@@ -1,8 +1,9 @@
 """Where frames come from: cameras, videos, images, folders, globs, streams.
 
 :func:`open_source` turns what the user typed into a :class:`FrameSource`,
-an iterator of ``(index, frame, name)``: ``frame`` is uint8 BGR (H, W, 3) as
-OpenCV reads it, ``name`` the file or stream it came from. A stream that ends
+an iterator of :class:`SourceFrame`: the frame (uint8 BGR (H, W, 3) as
+OpenCV reads it; ROS bags give their encoding's own order and type), the
+file or stream it came from, and its capture time where the source knows it. A stream that ends
 or drops simply stops the iteration; a corrupt image in a folder is skipped
 with one warning (``logging``); files that are not images are ignored.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -30,7 +32,30 @@ IMAGE_SUFFIXES = frozenset({
     ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".jp2", ".avif",
 })
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-Frame = tuple[int, np.ndarray, str]
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One frame as a source delivers it.
+
+    ``image``: (H, W) or (H, W, C) array; ``color``: the channel order of a
+    3/4-channel image ("bgr" or "rgb"); ``stamp_ns``: capture time in integer
+    nanoseconds (a ROS header stamp), None where the source has none.
+    """
+
+    index: int
+    image: np.ndarray
+    name: str
+    color: str = "bgr"
+    stamp_ns: Optional[int] = None
+
+    @property
+    def capture_time(self) -> Optional[float]:
+        """``stamp_ns`` in seconds (float), or None."""
+        return None if self.stamp_ns is None else self.stamp_ns / 1e9
+
+
+Frame = SourceFrame  # the name the iterators below are typed with
 
 
 def opencv() -> Any:
@@ -110,7 +135,7 @@ def read_image_folder(
 
 
 class FrameSource:
-    """Iterator of ``(index, frame BGR, name)``; ``length`` is None for live streams."""
+    """Iterator of :class:`SourceFrame`; ``length`` is None for live streams."""
 
     def __init__(self, description: str, length: Optional[int], fps: Optional[float]) -> None:
         self.description = description
@@ -144,7 +169,7 @@ class ImageFiles(FrameSource):
             if frame is None:
                 log.warning("skipping %s: not a readable image", path)
                 continue
-            yield index, frame, str(path)
+            yield SourceFrame(index, frame, str(path))
             index += 1
 
 
@@ -168,7 +193,7 @@ class VideoStream(FrameSource):
                 return
             if not ok or frame is None:
                 return  # end of file, or the stream dropped: stop cleanly
-            yield index, frame, self.description
+            yield SourceFrame(index, frame, self.description)
             index += 1
 
     def close(self) -> None:

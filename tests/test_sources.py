@@ -64,8 +64,8 @@ def test_folder_source_skips_corrupt_with_one_warning(image_folder: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     with open_source(str(image_folder)) as source:
         items = list(source)
-    assert [i for i, _, _ in items] == list(range(10))
-    assert [Path(name).name for _, _, name in items] == [f"img{i:02d}.png" for i in range(10)]
+    assert [item.index for item in items] == list(range(10))
+    assert [Path(item.name).name for item in items] == [f"img{i:02d}.png" for i in range(10)]
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "broken.png" in warnings[0].getMessage()
 
@@ -74,8 +74,9 @@ def test_glob_and_single_image_sources(image_folder: Path) -> None:
     with open_source(str(image_folder / "img0[0-4].png")) as source:
         assert len(list(source)) == 5
     with open_source(str(image_folder / "img07.png")) as source:
-        ((index, frame, name),) = list(source)
-        assert index == 0 and frame.shape == (40, 30, 3) and name.endswith("img07.png")
+        (item,) = list(source)
+        assert item.index == 0 and item.image.shape == (40, 30, 3) and item.name.endswith("img07.png")
+        assert item.color == "bgr" and item.capture_time is None
     with pytest.raises(PatchGuardError, match="no image files match"):
         open_source(str(image_folder / "*.gif"))
 
@@ -95,7 +96,7 @@ def test_video_source_knows_its_length(tmp_path: Path) -> None:
     with open_source(str(_video(tmp_path / "clip.avi", 25))) as source:
         assert source.length == 25 and source.fps == pytest.approx(10.0)
         frames = list(source)
-    assert len(frames) == 25 and frames[0][1].shape == (48, 64, 3)
+    assert len(frames) == 25 and frames[0].image.shape == (48, 64, 3)
 
 
 def test_truncated_video_ends_cleanly(tmp_path: Path) -> None:

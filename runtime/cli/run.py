@@ -52,11 +52,18 @@ def _log_through(bar: Any) -> Any:
               help="Write the annotated frames to this .avi/.mp4.")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option("--max-frames", type=int, default=None, help="Stop after N frames.")
+@click.option("--color", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default=None,
+              help="Channel order of the frames [default: bgr for OpenCV sources, the "
+                   "encoding's own for ROS bags].")
+@click.option("--value-range", type=float, nargs=2, default=None, metavar="LO HI",
+              help="Map frames that are not uint8 (mono16, float) from LO..HI onto 0..255.")
 def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: Optional[int],
          patch_frac: Optional[float], thres: float, clip: Optional[float], provider: Optional[str],
-         jsonl: Optional[str], save_video: Optional[str], show: bool, max_frames: Optional[int]) -> None:
+         jsonl: Optional[str], save_video: Optional[str], show: bool, max_frames: Optional[int],
+         color: Optional[str], value_range: Optional[tuple[float, float]]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
     from ..pipeline import Pipeline, stream
+    from ..preprocess import to_bgr8
     from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, frame_row
     from ..sources import open_camera, open_source
 
@@ -68,7 +75,7 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
         # Set-up first: a bad option or input fails here, before any frame, with one line.
         pipeline = stack.enter_context(Pipeline.from_engine(
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
-            provider=provider))
+            provider=provider, value_range=value_range or None))
         frames = stack.enter_context(
             open_camera(camera) if camera is not None else open_source(source or ""))
         jsonl_sink = JsonlSink(jsonl) if jsonl else None
@@ -88,14 +95,15 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
 
         summary = RunSummary()
         try:
-            for item in stream(pipeline, frames, max_frames):
+            for item in stream(pipeline, frames, max_frames, color=color):
                 summary.add(item.result)
                 if jsonl_sink:
                     jsonl_sink.write(frame_row(item.index, item.source, item.time, item.result))
+                view = to_bgr8(item.frame, item.color, pipeline.value_range) if video or display else None
                 if video:
-                    video.write(item.frame, item.result)
+                    video.write(view, item.result)
                 if display:
-                    display.write(item.frame, item.result)
+                    display.write(view, item.result)
                     if display.stopped:
                         summary.finish("closed by the user")
                         break

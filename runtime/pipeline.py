@@ -355,6 +355,7 @@ class StreamItem:
     result: FrameResult
     color: str = "bgr"
     stamp_ns: Optional[int] = None
+    frame_id: str = ""
 
     @property
     def capture_time(self) -> Optional[float]:
@@ -379,7 +380,7 @@ def stream(
         stamp = time.time()
         order = forced or item.color
         yield StreamItem(item.index, item.name, stamp, item.image, pipeline(item.image, color=order),
-                         order, item.stamp_ns)
+                         order, item.stamp_ns, item.frame_id)
         count += 1
         if max_frames is not None and count >= max_frames:
             return

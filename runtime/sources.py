@@ -40,7 +40,8 @@ class SourceFrame:
 
     ``image``: (H, W) or (H, W, C) array; ``color``: the channel order of a
     3/4-channel image ("bgr" or "rgb"); ``stamp_ns``: capture time in integer
-    nanoseconds (a ROS header stamp), None where the source has none.
+    nanoseconds (a ROS header stamp), None where the source has none;
+    ``frame_id``: the ROS coordinate frame, "" elsewhere.
     """
 
     index: int
@@ -48,6 +49,7 @@ class SourceFrame:
     name: str
     color: str = "bgr"
     stamp_ns: Optional[int] = None
+    frame_id: str = ""
 
     @property
     def capture_time(self) -> Optional[float]:
@@ -223,16 +225,25 @@ def _has_gstreamer(cv2: Any) -> bool:
     return False
 
 
-def open_source(source: str) -> FrameSource:
-    """A frame source from ``--source``: file, folder, glob, URL or GStreamer pipeline.
+def open_source(source: str, topic: Optional[str] = None) -> FrameSource:
+    """A frame source from ``--source``: bag, file, folder, glob, URL or GStreamer pipeline.
 
-    Checked in this order: an existing folder (its images, sorted, recursive),
+    Checked in this order: a ROS bag (``.mcap``, ``.db3``, ``.bag``, or a
+    rosbag2 folder with ``metadata.yaml``; ``topic`` picks its image topic,
+    :mod:`.rosbag`), an existing folder (its images, sorted, recursive),
     an existing file (a still image by suffix, else a video), a glob pattern
     (``*?[``), a pipeline string (contains ``!``: ``cv2.CAP_GSTREAMER``, e.g.
     ``nvarguscamerasrc ! ... ! appsink`` for a Jetson CSI camera), a URL.
     """
-    cv2 = opencv()
+    from .rosbag import is_bag, open_bag
+
     path = Path(source)
+    if is_bag(path):
+        return open_bag(path, topic)
+    if topic is not None:
+        raise PatchGuardError(f"--topic is for ROS bags (.mcap, .db3, .bag or a rosbag2 folder); "
+                              f"{source} is not one")
+    cv2 = opencv()
     if path.is_dir():
         images = list_images(path)
         if not images:

@@ -52,6 +52,10 @@ def _log_through(bar: Any) -> Any:
               help="Write the annotated frames to this .avi/.mp4.")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
 @click.option("--max-frames", type=int, default=None, help="Stop after N frames.")
+@click.option("--topic", default=None,
+              help="Image topic of a ROS bag source (sensor_msgs/Image or CompressedImage).")
+@click.option("--save-bag", type=click.Path(), default=None,
+              help="Write overlays and results as a ROS 2 bag: OUT.mcap (one file) or a rosbag2 folder.")
 @click.option("--color", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default=None,
               help="Channel order of the frames [default: bgr for OpenCV sources, the "
                    "encoding's own for ROS bags].")
@@ -60,11 +64,12 @@ def _log_through(bar: Any) -> Any:
 def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: Optional[int],
          patch_frac: Optional[float], thres: float, clip: Optional[float], provider: Optional[str],
          jsonl: Optional[str], save_video: Optional[str], show: bool, max_frames: Optional[int],
-         color: Optional[str], value_range: Optional[tuple[float, float]]) -> None:
+         topic: Optional[str], save_bag: Optional[str], color: Optional[str],
+         value_range: Optional[tuple[float, float]]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
     from ..pipeline import Pipeline, stream
     from ..preprocess import to_bgr8
-    from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, frame_row
+    from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
     from ..sources import open_camera, open_source
 
     if (camera is None) == (source is None):
@@ -77,13 +82,19 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None))
         frames = stack.enter_context(
-            open_camera(camera) if camera is not None else open_source(source or ""))
+            open_camera(camera) if camera is not None else open_source(source or "", topic=topic))
         jsonl_sink = JsonlSink(jsonl) if jsonl else None
         if jsonl_sink:
             stack.callback(jsonl_sink.close)
         video = VideoSink(save_video, frames.fps) if save_video else None
         if video:
             stack.callback(video.close)
+        bag = None
+        if save_bag:
+            from ..rosbag import BagSink
+
+            bag = BagSink(save_bag)
+            stack.callback(bag.close)
         display = DisplaySink() if show else None
         if display:
             stack.callback(display.close)
@@ -97,9 +108,13 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
         try:
             for item in stream(pipeline, frames, max_frames, color=color):
                 summary.add(item.result)
+                row = frame_row(item.index, item.source, item.time, item.result)
                 if jsonl_sink:
-                    jsonl_sink.write(frame_row(item.index, item.source, item.time, item.result))
-                view = to_bgr8(item.frame, item.color, pipeline.value_range) if video or display else None
+                    jsonl_sink.write(row)
+                view = to_bgr8(item.frame, item.color, pipeline.value_range) \
+                    if video or display or bag else None
+                if bag:
+                    bag.write(draw_overlay(view, item.result), row, item.stamp_ns, item.frame_id)
                 if video:
                     video.write(view, item.result)
                 if display:

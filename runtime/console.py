@@ -2,19 +2,22 @@
 ``--version``, ``--quiet`` and ``--log-level``.
 
 Commands are click commands with ``cls=Command``: a :class:`PatchGuardError`
-becomes ``Error: <message>`` on stderr and exit status 1, never a traceback.
+becomes ``Error: <message>`` on stderr and the error's exit status (1 for a
+usage or input error, see :class:`~.errors.ExitCode`), never a traceback.
 Progress bars are drawn only when stderr is a terminal: in a log file their
 carriage returns are junk.
 """
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from typing import Any, Optional
 
 import click
 
-from .errors import PatchGuardError
+from .errors import ExitCode, PatchGuardError, Terminated
 
 DISTRIBUTION = "patchguard-edge"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -85,9 +88,65 @@ class Command(click.Command):
         try:
             return super().invoke(ctx)
         except PatchGuardError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise _exit_with(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
+            raise _exit_with("interrupted", ExitCode.INTERRUPTED) from None
+        except Terminated:
+            raise _exit_with("terminated", ExitCode.TERMINATED) from None
+
+
+def _exit_with(message: str, code: int) -> click.ClickException:
+    error = click.ClickException(message)
+    error.exit_code = int(code)
+    return error
+
+
+class StopSignals:
+    """SIGINT / SIGTERM as exceptions, so that ``finally`` blocks finalise the outputs.
+
+    SIGINT raises KeyboardInterrupt, SIGTERM :class:`~.errors.Terminated`,
+    once; further signals are only recorded. Set :attr:`finalising` when the
+    clean-up starts: from then on signals are recorded, never raised, so none
+    can cut the finalisation short (a supervisor that cannot wait sends
+    SIGKILL, which the file formats survive). :attr:`exit_code` is 130 / 143
+    for the first signal received, else None. Outside the main thread (an
+    embedding program) nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.finalising = False
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        if first:
+            self.received = signum
+        if first and not self.finalising:
+            if signum == signal.SIGTERM:
+                raise Terminated()
+            raise KeyboardInterrupt()
+
+    @property
+    def exit_code(self) -> Optional[ExitCode]:
+        if self.received is None:
+            return None
+        return ExitCode.TERMINATED if self.received == signal.SIGTERM else ExitCode.INTERRUPTED
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(sig)
+                # A signal the parent set to be ignored (SIGINT of a background job) stays ignored.
+                if previous is not signal.SIG_IGN:
+                    self._previous[sig] = previous
+                    signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def info(message: str) -> None:

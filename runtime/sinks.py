@@ -1,10 +1,11 @@
 """Where per-frame results go: JSON lines, an annotated video, a window, a summary.
 
-JSON lines are written and flushed one frame at a time, each line in a
-single ``write``, so a reader can follow the file live and a run that dies
-leaves only whole rows behind (a stream log cannot be written atomically;
-the video, which is useless half-written, is: it goes to a temporary file
-that is renamed into place when the run ends).
+JSON lines are written one frame at a time, each line in a single ``write``,
+so a reader can follow the file live and a run that dies leaves only whole
+rows behind; a failed write cuts the file back to its last whole row (a
+stream log cannot be written atomically; the video, which is useless
+half-written, is: it goes to a temporary file that is renamed into place
+when the run ends).
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TextIO, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from .errors import PatchGuardError
-from .files import ensure_dir
+from .files import LineFile, ensure_dir
 from .pipeline import FrameResult
 from .sources import opencv
 
@@ -34,29 +35,26 @@ def frame_row(index: int, source: str, stamp: float, result: FrameResult) -> dic
 
 
 class JsonlSink:
-    """``--jsonl FILE|-``: one JSON object per frame, flushed per frame."""
+    """``--jsonl FILE|-``: one JSON object per frame, each line whole (:class:`~.files.LineFile`).
 
-    def __init__(self, target: Union[str, os.PathLike]) -> None:
+    The file is created at the first row (``append``: kept and added to);
+    a failed write cuts it back to its last complete row and raises
+    :class:`~.errors.OutputError`. ``rows`` counts the rows written.
+    """
+
+    def __init__(self, target: Union[str, os.PathLike], append: bool = False) -> None:
         self.target = str(target)
-        if self.target == "-":
-            self._handle: TextIO = sys.stdout
-            self._owned = False
-        else:
-            path = Path(self.target)
-            ensure_dir(path.parent if str(path.parent) else Path("."))
-            try:
-                self._handle = open(path, "w", encoding="utf-8")
-            except OSError as exc:
-                raise PatchGuardError(f"cannot write {path}: {exc.strerror}") from None
-            self._owned = True
+        self._file = LineFile(target, append=append, flag="--jsonl")
+
+    @property
+    def rows(self) -> int:
+        return self._file.lines
 
     def write(self, row: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(row, separators=(",", ":")) + "\n")
-        self._handle.flush()
+        self._file.write(json.dumps(row, separators=(",", ":")))
 
     def close(self) -> None:
-        if self._owned and not self._handle.closed:
-            self._handle.close()
+        self._file.close()
 
 
 def draw_overlay(frame: np.ndarray, result: FrameResult) -> np.ndarray:
@@ -104,7 +102,6 @@ class VideoSink:
         if self.path.suffix.lower() not in self.CODECS:
             raise PatchGuardError(
                 f"--save-video {self.path}: use one of {', '.join(sorted(self.CODECS))}")
-        ensure_dir(self.path.parent)
         self.fps = fps if fps and fps > 0 else 30.0
         # Same suffix as the target: OpenCV picks the container from it.
         self._tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
@@ -114,7 +111,8 @@ class VideoSink:
     def write(self, frame: np.ndarray, result: FrameResult) -> None:
         cv2 = opencv()
         canvas = draw_overlay(frame, result)
-        if self._writer is None:
+        if self._writer is None:  # created at the first frame, not before
+            ensure_dir(self.path.parent)
             self._size = (canvas.shape[1], canvas.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
@@ -175,6 +173,7 @@ class RunSummary:
     started: float = field(default_factory=time.perf_counter)
     ended: Optional[float] = None
     stop_reason: str = "end of source"
+    notes: list[str] = field(default_factory=list)  # e.g. frames missing, rows written
 
     def add(self, result: FrameResult) -> None:
         self.frames += 1
@@ -198,6 +197,7 @@ class RunSummary:
             "certified": self.certified,
             "certified_rate": round(self.certified / n, 4) if self.frames else 0.0,
             "stopped": self.stop_reason,
+            "notes": list(self.notes),
         }
 
     def text(self) -> str:
@@ -207,5 +207,5 @@ class RunSummary:
             f"{d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS); mean latency "
             f"pre {lat['pre']:.2f} ms, infer {lat['infer']:.2f} ms, certify {lat['certify']:.2f} ms; "
             f"certified {d['certified']}/{d['frames']} ({100 * d['certified_rate']:.1f}%); "
-            f"stopped: {d['stopped']}"
+            f"stopped: {d['stopped']}" + "".join(f"; {note}" for note in d["notes"])
         )

@@ -4,8 +4,11 @@
 an iterator of :class:`SourceFrame`: the frame (uint8 BGR (H, W, 3) as
 OpenCV reads it; ROS bags give their encoding's own order and type), the
 file or stream it came from, and its capture time where the source knows it. A stream that ends
-or drops simply stops the iteration; a corrupt image in a folder is skipped
-with one warning (``logging``); files that are not images are ignored.
+or drops stops the iteration and sets :attr:`FrameSource.lost` (why: a live
+source ended, a video decoded fewer frames than it holds), which pg-run turns
+into exit status 3; a corrupt image in a folder is skipped with one warning
+(``logging``), a single image that cannot be read is an error; files that are
+not images are ignored.
 
 Also the image readers the calibration and training stages share:
 :func:`list_images`, :func:`read_image`, :func:`read_image_folder`.
@@ -58,6 +61,9 @@ class SourceFrame:
 
 
 Frame = SourceFrame  # the name the iterators below are typed with
+# Largest still image decoded (16384 x 16384): a decompression bomb is refused before allocating.
+MAX_IMAGE_PIXELS = 1 << 28
+UNREADABLE = f"not a readable image (empty, truncated, corrupt, or over {MAX_IMAGE_PIXELS} pixels)"
 
 
 def opencv() -> Any:
@@ -67,8 +73,11 @@ def opencv() -> Any:
     a corrupt PNG, a truncated video); this module reports those itself, one
     line each, so theirs would only be noise.
     """
+    # Both read on first use: FFmpeg quiet (AV_LOG_QUIET), and OpenCV's own limit on decoded
+    # image pixels (it checks the header before allocating) lowered to ours.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     cv2 = lazy_import("cv2", "cpu")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read on first use
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     except AttributeError:  # very old OpenCV builds lack the utils.logging module
@@ -143,6 +152,9 @@ class FrameSource:
         self.description = description
         self.length = length
         self.fps = fps
+        # Set when iteration stopped early (a dropped stream, a truncated video): why, in words.
+        self.lost: Optional[str] = None
+        self.skipped = 0  # unreadable files passed over
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -169,10 +181,14 @@ class ImageFiles(FrameSource):
         for path in self.paths:
             frame = read_image(path)
             if frame is None:
-                log.warning("skipping %s: not a readable image", path)
+                log.warning("skipping %s: %s", path, UNREADABLE)
+                self.skipped += 1
                 continue
             yield SourceFrame(index, frame, str(path))
             index += 1
+        if index == 0:
+            raise PatchGuardError(f"{self.description}: none of its {len(self.paths)} image files "
+                                  f"can be read ({UNREADABLE})")
 
 
 class VideoStream(FrameSource):
@@ -184,6 +200,7 @@ class VideoStream(FrameSource):
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         super().__init__(description, None if live or count <= 0 else count, fps if fps > 0 else None)
         self.capture = capture
+        self.live = live
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
@@ -191,10 +208,15 @@ class VideoStream(FrameSource):
             try:
                 ok, frame = self.capture.read()
             except Exception as exc:  # cv2.error from a backend that lost its stream
-                log.warning("%s: stream ended with an error: %s", self.description, exc)
+                self.lost = f"stream error after {index} frames: {str(exc).strip().splitlines()[0]}"
                 return
             if not ok or frame is None:
-                return  # end of file, or the stream dropped: stop cleanly
+                # End of file, or the stream dropped: stop cleanly, and say which.
+                if self.live:
+                    self.lost = f"the live source stopped delivering frames after {index}"
+                elif self.length is not None and index < self.length:
+                    self.lost = f"only {index} of the {self.length} frames could be decoded"
+                return
             yield SourceFrame(index, frame, self.description)
             index += 1
 
@@ -237,6 +259,8 @@ def open_source(source: str, topic: Optional[str] = None) -> FrameSource:
     """
     from .rosbag import is_bag, open_bag
 
+    if not source.strip():
+        raise PatchGuardError("--source is empty; give a file, folder, glob, URL or pipeline")
     path = Path(source)
     if is_bag(path):
         return open_bag(path, topic)
@@ -251,6 +275,8 @@ def open_source(source: str, topic: Optional[str] = None) -> FrameSource:
         return ImageFiles(images, str(path))
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
+            if read_image(path) is None:  # the only frame: an error, not a skipped file
+                raise PatchGuardError(f"{path} cannot be read: {UNREADABLE}")
             return ImageFiles([path], str(path))
         capture = _capture(str(path))
         if capture is None:

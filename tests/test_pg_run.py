@@ -117,10 +117,11 @@ def test_truncated_video_prints_the_summary_and_valid_jsonl(default_onnx: Path, 
     cut.write_bytes(data[: int(len(data) * 0.6)])
     out = tmp_path / "cut.jsonl"
     done = pg_run("--engine", str(default_onnx), "--source", str(cut), "--jsonl", str(out))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # the exit-code contract: the source ended early
     rows = _rows(out)  # every line parses
     assert 0 < len(rows) < 120
     assert f"{len(rows)} frames" in done.stderr
+    assert f"only {len(rows)} of the 120 frames could be decoded" in done.stderr
 
 
 def test_show_without_a_display_is_one_line(default_onnx: Path, tmp_path: Path) -> None:

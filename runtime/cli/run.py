@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import click
 
-from ..console import Command, info, progress
-from ..errors import PatchGuardError
+from ..console import Command, StopSignals, info, progress
+from ..errors import EXIT_CODES_HELP, ExitCode, OutputError, PatchGuardError, Terminated
 
 EXAMPLES = """
 \b
@@ -24,6 +24,8 @@ The patch is stated in camera pixels (a square of --patch-size PX, or of
 mapped from model pixels to camera pixels. The summary goes to stderr.
 """
 
+EXIT_STATUS = "\n\b\n" + EXIT_CODES_HELP.replace(": ", ":\n  ", 1).replace("; ", ";\n  ") + "\n"
+
 
 def _log_through(bar: Any) -> Any:
     """Route log lines (skipped files) above the progress bar instead of through it."""
@@ -36,7 +38,7 @@ def _log_through(bar: Any) -> Any:
     return logging_redirect_tqdm()
 
 
-@click.command(cls=Command, epilog=EXAMPLES)
+@click.command(cls=Command, epilog=EXAMPLES + EXIT_STATUS)
 @click.option("--engine", "engine", type=click.Path(dir_okay=False), required=True,
               help="Exported model: .onnx (onnxruntime) or .plan (TensorRT, with its .plan.json).")
 @click.option("--camera", type=int, default=None, help="OpenCV camera index (e.g. 0 for /dev/video0).")
@@ -47,7 +49,10 @@ def _log_through(bar: Any) -> Any:
 @click.option("--thres", type=float, default=0.0, show_default=True, help="Detection threshold T of robust masking.")
 @click.option("--clip", type=float, default=None, help="Clipping ceiling c_h (default: none).")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
-@click.option("--jsonl", default=None, help="Write one JSON object per frame to FILE, or - for stdout.")
+@click.option("--jsonl", default=None,
+              help="Write one JSON object per frame to FILE (created at the first frame, replacing "
+                   "an earlier file unless --append), or - for stdout.")
+@click.option("--append", is_flag=True, help="Add to an existing --jsonl file instead of replacing it.")
 @click.option("--save-video", type=click.Path(dir_okay=False), default=None,
               help="Write the annotated frames to this .avi/.mp4.")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
@@ -61,12 +66,15 @@ def _log_through(bar: Any) -> Any:
                    "encoding's own for ROS bags].")
 @click.option("--value-range", type=float, nargs=2, default=None, metavar="LO HI",
               help="Map frames that are not uint8 (mono16, float) from LO..HI onto 0..255.")
-def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: Optional[int],
-         patch_frac: Optional[float], thres: float, clip: Optional[float], provider: Optional[str],
-         jsonl: Optional[str], save_video: Optional[str], show: bool, max_frames: Optional[int],
-         topic: Optional[str], save_bag: Optional[str], color: Optional[str],
+@click.pass_context
+def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optional[str],
+         patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
+         provider: Optional[str], jsonl: Optional[str], append: bool, save_video: Optional[str],
+         show: bool, max_frames: Optional[int], topic: Optional[str], save_bag: Optional[str],
+         color: Optional[str],
          value_range: Optional[tuple[float, float]]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
+    from ..files import check_outputs
     from ..pipeline import Pipeline, stream
     from ..preprocess import to_bgr8
     from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
@@ -76,14 +84,23 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
         raise PatchGuardError("give exactly one of --camera N or --source S")
     if max_frames is not None and max_frames < 1:
         raise PatchGuardError(f"--max-frames must be at least 1, got {max_frames}")
+    if append and not jsonl:
+        raise PatchGuardError("--append applies to --jsonl FILE; give --jsonl too")
+    # Before anything is opened or written: no output may destroy an input.
+    check_outputs({"--jsonl": jsonl, "--save-video": save_video, "--save-bag": save_bag},
+                  {"--engine": engine, "--source": source,
+                   "the engine's sidecar": f"{engine}.json" if engine.endswith(".plan") else None})
+    code = ExitCode.OK
     with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(StopSignals())
         # Set-up first: a bad option or input fails here, before any frame, with one line.
         pipeline = stack.enter_context(Pipeline.from_engine(
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None))
         frames = stack.enter_context(
             open_camera(camera) if camera is not None else open_source(source or "", topic=topic))
-        jsonl_sink = JsonlSink(jsonl) if jsonl else None
+        # Outputs are created at the first result, and closed (finalised) last of all.
+        jsonl_sink = JsonlSink(jsonl, append=append) if jsonl else None
         if jsonl_sink:
             stack.callback(jsonl_sink.close)
         video = VideoSink(save_video, frames.fps) if save_video else None
@@ -125,11 +142,28 @@ def main(engine: str, camera: Optional[int], source: Optional[str], patch_size: 
                 bar.update(1)
             if summary.ended is None and max_frames is not None and summary.frames >= max_frames:
                 summary.finish("--max-frames reached")
+            if summary.ended is None and frames.lost:
+                summary.finish("source lost")
+                summary.notes.append(frames.lost)
+                code = ExitCode.SOURCE_LOST
+        except OutputError:
+            summary.finish("an output could not be written")
+            raise
         except KeyboardInterrupt:
-            summary.finish("interrupted")  # Ctrl-C is how a camera run ends: not an error
+            summary.finish("interrupted (SIGINT)")
+        except Terminated:
+            summary.finish("terminated (SIGTERM)")
         finally:
-            # Whatever stopped the run, what was written stays valid and the summary is printed.
+            # Whatever stopped the run, what was written stays valid and the summary is printed;
+            # from here on a signal is only recorded, so it cannot cut the finalisation short.
+            signals.finalising = True
             if summary.ended is None:
                 summary.finish(None if sys.exc_info()[0] is None else "error")
+            if frames.skipped:
+                summary.notes.append(f"{frames.skipped} unreadable file(s) skipped")
+            if jsonl_sink and jsonl != "-":
+                summary.notes.append(f"{jsonl_sink.rows} rows written to {jsonl}")
             bar.close()  # before the summary, so the two never share a line
             info(f"{frames.description}: {summary.text()}")
+    # Outputs are finalised (an error there exits 4 with its own line); the signal wins over lost.
+    ctx.exit(int(signals.exit_code or code))

@@ -92,7 +92,7 @@ def check_outputs(outputs: Mapping[str, Optional[PathText]],
             raise PatchGuardError(f"{flag} is empty; give a file name")
         path = Path(value)
         if path.is_dir():
-            raise PatchGuardError(f"{flag} {value} is a folder; give a file name")
+            raise PatchGuardError(f"{flag} {value} exists as a folder; give a file name")
         ancestor = path.parent
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent

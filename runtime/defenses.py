@@ -1,9 +1,12 @@
 """One face for the three aggregations: ``predict`` and ``certify`` by name.
 
 ``defense`` is one of :data:`DEFENSES`: "mask" (robust masking, PatchGuard),
-"cbn" (clipped BagNet) or "vote" (majority vote). ``window`` is the mask
-(a, b) for "mask" and the patch window for "cbn" / "vote"; ``patch_window``
-(a smaller patch under the mask) applies to "mask" only. Numpy in and out:
+"cbn" (clipped BagNet), "vote" (majority vote) or "double" (feature-space
+double masking, :mod:`.double_masking`). ``window`` is the mask (a, b) for
+"mask" and the patch window for "cbn" / "vote" / "double"; ``patch_window``
+(a smaller patch under the mask) and ``top_k`` (top-k certificates,
+:mod:`.topk`) apply to "mask" only, ``masks_per_axis`` to "double" only.
+Numpy in and out:
 local logits u (B, H, W, C), predictions int64 (B,) (``NO_LABEL`` for maps
 with NaN or inf), certificates bool (B,).
 """
@@ -15,17 +18,28 @@ import numpy as np
 
 from .aggregations import cbn_certify, cbn_predict, vote_certify, vote_predict
 from .certificate import certify_mask
+from .double_masking import DEFAULT_MASKS_PER_AXIS, certify_double, double_masking
 from .errors import PatchGuardError
 from .geometry import IntOrPair
 from .masking import masked_labels
+from .topk import certify_top_k, check_top_k
 
-DEFENSES = ("mask", "cbn", "vote")
+DEFENSES = ("mask", "cbn", "vote", "double")
 
 
 def _check_defense(defense: str) -> str:
     if defense not in DEFENSES:
         raise PatchGuardError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
     return defense
+
+
+def _check_options(defense: str, thres: float, masks_per_axis: Optional[IntOrPair]) -> None:
+    """Options that belong to one defense are refused by the others (never ignored)."""
+    _check_defense(defense)
+    if masks_per_axis is not None and defense != "double":
+        raise PatchGuardError(f"masks_per_axis applies to defense='double' only, not {defense!r}")
+    if defense == "double" and thres:
+        raise PatchGuardError("thres (T) applies to defense='mask' only, not 'double'")
 
 
 def predict(
@@ -35,11 +49,19 @@ def predict(
     defense: str = "mask",
     thres: float = 0.0,
     clip: Optional[float] = None,
+    masks_per_axis: Optional[IntOrPair] = None,
 ) -> np.ndarray:
-    """Predictions (B,) of the chosen aggregation (``window`` needed for "mask" only)."""
-    if _check_defense(defense) == "mask":
+    """Predictions (B,) of the chosen aggregation (``window`` needed for "mask"
+    and "double" only)."""
+    _check_options(defense, thres, masks_per_axis)
+    if defense in ("mask", "double"):
         if window is None:
-            raise PatchGuardError("robust masking needs a mask window")
+            raise PatchGuardError(
+                "robust masking needs a mask window" if defense == "mask"
+                else "double masking needs the patch window")
+        if defense == "double":
+            return double_masking(local_logits, window, clip=clip,
+                                  masks_per_axis=masks_per_axis or DEFAULT_MASKS_PER_AXIS)
         return masked_labels(local_logits, window, thres=thres, clip=clip)
     return cbn_predict(local_logits) if defense == "cbn" else vote_predict(local_logits)
 
@@ -53,16 +75,29 @@ def certify(
     thres: float = 0.0,
     clip: Optional[float] = None,
     labels: Optional[np.ndarray] = None,
+    top_k: int = 1,
+    masks_per_axis: Optional[IntOrPair] = None,
 ) -> np.ndarray:
     """Certificates (B,): is the label (``labels``, or each map's own prediction)
-    unchanged by any patch inside the threat model?"""
-    if _check_defense(defense) == "mask":
+    unchanged by any patch inside the threat model? With ``top_k`` = k > 1
+    ("mask" only): does it stay among the k highest masked scores?"""
+    k = check_top_k(top_k)
+    _check_options(defense, thres, masks_per_axis)
+    if defense == "mask":
+        if k > 1:
+            return certify_top_k(local_logits, window, k, patch_window=patch_window,
+                                 thres=thres, clip=clip, labels=labels)
         return certify_mask(local_logits, window, patch_window=patch_window, thres=thres,
                             clip=clip, labels=labels)
+    if k > 1:
+        raise PatchGuardError(f"top_k applies to defense='mask' only, not {defense!r}")
     if patch_window is not None:
         raise PatchGuardError(
             f"patch_window applies to defense='mask' only; for {defense!r} the window is the patch"
         )
+    if defense == "double":
+        return certify_double(local_logits, window, clip=clip, labels=labels,
+                              masks_per_axis=masks_per_axis or DEFAULT_MASKS_PER_AXIS)
     if defense == "cbn":
         return cbn_certify(local_logits, window, labels)
     return vote_certify(local_logits, window, labels)

@@ -7,6 +7,7 @@ windows, one axis at a time.
 """
 from __future__ import annotations
 
+import operator
 from typing import Union
 
 from .errors import PatchGuardError
@@ -76,3 +77,29 @@ def map_size(input_px: int, receptive_field: int, stride: int) -> int:
             f"input of {input_px} px is smaller than the receptive field of {receptive_field} px"
         )
     return (input_px - receptive_field) // stride + 1
+
+
+def mask_starts(size: int, patch: int, per_axis: int) -> tuple[tuple[int, ...], int]:
+    """PatchCleanser's mask grid along one axis: (starts, mask side m).
+
+    For ``per_axis`` = k masks over ``size`` = N positions (pixels or cells)
+    against a ``patch`` of p: stride ``s = ceil((N - p + 1) / k)``, side
+    ``m = min(p + s - 1, N)``, starts ``0, s, 2s, ...`` up to ``N - m`` plus
+    ``N - m`` itself if the stride skipped it. Every run of p positions then
+    lies inside one mask (consecutive starts are at most s apart and
+    ``m - p + 1 = s``). k >= N - p + 1 gives stride 1 (every position, m = p).
+    """
+    if patch < 1 or size < patch:
+        raise PatchGuardError(f"a patch of {patch} does not fit in {size} positions")
+    try:
+        count = operator.index(per_axis)
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(per_axis, bool):
+        raise PatchGuardError(f"masks per axis must be a positive integer, got {per_axis!r}")
+    stride = -(-(size - patch + 1) // count)
+    side = min(patch + stride - 1, size)
+    starts = list(range(0, size - side + 1, stride))
+    if starts[-1] != size - side:
+        starts.append(size - side)
+    return tuple(starts), side

@@ -1,0 +1,152 @@
+"""Provable detection (PatchGuard++, Xiang & Mittal 2021), whole batches.
+
+Symbols (DESIGN.md section 8): local logits u (B, H, W, C), *unclipped*;
+class totals S (B, C); mean logits ``g = S / (H W)``; for every position of
+the (a, b) patch window w, ``g_w = (S - W(w)) / (H W)`` (the window's cells
+removed), its prediction ``argmax g_w`` and softmax confidence
+``max softmax(g_w)``.
+
+- Output ``argmax g``; **alert** when some window predicts a class other than
+  the output with confidence ``> tau``.
+- **Certified detection** of y: ``argmax g = y`` and every window predicts y
+  with confidence ``> tau``. Then no patch inside a window can produce a
+  wrong label without an alert: the window covering the patch still predicts
+  y with confidence > tau (its cells are gone), so any other output alerts.
+
+Both use the same strict inequality ``> tau`` (PatchGuard++'s public code
+differs at exactly tau). A window's prediction in the certificate must beat
+every other class by more than :func:`masking.tolerance` so rounding never
+decides a tie. Maps with NaN or inf get :data:`masking.NO_LABEL`, an alert
+and no certificate: nothing they say can be trusted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import PatchGuardError
+from .geometry import IntOrPair
+from .masking import (
+    NO_LABEL,
+    box_sums,
+    check_labels,
+    check_logits,
+    check_window,
+    chunks,
+    finite_maps,
+    integral,
+    tolerance,
+)
+
+#: A default alert threshold (confidence of a window's prediction).
+DEFAULT_TAU = 0.8
+
+
+def check_tau(tau: float) -> float:
+    """The alert threshold tau in [0, 1)."""
+    try:
+        tau = float(tau)
+    except (TypeError, ValueError):
+        raise PatchGuardError(f"tau (alert confidence) must be a number in [0, 1), got {tau!r}") from None
+    if not 0.0 <= tau < 1.0:
+        raise PatchGuardError(f"tau (alert confidence) must be in [0, 1), got {tau}")
+    return tau
+
+
+def softmax_top(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax (ties: lowest index) and its softmax probability over the last axis."""
+    top = scores.argmax(axis=-1)
+    peak = np.take_along_axis(scores, top[..., None], axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        confidence = 1.0 / np.exp(scores - peak).sum(axis=-1)
+    return top, confidence
+
+
+@dataclass(frozen=True)
+class WindowReadout:
+    """Every window's view of a chunk of maps: position arrays (B, H-a+1, W-b+1)."""
+
+    labels: np.ndarray       # (B,) argmax g, NO_LABEL for maps with NaN/inf
+    predictions: np.ndarray  # argmax g_w
+    confidence: np.ndarray   # max softmax(g_w)
+    scores: np.ndarray       # g_w, (B, H-a+1, W-b+1, C)
+    finite: np.ndarray       # (B,)
+    tol: np.ndarray          # (B,) tolerance in g units
+
+    @classmethod
+    def of(cls, u: np.ndarray, window: tuple[int, int]) -> "WindowReadout":
+        cells = u.shape[1] * u.shape[2]
+        with np.errstate(invalid="ignore", over="ignore"):
+            table = integral(np.asarray(u, dtype=np.float64))
+            total = table[:, -1, -1]                                        # S (B, C)
+            scores = (total[:, None, None, :] - box_sums(table, *window)) / cells
+        predictions, confidence = softmax_top(scores)
+        finite = finite_maps(u)
+        labels = np.where(finite, np.nan_to_num(total).argmax(axis=1), NO_LABEL)
+        tol = tolerance(np.abs(np.nan_to_num(total))) / cells
+        return cls(labels.astype(np.int64), predictions, confidence, scores, finite, tol)
+
+    def alerts(self, tau: float) -> np.ndarray:
+        """(B,): some window predicts another class than the output with confidence > tau."""
+        other = (self.predictions != self.labels[:, None, None]) & (self.confidence > tau)
+        return other.any(axis=(1, 2)) | ~self.finite
+
+    def certified(self, y: np.ndarray, tau: float) -> np.ndarray:
+        """(B,): output y, and every window predicts y (by more than the
+        tolerance) with confidence > tau."""
+        batch, classes = self.scores.shape[0], self.scores.shape[-1]
+        rows = np.arange(batch)
+        own = self.scores[rows, :, :, y]
+        if classes > 1:
+            others = self.scores.copy()
+            others[rows, :, :, y] = -np.inf
+            wins = (own - others.max(axis=-1)) > self.tol[:, None, None]
+        else:
+            wins = np.ones(own.shape, dtype=bool)
+        sure = (wins & (self.confidence > tau)).all(axis=(1, 2))
+        return sure & (self.labels == y) & self.finite
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Outputs of provable detection for a batch."""
+
+    labels: np.ndarray  # (B,) int64 argmax of the mean logits; NO_LABEL for NaN/inf maps
+    alerts: np.ndarray  # (B,) bool
+
+
+def detect(local_logits: np.ndarray, window: IntOrPair, *, tau: float = DEFAULT_TAU) -> Detection:
+    """Labels and alerts (B,) of u (B, H, W, C) against a patch inside any
+    (a, b) ``window`` of cells, alert threshold ``tau``."""
+    u = check_logits(local_logits)
+    a, b = check_window(window, u.shape)
+    tau = check_tau(tau)
+    labels = np.empty(u.shape[0], dtype=np.int64)
+    alerts = np.empty(u.shape[0], dtype=bool)
+    for part in chunks(u):
+        readout = WindowReadout.of(u[part], (a, b))
+        labels[part], alerts[part] = readout.labels, readout.alerts(tau)
+    return Detection(labels, alerts)
+
+
+def certify_detection(
+    local_logits: np.ndarray,
+    window: IntOrPair,
+    *,
+    tau: float = DEFAULT_TAU,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Certified detection (B,): for the label (``labels``, or each map's own
+    output), every patch inside a window gives that label or an alert."""
+    u = check_logits(local_logits)
+    a, b = check_window(window, u.shape)
+    tau = check_tau(tau)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    out = np.zeros(u.shape[0], dtype=bool)
+    for part in chunks(u):
+        readout = WindowReadout.of(u[part], (a, b))
+        ys = readout.labels if y is None else y[part]
+        out[part] = readout.certified(np.maximum(ys, 0), tau) & (ys >= 0)
+    return out

@@ -1,0 +1,239 @@
+"""Feature-space double masking (PatchCURE's secure pooling), whole batches.
+
+PatchCleanser's double-masking rule applied to the local logits instead of
+the pixels (DESIGN.md section 8). Symbols: local logits u (B, H, W, C),
+evidence ``v = clip(u, 0, c_h)`` as for robust masking, class totals S (B, C),
+the patch window (pa, pb) in cells. The mask set: per axis, k masks of side
+``m >= p`` (:func:`geometry.mask_starts`), listed row-major; every patch
+window lies inside at least one mask. With ``W(x)`` the sum of v over a set of
+cells x:
+
+- one-mask scores of mask i: ``S - W(m_i)``;
+- two-mask scores of masks i, j: ``S - W(m_i) - W(m_j) + W(m_i and m_j)``,
+  the evidence outside both (the one-mask scores are the case i = j);
+- decision (PatchCleanser Algorithm 1): one prediction per mask; unanimous:
+  that label; else, for each mask that disagrees with the first-round
+  majority, in list order, its two-mask predictions with every mask: the first
+  whose are all its own label wins; else the majority;
+- certificate of y: every two-mask prediction (i <= j) is y.
+
+Why the certificate holds: a patch inside mask k cannot change any two-mask
+score (k, j), so mask k predicts y in the first round; the output is then y
+whether the round is unanimous, a disagreeing mask whose second round agrees
+(its pair with k says y) wins, or none does (mask k would have won, being a
+disagreer whose every pair says y, unless an earlier winner, also y, did).
+
+Every sum comes from one integral image (the rectangle of an intersection,
+empty or not, is four corners of it). Predictions break ties toward the
+lowest class index; a certified pair needs y to beat every other class by
+more than :func:`masking.tolerance`, so rounding never turns a tie into a
+certificate. Maps with NaN or inf get :data:`masking.NO_LABEL` and no
+certificate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import PatchGuardError
+from .geometry import IntOrPair, Pair, as_pair, mask_starts
+from .masking import (
+    NO_LABEL,
+    check_labels,
+    check_logits,
+    check_params,
+    check_window,
+    clipped_integral,
+    finite_maps,
+    tolerance,
+)
+
+#: PatchCleanser's default: 6 masks per axis (36 masks, 666 pairs).
+DEFAULT_MASKS_PER_AXIS = 6
+# Two-mask scores (B * M * M * C elements) computed per chunk.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """The masks of one (H, W) map against one patch window: row starts,
+    column starts and the mask side (ma, mb); mask i is row ``i // len(cols)``,
+    column ``i % len(cols)`` of the grid."""
+
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+    side: Pair
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def box(self, i: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right), bottom/right exclusive, of mask i in cells."""
+        top, left = self.rows[i // len(self.cols)], self.cols[i % len(self.cols)]
+        return top, left, top + self.side[0], left + self.side[1]
+
+
+def mask_set(map_shape: Pair, patch_window: IntOrPair, masks_per_axis: IntOrPair) -> MaskSet:
+    """The mask set for a (H, W) map, a (pa, pb) patch window and k masks per
+    axis (an int, or (k_rows, k_cols))."""
+    pa, pb = as_pair(patch_window, "patch window")
+    ka, kb = as_pair(masks_per_axis, "masks per axis")
+    rows, ma = mask_starts(map_shape[0], pa, ka)
+    cols, mb = mask_starts(map_shape[1], pb, kb)
+    return MaskSet(rows, cols, (ma, mb))
+
+
+def _intervals(starts: tuple[int, ...], side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) (n, n): the intersection of the runs [s_i, s_i + side) and
+    [s_j, s_j + side), empty (lo = hi) when they do not meet."""
+    s = np.asarray(starts, dtype=np.int64)
+    lo = np.maximum(s[:, None], s[None, :])
+    hi = np.maximum(lo, np.minimum(s[:, None], s[None, :]) + side)
+    return lo, hi
+
+
+def two_mask_scores(table: np.ndarray, masks: MaskSet) -> np.ndarray:
+    """Two-mask scores (B, M, M, C) from an integral image (B, H + 1, W + 1, C).
+
+    Entry (i, j, c) is ``S_c - W(m_i) - W(m_j) + W(m_i and m_j)``; the
+    diagonal holds the one-mask scores. Rows and columns of an intersection
+    are independent, so all M^2 rectangles are four gathers of the table.
+    """
+    (rlo, rhi), (clo, chi) = _intervals(masks.rows, masks.side[0]), _intervals(masks.cols, masks.side[1])
+    r0, r1 = rlo[:, :, None, None], rhi[:, :, None, None]
+    c0, c1 = clo[None, None], chi[None, None]
+    inter = table[:, r1, c1] - table[:, r0, c1] - table[:, r1, c0] + table[:, r0, c0]
+    batch, nr, _, nc, _, classes = inter.shape
+    # (B, r_i, r_j, c_i, c_j, C) -> (B, i, j, C) with i = (r_i, c_i) row-major.
+    inter = inter.transpose(0, 1, 3, 2, 4, 5).reshape(batch, nr * nc, nr * nc, classes)
+    # A copy: the diagonal is a view of the buffer the scores are written into.
+    single = np.diagonal(inter, axis1=1, axis2=2).transpose(0, 2, 1).copy()  # (B, M, C)
+    total = table[:, -1, -1]
+    scores = inter  # S - W_i - W_j + I_ij, in place
+    scores -= single[:, :, None, :]
+    scores -= single[:, None, :, :]
+    scores += total[:, None, None, :]
+    return scores
+
+
+def decide(scores: np.ndarray) -> np.ndarray:
+    """PatchCleanser's decision (B,) from two-mask scores (B, M, M, C)."""
+    batch, _, _, classes = scores.shape
+    pair = scores.argmax(axis=3)                                  # (B, M, M)
+    first = np.diagonal(pair, axis1=1, axis2=2)                   # (B, M)
+    votes = np.zeros((batch, classes), dtype=np.int64)
+    np.add.at(votes, (np.arange(batch)[:, None], first), 1)
+    majority = votes.argmax(axis=1)                               # ties: lowest class
+    agrees = (pair == first[:, :, None]).all(axis=2)              # second round unanimous
+    winner = agrees & (first != majority[:, None])
+    index = winner.argmax(axis=1)                                 # first in list order
+    return np.where(winner.any(axis=1), first[np.arange(batch), index], majority)
+
+
+def pair_margins(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Smallest margin (B,) over all pairs of y's two-mask score over the best
+    other class (+inf with a single class: nothing to beat)."""
+    batch, _, _, classes = scores.shape
+    rows = np.arange(batch)
+    own = scores[rows, :, :, y]                                   # (B, M, M)
+    if classes == 1:
+        return np.full(batch, np.inf)
+    others = scores.copy()
+    others[rows, :, :, y] = -np.inf
+    return (own - others.max(axis=3)).min(axis=(1, 2))
+
+
+@dataclass
+class DoubleMaskEvidence:
+    """Two-mask scores of a chunk of maps, shared by the prediction, the
+    certificate and the per-frame readouts."""
+
+    scores: np.ndarray      # (B, M, M, C)
+    finite: np.ndarray      # (B,) maps without NaN or inf
+    tol: np.ndarray         # (B,) certification tolerance
+    cells: int              # H * W, to put scores in per-cell (mean logit) units
+
+    @classmethod
+    def of(cls, u: np.ndarray, masks: MaskSet, clip: Optional[float]) -> "DoubleMaskEvidence":
+        table = clipped_integral(u, clip)
+        with np.errstate(invalid="ignore", over="ignore"):
+            scores = two_mask_scores(table, masks)
+        return cls(scores, finite_maps(u), tolerance(table[:, -1, -1]), u.shape[1] * u.shape[2])
+
+    def predictions(self) -> np.ndarray:
+        labels = decide(np.where(np.isfinite(self.scores), self.scores, 0.0))
+        return np.where(self.finite, labels, NO_LABEL).astype(np.int64)
+
+    def margins(self, y: np.ndarray) -> np.ndarray:
+        """Smallest two-mask margin of y (B,), evidence units (NaN for maps with NaN/inf)."""
+        with np.errstate(invalid="ignore"):
+            margin = pair_margins(self.scores, np.maximum(y, 0))
+        return np.where(self.finite, margin, np.nan)
+
+    def certified(self, y: np.ndarray) -> np.ndarray:
+        return self.finite & (y >= 0) & (self.margins(y) > self.tol)
+
+    def label_scores(self, y: np.ndarray) -> np.ndarray:
+        """One-mask scores (B, C) behind label y: those of the first mask whose
+        first-round prediction is y (the mask set's first when none is)."""
+        first = np.diagonal(self.scores.argmax(axis=3), axis1=1, axis2=2)
+        index = (first == y[:, None]).argmax(axis=1)
+        rows = np.arange(self.scores.shape[0])
+        return self.scores[rows, index, index]
+
+
+def _chunks(u: np.ndarray, masks: MaskSet) -> list[slice]:
+    per_map = masks.count * masks.count * u.shape[3]
+    step = max(1, _CHUNK_ELEMENTS // per_map)
+    return [slice(i, min(i + step, u.shape[0])) for i in range(0, u.shape[0], step)]
+
+
+def _prepare(local_logits: np.ndarray, patch_window: IntOrPair, masks_per_axis: IntOrPair,
+             clip: Optional[float]) -> tuple[np.ndarray, MaskSet, Optional[float]]:
+    u = check_logits(local_logits)
+    _, clip = check_params(0.0, clip)
+    window = check_window(patch_window, u.shape, "patch window")
+    try:
+        masks = mask_set(u.shape[1:3], window, masks_per_axis)
+    except PatchGuardError as exc:
+        raise PatchGuardError(f"double masking: {exc}") from None
+    return u, masks, clip
+
+
+def double_masking(
+    local_logits: np.ndarray,
+    patch_window: IntOrPair,
+    *,
+    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
+    clip: Optional[float] = None,
+) -> np.ndarray:
+    """Double-masking predictions (B,) int64 of u (B, H, W, C) against a
+    ``patch_window`` (a, b) of cells; :data:`NO_LABEL` for maps with NaN/inf."""
+    u, masks, clip = _prepare(local_logits, patch_window, masks_per_axis, clip)
+    out = np.empty(u.shape[0], dtype=np.int64)
+    for part in _chunks(u, masks):
+        out[part] = DoubleMaskEvidence.of(u[part], masks, clip).predictions()
+    return out
+
+
+def certify_double(
+    local_logits: np.ndarray,
+    patch_window: IntOrPair,
+    *,
+    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Certificates (B,): every two-mask prediction is the label (``labels``,
+    or each map's own double-masking prediction)."""
+    u, masks, clip = _prepare(local_logits, patch_window, masks_per_axis, clip)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    out = np.zeros(u.shape[0], dtype=bool)
+    for part in _chunks(u, masks):
+        evidence = DoubleMaskEvidence.of(u[part], masks, clip)
+        ys = evidence.predictions() if y is None else y[part]
+        out[part] = evidence.certified(ys)
+    return out

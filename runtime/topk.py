@@ -1,0 +1,128 @@
+"""Top-k certificates and certification margins for robust masking.
+
+Algorithm 2's bounds (DESIGN.md section 2) at every (pa, pb) patch position P
+under the (a, b) mask: ``lower(P)`` of label y (exact, every position) and
+``upper_c(P)`` of every class c != y. Then (DESIGN.md section 8):
+
+- **top-k**: y stays among the k highest masked scores under every patch iff
+  at every P, ``lower(P)`` beats the k-th largest ``upper_c(P)`` (fewer than
+  k classes can then reach y's score); k = 1 is the ordinary certificate;
+- **margin**: ``min_P (lower(P) - k-th largest upper_c(P))`` in evidence
+  units: how far the worst patch is from pushing y out (negative: it can).
+  The certificate holds iff the margin exceeds :func:`masking.tolerance`.
+
+The ordinary certificate (:mod:`.certificate`) decides with cheap tests and
+early stops; these functions need every bound at every position, so they
+compute them all (cheap at a frame's scale, and the same sums).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .certificate import _exact_lower, _label_side, check_patch_window, own_labels
+from .errors import PatchGuardError
+from .geometry import IntOrPair, Pair
+from .masking import (
+    MaskEvidence,
+    check_labels,
+    check_logits,
+    check_params,
+    check_window,
+    chunks,
+    containing_max,
+)
+
+
+def check_top_k(top_k: int) -> int:
+    """k >= 1 (an int)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise PatchGuardError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
+
+
+def position_bounds(evidence: MaskEvidence, y: np.ndarray, patch: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Exact lower bound of y (B, P1, P2) and upper bounds of every class
+    (B, P1, P2, C), -inf for y itself, at every (pa, pb) patch position."""
+    (a, b), (pa, pb), thres = evidence.mask, patch, evidence.thres
+    side = _label_side(*evidence.label(y), evidence.mask, patch, thres)
+    shape = side.t.shape
+    n, i, j = (x.ravel() for x in np.indices(shape))
+    lower = _exact_lower(side, n, i, j, evidence.mask, patch, thres).reshape(shape)
+    classes = evidence.totals.shape[1]
+    _, exact, windows = evidence.ranked(classes)  # all classes, in class order
+    upper = (exact[:, None, None, :] - containing_max(windows, a, b, pa, pb)) / (1.0 - thres)
+    upper[np.arange(y.shape[0]), :, :, y] = -np.inf
+    return lower, upper
+
+
+def top_k_margins(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int = 1) -> np.ndarray:
+    """Smallest ``lower - k-th largest other upper`` over positions (B,);
+    +inf when fewer than k other classes exist; NaN for maps with NaN/inf."""
+    lower, upper = position_bounds(evidence, y, patch)
+    classes = upper.shape[-1]
+    if k >= classes:
+        margin = np.full(y.shape[0], np.inf)
+    else:
+        # y's own entry is -inf, so the k-th largest of all C is that of the others.
+        kth = np.partition(upper, classes - k, axis=-1)[..., classes - k]
+        margin = (lower - kth).min(axis=(1, 2))
+    return np.where(evidence.finite, margin, np.nan)
+
+
+def _prepare(local_logits: np.ndarray, window: IntOrPair, patch_window: Optional[IntOrPair],
+             thres: float, clip: Optional[float], labels: Optional[np.ndarray]) -> tuple:
+    u = check_logits(local_logits)
+    thres, clip = check_params(thres, clip)
+    mask = check_window(window, u.shape)
+    patch = check_patch_window(patch_window, mask)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    return u, mask, patch, thres, clip, y
+
+
+def certify_top_k(
+    local_logits: np.ndarray,
+    window: IntOrPair,
+    top_k: int,
+    *,
+    patch_window: Optional[IntOrPair] = None,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Top-k certificates (B,): the label (``labels``, or each map's own
+    robust-masking prediction) stays among the k highest masked scores under
+    every patch inside ``patch_window`` (default: the mask ``window``)."""
+    k = check_top_k(top_k)
+    u, mask, patch, thres, clip, y = _prepare(local_logits, window, patch_window, thres, clip, labels)
+    out = np.zeros(u.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            evidence = MaskEvidence(u[part], mask, thres, clip)
+            ys = own_labels(evidence) if y is None else y[part]
+            out[part] = evidence.finite & (top_k_margins(evidence, ys, patch, k) > evidence.tol)
+    return out
+
+
+def certification_margin(
+    local_logits: np.ndarray,
+    window: IntOrPair,
+    *,
+    top_k: int = 1,
+    patch_window: Optional[IntOrPair] = None,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Margins (B,) float64 in evidence units (see the module docstring);
+    NaN for maps with NaN or inf. Divide by H * W for mean-logit units."""
+    k = check_top_k(top_k)
+    u, mask, patch, thres, clip, y = _prepare(local_logits, window, patch_window, thres, clip, labels)
+    out = np.empty(u.shape[0], dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            evidence = MaskEvidence(u[part], mask, thres, clip)
+            ys = own_labels(evidence) if y is None else y[part]
+            out[part] = top_k_margins(evidence, ys, patch, k)
+    return out

@@ -12,7 +12,8 @@ from pathlib import Path
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "out/demo")
     parity = json.loads((out / "fashion_mnist_bagnet.parity.json").read_text())
-    rows = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines() if line]
+    lines = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines() if line]
+    rows = [row for row in lines if row.get("kind") == "frame"]  # the first line is the header
     truth = (out / "clip.labels.txt").read_text().split()
     report = json.loads((out / "certify.json").read_text())
 

@@ -199,3 +199,15 @@ class LineFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+def sha256_file(path: os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (engines are hundreds of MB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise PatchGuardError(f"cannot read {path}: {exc.strerror}") from None
+    return digest.hexdigest()

@@ -110,8 +110,8 @@ class BagSource(FrameSource):
                 index += 1
         except PatchGuardError:
             raise
-        except Exception as exc:  # a truncated or corrupt bag ends like a dropped stream
-            log.warning("%s: bag ended with an error: %s", self.description, exc)
+        except Exception as exc:  # a truncated or corrupt bag ends like a dropped stream (exit 3)
+            self.lost = f"bag ended with an error after {index} frames: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
     def close(self) -> None:
         if self._reader is not None:

@@ -29,9 +29,17 @@ RED = (40, 40, 220)
 AMBER = (0, 190, 255)
 
 
-def frame_row(index: int, source: str, stamp: float, result: FrameResult) -> dict[str, Any]:
-    """One JSONL object: frame, source, time (Unix seconds) and the result's fields."""
-    return {"frame": index, "source": source, "time": round(stamp, 6), **result.to_dict()}
+def frame_row(index: int, source: str, stamp: float, result: FrameResult,
+              capture_time: Optional[float] = None) -> dict[str, Any]:
+    """One JSONL frame object (:mod:`.resultstream`): schema, frame, source, time
+    (Unix seconds of arrival), capture_time (the source's stamp, or None) and
+    the result's fields."""
+    from .resultstream import SCHEMA
+
+    return {"schema": SCHEMA, "kind": "frame", "frame": index, "source": source,
+            "time": round(stamp, 6),
+            "capture_time": None if capture_time is None else round(capture_time, 9),
+            **result.to_dict()}
 
 
 class JsonlSink:
@@ -40,17 +48,26 @@ class JsonlSink:
     The file is created at the first row (``append``: kept and added to);
     a failed write cuts it back to its last complete row and raises
     :class:`~.errors.OutputError`. ``rows`` counts the rows written.
+    ``header`` (:func:`.resultstream.header_row`) goes out just before the
+    first row, so every run in the file starts with its header line.
     """
 
-    def __init__(self, target: Union[str, os.PathLike], append: bool = False) -> None:
+    def __init__(self, target: Union[str, os.PathLike], append: bool = False,
+                 header: Optional[dict[str, Any]] = None) -> None:
         self.target = str(target)
         self._file = LineFile(target, append=append, flag="--jsonl")
+        self._header = header
+        self._header_lines = 0
 
     @property
     def rows(self) -> int:
-        return self._file.lines
+        return self._file.lines - self._header_lines
 
     def write(self, row: dict[str, Any]) -> None:
+        if self._header is not None:
+            header, self._header = self._header, None
+            self._file.write(json.dumps(header, separators=(",", ":")))
+            self._header_lines = 1
         self._file.write(json.dumps(row, separators=(",", ":")))
 
     def close(self) -> None:

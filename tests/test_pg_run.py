@@ -27,7 +27,10 @@ def pg_run(*args: str) -> subprocess.CompletedProcess:
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The frame lines (every line must parse; the first is the stream's header)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["kind"] == "header"
+    return lines[1:]
 
 
 def test_help_has_an_example() -> None:
@@ -66,7 +69,8 @@ def test_jsonl_to_stdout_and_max_frames(default_onnx: Path, fashion_video) -> No
     done = pg_run("--engine", str(default_onnx), "--source", str(video), "--jsonl", "-",
                   "--max-frames", "7", "--patch-frac", "0.02")
     assert done.returncode == 0, done.stderr
-    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    header, *rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert header["kind"] == "header"
     assert len(rows) == 7 and all(KEYS <= set(r) for r in rows)
     assert rows[0]["patch_px"] == int(np.ceil(np.sqrt(0.02 * 112 * 112)))
     assert "max-frames" in done.stderr

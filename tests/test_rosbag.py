@@ -144,6 +144,7 @@ def test_bag_in_bag_out_matches_the_pipeline(default_onnx: Path, drive, tmp_path
         assert r_time == o_time == stamp  # log times are the input header stamps
         assert row["stamp"] == {"sec": stamp // 10**9, "nanosec": stamp % 10**9}
         assert row["frame_id"] == "camera_optical" and row["frame"] == i
+        assert row["capture_time"] == pytest.approx(stamp / 1e9, abs=1e-6)
         assert (o_msg.header.stamp.sec, o_msg.header.stamp.nanosec) == (stamp // 10**9, stamp % 10**9)
         overlay = cv2.imdecode(np.asarray(o_msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
         assert o_msg.format == "jpeg" and overlay.shape == frame.shape

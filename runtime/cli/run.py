@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from typing import Any, Optional
 
@@ -50,9 +51,12 @@ def _log_through(bar: Any) -> Any:
 @click.option("--clip", type=float, default=None, help="Clipping ceiling c_h (default: none).")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
 @click.option("--jsonl", default=None,
-              help="Write one JSON object per frame to FILE (created at the first frame, replacing "
-                   "an earlier file unless --append), or - for stdout.")
+              help="Write a header line and one JSON object per frame to FILE (created at the first "
+                   "frame, replacing an earlier file unless --append), or - for stdout.")
 @click.option("--append", is_flag=True, help="Add to an existing --jsonl file instead of replacing it.")
+@click.option("--jsonl-header", type=click.Path(dir_okay=False), default=None,
+              help="Write the header (schema, model SHA-256, defense, settings) to this file "
+                   "instead of the first --jsonl line.")
 @click.option("--save-video", type=click.Path(dir_okay=False), default=None,
               help="Write the annotated frames to this .avi/.mp4.")
 @click.option("--show", is_flag=True, help="Show the annotated frames in a window (q quits).")
@@ -69,14 +73,15 @@ def _log_through(bar: Any) -> Any:
 @click.pass_context
 def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
-         provider: Optional[str], jsonl: Optional[str], append: bool, save_video: Optional[str],
-         show: bool, max_frames: Optional[int], topic: Optional[str], save_bag: Optional[str],
+         provider: Optional[str], jsonl: Optional[str], append: bool, jsonl_header: Optional[str],
+         save_video: Optional[str], show: bool, max_frames: Optional[int], topic: Optional[str], save_bag: Optional[str],
          color: Optional[str],
          value_range: Optional[tuple[float, float]]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
-    from ..files import check_outputs
+    from ..files import check_outputs, write_text_atomic
     from ..pipeline import Pipeline, stream
     from ..preprocess import to_bgr8
+    from ..resultstream import header_row
     from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
     from ..sources import open_camera, open_source
 
@@ -87,7 +92,8 @@ def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optiona
     if append and not jsonl:
         raise PatchGuardError("--append applies to --jsonl FILE; give --jsonl too")
     # Before anything is opened or written: no output may destroy an input.
-    check_outputs({"--jsonl": jsonl, "--save-video": save_video, "--save-bag": save_bag},
+    check_outputs({"--jsonl": jsonl, "--jsonl-header": jsonl_header, "--save-video": save_video,
+                   "--save-bag": save_bag},
                   {"--engine": engine, "--source": source,
                    "the engine's sidecar": f"{engine}.json" if engine.endswith(".plan") else None})
     code = ExitCode.OK
@@ -100,7 +106,17 @@ def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optiona
         frames = stack.enter_context(
             open_camera(camera) if camera is not None else open_source(source or "", topic=topic))
         # Outputs are created at the first result, and closed (finalised) last of all.
-        jsonl_sink = JsonlSink(jsonl, append=append) if jsonl else None
+        header = None
+        if jsonl or jsonl_header:
+            settings = {"source": frames.description, "topic": topic, "camera": camera,
+                        "color": color, "value_range": list(value_range) if value_range else None,
+                        "provider": getattr(pipeline.backend, "provider", provider),
+                        "max_frames": max_frames}
+            header = header_row(pipeline, engine, "pg-run", settings)
+        if jsonl_header and header is not None:
+            write_text_atomic(jsonl_header, json.dumps(header) + "\n")
+        jsonl_sink = JsonlSink(jsonl, append=append, header=None if jsonl_header else header) \
+            if jsonl else None
         if jsonl_sink:
             stack.callback(jsonl_sink.close)
         video = VideoSink(save_video, frames.fps) if save_video else None
@@ -125,7 +141,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optiona
         try:
             for item in stream(pipeline, frames, max_frames, color=color):
                 summary.add(item.result)
-                row = frame_row(item.index, item.source, item.time, item.result)
+                row = frame_row(item.index, item.source, item.time, item.result, item.capture_time)
                 if jsonl_sink:
                     jsonl_sink.write(row)
                 view = to_bgr8(item.frame, item.color, pipeline.value_range) \

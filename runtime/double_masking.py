@@ -237,3 +237,24 @@ def certify_double(
         ys = evidence.predictions() if y is None else y[part]
         out[part] = evidence.certified(ys)
     return out
+
+
+def double_masking_certified(
+    local_logits: np.ndarray,
+    patch_window: IntOrPair,
+    *,
+    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
+    clip: Optional[float] = None,
+    labels: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and certificates (B,) in one pass over the two-mask scores
+    (the certificate is for ``labels``, or each map's own prediction)."""
+    u, masks, clip = _prepare(local_logits, patch_window, masks_per_axis, clip)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    predictions = np.empty(u.shape[0], dtype=np.int64)
+    certified = np.zeros(u.shape[0], dtype=bool)
+    for part in _chunks(u, masks):
+        evidence = DoubleMaskEvidence.of(u[part], masks, clip)
+        predictions[part] = evidence.predictions()
+        certified[part] = evidence.certified(predictions[part] if y is None else y[part])
+    return predictions, certified

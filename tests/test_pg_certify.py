@@ -125,7 +125,8 @@ def test_engine_mode_matches_logits_mode(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["n"] == 64 and [r["patch_size"] for r in report["results"]] == [1, 3]
-    assert set(report["results"][0]["defenses"]) == {"mask", "mask_paper", "cbn", "vote"}
+    assert set(report["results"][0]["defenses"]) == {"mask", "mask_paper", "cbn", "vote", "double"}
+    assert [d["tau"] for d in report["results"][0]["detection"]] == [0.5, 0.7, 0.9]
     assert plot.read_bytes()[:4] == b"\x89PNG"
     u, y = np.load(logits), np.load(tmp_path / "u.labels.npy")
     assert u.shape[0] == 64 and y.shape == (64,)
@@ -141,3 +142,33 @@ def test_engine_mode_matches_logits_mode(tmp_path: Path) -> None:
     _one_line_error(too_big, "larger than the model's")
     assert "inference" not in too_big.output
     assert not (tmp_path / "none.json").exists()
+
+
+def test_double_masking_top_k_and_detection_options(maps) -> None:
+    folder, u, hot = maps
+    out = folder / "double.json"
+    result = _run("--logits", folder / "u.npy", "--labels", folder / "y.npy", "--window", "2",
+                  "--defense", "double", "--masks-per-axis", "3", "--json", out)
+    assert result.exit_code == 0, result.output
+    from patchguard.runtime import predict
+
+    report = json.loads(out.read_text())
+    assert report["masks_per_axis"] == 3
+    expected = certify(u, 2, defense="double", masks_per_axis=3, labels=hot)
+    assert [row["certified"] for row in report["images"]] == expected.tolist()
+    assert [row["prediction"] for row in report["images"]] == predict(
+        u, 2, defense="double", masks_per_axis=3).tolist()
+    top = folder / "top.json"
+    result = _run("--logits", folder / "u.npy", "--labels", folder / "y.npy", "--patch-size", "2",
+                  "--rf", "1", "--stride", "1", "--top-k", "2", "--tau", "0.6,0.8", "--json", top)
+    assert result.exit_code == 0, result.output
+    assert "top-2 certified accuracy" in result.output
+    report = json.loads(top.read_text())
+    expected = certify(u, 2, top_k=2, labels=hot)
+    assert [row["top2_certified"] for row in report["images"]] == expected.tolist()
+    row = report["evaluation"]["results"][0]
+    assert row["defenses"]["mask_top2"]["certified"] == pytest.approx(expected.mean())
+    assert [d["tau"] for d in row["detection"]] == [0.6, 0.8]
+    _one_line_error(_run("--logits", folder / "u.npy", "--window", "2", "--defense", "vote",
+                         "--top-k", "2"), "--top-k applies")
+    _one_line_error(_run("--logits", folder / "u.npy", "--window", "2", "--tau", "x"), "--tau")

@@ -30,19 +30,25 @@ Examples:
   pg-certify --logits feats.npy --labels labels.npy --window 6
   pg-certify --logits feats.npy --patch-size 32 --rf 17 --stride 8 --thres 0.1 --json out.json
   pg-certify --logits feats.npy --window 6x4 --defense vote
+  pg-certify --logits feats.npy --labels labels.npy --window 9 --defense double --masks-per-axis 8
+  pg-certify --logits feats.npy --labels labels.npy --window 9 --top-k 3
   pg-certify --engine model.onnx --data fashion-mnist --patch-size 2 3 5 --json report.json
   pg-certify --engine model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
+  pg-certify --engine model.onnx --data fashion-mnist --patch-size 5 --tau 0.6 0.8 --top-k 3
 \b
 --window is the mask in feature cells (AxB: rows x columns); --patch-size P
 (pixels) with --rf R and --stride S derives it. In --engine mode the receptive
 field and stride come from the model. Several --patch-size values (2 3 5, a
-repeated option or a comma list) make an evaluation report per size.
+repeated option or a comma list) make an evaluation report per size. The
+report also gives feature-space double masking (--masks-per-axis), provable
+detection per --tau (certified detection and the clean alert rate) and, with
+--top-k K > 1, top-K certified accuracy.
 """
 
 BATCH = 256
 
 
-@click.command(cls=Command, epilog=EXAMPLES, multi_value=("--patch-size",))
+@click.command(cls=Command, epilog=EXAMPLES, multi_value=("--patch-size", "--tau"))
 @click.option("--logits", type=click.Path(dir_okay=False), default=None,
               help="Local logits (N, H, W, C) as a .npy file.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
@@ -61,8 +67,17 @@ BATCH = 256
 @click.option("--stride", type=int, default=None, help="Stride s between cells, pixels (--logits mode).")
 @click.option("--thres", type=float, default=0.0, show_default=True, help="Detection threshold T in [0, 1).")
 @click.option("--clip", type=float, default=None, help="Clipping ceiling c_h (default: none).")
-@click.option("--defense", type=click.Choice(["mask", "cbn", "vote"]), default="mask",
+@click.option("--defense", type=click.Choice(["mask", "cbn", "vote", "double"]), default="mask",
               show_default=True, help="Aggregation to certify (--logits mode).")
+@click.option("--masks-per-axis", type=int, default=None,
+              help="Double masking: masks per axis (default 6; the map size minus the window "
+                   "plus 1 gives stride 1).")
+@click.option("--tau", "taus", multiple=True,
+              help="Provable detection: alert threshold(s) in [0, 1) to report "
+                   "(default 0.5 0.7 0.9; --engine mode, or --logits with labels and --patch-size).")
+@click.option("--top-k", type=int, default=1, show_default=True,
+              help="Also certify that the label stays among the K highest masked scores "
+                   "(defense mask).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the per-image results / the report to this JSON file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -72,10 +87,13 @@ BATCH = 256
 def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], data: Optional[str],
          split: str, limit: Optional[int], provider: Optional[str], window_text: Optional[str],
          patch_sizes: Sequence[str], rf: Optional[int], stride: Optional[int], thres: float,
-         clip: Optional[float], defense: str, json_out: Optional[str], plot: Optional[str],
+         clip: Optional[float], defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
+         top_k: int, json_out: Optional[str], plot: Optional[str],
          save_logits: Optional[str]) -> None:
-    """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote)."""
+    """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
+    feature-space double masking; provable detection and top-k in the reports)."""
     sizes = _parse_sizes(patch_sizes)
+    extras = _extras(defense, masks_per_axis, taus, top_k)
     if (logits is None) == (engine is None):
         raise PatchGuardError("give exactly one of --logits X.npy or --engine MODEL")
     if logits is not None:
@@ -83,7 +101,8 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
                             ("--limit", limit)):
             if value is not None:
                 raise PatchGuardError(f"{flag} belongs to --engine mode, not --logits")
-        _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out)
+        _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out,
+                     extras)
     else:
         for flag, value in (("--labels", labels), ("--window", window_text), ("--rf", rf),
                             ("--stride", stride)):
@@ -95,7 +114,30 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         if defense != "mask":
             raise PatchGuardError("--engine mode reports every defense; drop --defense")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
-                     plot, save_logits)
+                     plot, save_logits, extras)
+
+
+def _extras(defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
+            top_k: int) -> dict[str, Any]:
+    """Options of the defenses beyond masking, checked once: evaluate()'s keywords."""
+    from ..detection import check_tau
+    from ..double_masking import DEFAULT_MASKS_PER_AXIS
+    from ..evaluate import DEFAULT_TAUS
+    from ..topk import check_top_k
+
+    if masks_per_axis is not None and masks_per_axis < 1:
+        raise PatchGuardError(f"--masks-per-axis must be at least 1, got {masks_per_axis}")
+    if top_k > 1 and defense != "mask":
+        raise PatchGuardError(f"--top-k applies to --defense mask, not {defense}")
+    values: list[float] = []
+    for text in taus:
+        for part in str(text).split(","):
+            try:
+                values.append(check_tau(float(part)))
+            except ValueError:
+                raise PatchGuardError(f"--tau takes numbers in [0, 1), got {part!r}") from None
+    return {"masks_per_axis": masks_per_axis or DEFAULT_MASKS_PER_AXIS,
+            "taus": tuple(values) or DEFAULT_TAUS, "top_k": check_top_k(top_k)}
 
 
 # --------------------------------------------------------------------------
@@ -103,7 +145,8 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
 
 def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[str],
                  sizes: list[int], rf: Optional[int], stride: Optional[int], thres: float,
-                 clip: Optional[float], defense: str, json_out: Optional[str]) -> None:
+                 clip: Optional[float], defense: str, json_out: Optional[str],
+                 extras: dict[str, Any]) -> None:
     from ..certificate import largest_certified, summarize
     from ..defenses import certify, predict
     from ..evaluate import evaluate
@@ -115,16 +158,28 @@ def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[st
     if labels_path is not None:
         y = check_labels(load_npy(labels_path, "labels"), u.shape[0], u.shape[3])
     window, windows = _threat(window_text, sizes, rf, stride, u.shape)
-    predictions = predict(u, window, defense=defense, thres=thres, clip=clip)
+    per_axis = extras["masks_per_axis"] if defense == "double" else None
+    predictions = predict(u, window, defense=defense, thres=thres, clip=clip,
+                          masks_per_axis=per_axis)
     safe = np.maximum(predictions, 0)
     certified = certify(u, window, defense=defense, thres=thres, clip=clip,
-                        labels=y if y is not None else safe) & (predictions >= 0)
+                        labels=y if y is not None else safe,
+                        masks_per_axis=per_axis) & (predictions >= 0)
+    top_certified = None
+    if extras["top_k"] > 1:
+        top_certified = certify(u, window, thres=thres, clip=clip, top_k=extras["top_k"],
+                                labels=y if y is not None else safe) & (predictions >= 0)
     summary = summarize(predictions, certified, y)
     report: dict[str, Any] = {
         "logits": str(path), "n": summary.n, "map": list(u.shape[1:3]), "classes": int(u.shape[3]),
         "defense": defense, "window": list(window), "thres": thres, "clip": clip,
         "summary": summary.to_dict(),
     }
+    if defense == "double":
+        report["masks_per_axis"] = per_axis
+    if top_certified is not None:
+        report["top_k"] = {"k": extras["top_k"], "certified": int(top_certified.sum()),
+                           "certified_fraction": float(top_certified.mean()) if u.shape[0] else 0.0}
     per_px = None
     if defense == "mask" and len(windows) > 1:
         index = largest_certified(u, window, windows, thres=thres, clip=clip,
@@ -139,14 +194,20 @@ def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[st
             row["label"] = int(y[n])
         if per_px is not None:
             row["certified_patch_px"] = int(per_px[n])
+        if top_certified is not None:
+            row[f"top{extras['top_k']}_certified"] = bool(top_certified[n])
         images.append(row)
     report["images"] = images
     if y is not None and sizes and rf is not None:
         report["evaluation"] = evaluate(u, y, sizes, receptive_field=rf, stride=int(stride or 0),
-                                        thres=thres, clip=clip)
+                                        thres=thres, clip=clip, **extras)
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
     _print_summary(summary.to_dict(), defense, window, y is not None)
+    if top_certified is not None:
+        what = "top-{} certified accuracy" if y is not None else "top-{} certified"
+        click.echo(f"  {what.format(extras['top_k']):<19} {report['top_k']['certified_fraction']:.4f} "
+                   f"({report['top_k']['certified']}/{u.shape[0]})")
     if json_out:
         click.echo(f"per-image results: {json_out}")
 
@@ -214,7 +275,8 @@ def load_npy(path: str, what: str) -> np.ndarray:
 
 def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[int],
                  provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
-                 json_out: Optional[str], plot: Optional[str], save_logits: Optional[str]) -> None:
+                 json_out: Optional[str], plot: Optional[str], save_logits: Optional[str],
+                 extras: dict[str, Any]) -> None:
     from ..backends import open_backend
     from ..evaluate import evaluate
     from ..masking import check_params
@@ -249,7 +311,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
             with open(tmp, "wb") as handle:
                 np.save(handle, labels)
     report = evaluate(u, labels, sizes, receptive_field=record.receptive_field,
-                      stride=record.stride, thres=thres, clip=clip)
+                      stride=record.stride, thres=thres, clip=clip, **extras)
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
               **report}
     if json_out:
@@ -295,6 +357,14 @@ def _print_report(report: dict[str, Any]) -> None:
         window = "x".join(str(v) for v in row["window"])
         cells = "  ".join(f"{d['accuracy']:8.4f} {d['certified']:8.4f}" for d in row["defenses"].values())
         click.echo(f"{row['patch_size']!s:>7} {window:>7}  {cells}")
+    rows = [row for row in report["results"] if row.get("detection")]
+    if rows:
+        click.echo("provable detection (accuracy of the mean logits, certified detection, "
+                   "clean alert rate):")
+        for row in rows:
+            cells = "  ".join(f"tau {d['tau']:g}: {d['certified']:.4f} / {d['clean_alert_rate']:.4f}"
+                              for d in row["detection"])
+            click.echo(f"{row['patch_size']!s:>7}  acc {row['detection'][0]['accuracy']:.4f}  {cells}")
 
 
 def plot_report(report: dict[str, Any], path: str) -> None:

@@ -1,0 +1,116 @@
+"""What else a frame's local logits say, besides label and certificate.
+
+All from the one map u (B, H, W, C) the defense already read:
+
+- ``alert``: provable detection (:mod:`.detection`) over the patch window,
+  threshold tau;
+- ``top_k``: the k highest masked scores and their classes (ties: lowest
+  index first), and whether the label provably stays among the top k
+  (:mod:`.topk`; robust masking only);
+- ``margin``: how far the worst patch is from flipping the label, in
+  evidence units (negative: some patch can); ``margin / (H W)`` puts it in
+  mean-logit units, like the scores;
+- ``confidence``: the softmax probability of the label over the masked
+  scores in mean-logit units (evidence / (H W));
+- ``spread``: the cell-to-cell standard deviation of u, averaged over
+  classes. A uniform frame (black, grey, a lens cap) makes every cell see the
+  same pixels, so spread is 0 whatever the softmax says: the BagNet then
+  reports only the prior it learned for featureless background, often very
+  confidently (the bundled model calls a black frame "Dress" at 0.94).
+
+Abstaining (``label`` -1, never certified) is the caller's decision from
+``confidence`` and ``spread``. A certificate is about patches: it says no
+patch of that size changes the label, not that the frame shows anything the
+model knows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .detection import WindowReadout
+from .double_masking import DoubleMaskEvidence
+from .geometry import Pair
+from .masking import MaskEvidence, evidence_from
+from .topk import top_k_margins
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """Per-map readouts of a chunk (B maps)."""
+
+    alert: np.ndarray             # (B,) bool
+    top_labels: np.ndarray        # (B, k) int64, best first
+    top_scores: np.ndarray        # (B, k) float64, mean-logit units
+    top_k_certified: Optional[np.ndarray]  # (B,) bool; None where the defense has no top-k bound
+    margin: np.ndarray            # (B,) float64, evidence units (NaN: no label)
+    confidence: np.ndarray        # (B,) float64 in (0, 1] (NaN: no label)
+    spread: np.ndarray            # (B,) float64, logits
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, stable for any finite scores."""
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def top_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best classes (B, k) and their scores (B, k); equal scores: lowest index first."""
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order.astype(np.int64), np.take_along_axis(scores, order, axis=1)
+
+
+def spread(u: np.ndarray) -> np.ndarray:
+    """Cell-to-cell standard deviation of u (B, H, W, C), averaged over classes (B,)."""
+    flat = np.asarray(u, dtype=np.float64).reshape(u.shape[0], -1, u.shape[3])
+    return flat.std(axis=1).mean(axis=1)
+
+
+def masked_scores(evidence: MaskEvidence) -> np.ndarray:
+    """Robust-masking evidence of every class (B, C), in class order."""
+    classes = evidence.totals.shape[1]
+    _, exact, windows = evidence.ranked(classes)
+    return evidence_from(exact, windows.max(axis=(1, 2)), evidence.thres)
+
+
+def _finish(u: np.ndarray, labels: np.ndarray, scores: np.ndarray, margin: np.ndarray,
+            top_ok: Optional[np.ndarray], window: Pair, tau: float, k: int,
+            finite: np.ndarray) -> Readouts:
+    cells = u.shape[1] * u.shape[2]
+    with np.errstate(invalid="ignore", over="ignore"):
+        per_cell = np.where(finite[:, None], scores / cells, 0.0)
+        probability = softmax(per_cell)
+    rows = np.arange(labels.shape[0])
+    confidence = np.where(labels >= 0, probability[rows, np.maximum(labels, 0)], np.nan)
+    best, best_scores = top_scores(per_cell, k)
+    alert = WindowReadout.of(u, window).alerts(tau)
+    return Readouts(alert, best, best_scores, top_ok, margin, confidence, spread(u))
+
+
+def read_mask(u: np.ndarray, evidence: MaskEvidence, labels: np.ndarray, window: Pair,
+              tau: float, k: int) -> Readouts:
+    """Readouts of robust masking: ``evidence`` of u under the mask ``window``
+    (also the patch window), ``labels`` (B,) its predictions (-1: none)."""
+    safe = np.maximum(labels, 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        margin = top_k_margins(evidence, safe, window, 1)
+        top_ok = None
+        if k > 1:
+            top_ok = (top_k_margins(evidence, safe, window, k) > evidence.tol) & evidence.finite
+        scores = masked_scores(evidence)
+    margin = np.where(labels >= 0, margin, np.nan)
+    return _finish(u, labels, scores, margin, top_ok, window, tau, k, evidence.finite)
+
+
+def read_double(u: np.ndarray, evidence: DoubleMaskEvidence, labels: np.ndarray, window: Pair,
+                tau: float, k: int) -> Readouts:
+    """Readouts of double masking: scores are the one-mask scores behind the
+    label, the margin the smallest two-mask margin; no top-k bound."""
+    safe = np.maximum(labels, 0)
+    margin = np.where(labels >= 0, evidence.margins(safe), np.nan)
+    scores = evidence.label_scores(safe)
+    return _finish(u, labels, scores, margin, None, window, tau, k, evidence.finite)

@@ -43,3 +43,9 @@ def test_pipeline_memory_short() -> None:
     pytest.importorskip("cv2")
     out = run("pipeline_memory.py", "--frames", "400", "--warmup", "100")
     assert "MiB" in out
+
+
+def test_bench_vs_run_short() -> None:
+    pytest.importorskip("torch")
+    out = run("bench_vs_run.py", "--short")
+    assert re.search(r"certify\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+", out), out

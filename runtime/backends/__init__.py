@@ -18,19 +18,21 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
-def open_backend(path: os.PathLike, provider: Optional[str] = None) -> Backend:
+def open_backend(path: os.PathLike, provider: Optional[str] = None,
+                 threads: Optional[int] = None) -> Backend:
     """Open ``path`` with the backend its suffix names.
 
     ``provider`` picks the onnxruntime execution provider ("cpu", "cuda",
     "tensorrt" or a full name; default CPU); for a ``.plan`` only None or
-    "tensorrt" make sense.
+    "tensorrt" make sense. ``threads``: onnxruntime's intra-op threads
+    (default: its own choice, one per core); engines ignore it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
         from .onnxrt import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, provider=provider)
+        return OnnxRuntimeBackend(path, provider=provider, threads=threads)
     if suffix in ENGINE_SUFFIXES:
         from .tensorrt import TensorRTBackend
 

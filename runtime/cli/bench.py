@@ -1,4 +1,4 @@
-"""pg-bench: where a frame's time goes (preprocess, inference, certification)."""
+"""pg-bench: where a frame's time goes (preprocess, inference, certification), as percentiles."""
 from __future__ import annotations
 
 import json
@@ -8,29 +8,48 @@ from typing import Any, Callable, Optional
 import click
 import numpy as np
 
-from ..console import Command
+from ..console import Command, progress
 from ..errors import PatchGuardError
 
 EXAMPLES = """
 \b
 Examples:
-  pg-bench --engine model.onnx                       # batch 1, a 640x480 frame
-  pg-bench --engine model.plan --batch 8 --frame 1280x720
-  pg-bench --synthetic-map 26x26x1000                # no model: BagNet-17-like maps
+  pg-bench --engine model.onnx --source clip.avi        # real frames, what pg-run sees
+  pg-bench --engine model.onnx --source drive.mcap --topic /camera/image_raw --budget-ms 33.3
+  pg-bench --engine model.plan --batch 8 --frame 1280x720 --threads 4
+  pg-bench --synthetic-map 26x26x1000                    # no model: BagNet-17-like maps
 \b
-Overhead = everything but inference: preprocessing the frame plus the
-certify stage (masking, the certificate and the certified patch size, the
-masked box), per frame. --synthetic-map skips inference and times that
-overhead on random local logits of the given size (a BagNet with r=17,
-s=8 and ImageNet's 224/256 centre crop, so the frame's footprint is real),
-16 maps from clearly uncertified to clearly certified, timed alike.
-The masking / certificate / certified_patch_size rows time the library
-calls on their own; certify_stage is what the pipeline runs per frame.
+Every stage is reported as mean, p50, p95, p99 and max in milliseconds.
+With --source the frames of a video, folder, glob or ROS bag go through the
+same Pipeline pg-run uses, and the rows are its per-frame latencies (pre,
+infer, certify; frame = their sum): certification costs more on real content
+(frames near the decision boundary) than on random frames. Without --source,
+random frames of --frame size are timed stage by stage (the library calls on
+their own, and certify_stage, what the pipeline runs per frame);
+--synthetic-map skips inference and times that overhead on random local
+logits (a BagNet with r=17, s=8 and ImageNet's 224/256 crop), 16 maps from
+clearly uncertified to clearly certified.
+\b
+Reading it against a frame budget (e.g. 33.3 ms at 30 FPS): the p99 of
+"frame" must stay under the budget for 99% of frames to be processed in
+time; p50 says what a typical frame costs; max shows stalls.
 """
 
+QUANTILES = (50, 95, 99)
 
-def timed(fn: Callable[[Any], Any], inputs: list[Any], iterations: int, warmup: int = 2) -> float:
-    """Mean milliseconds of ``fn(x)`` over ``iterations`` rounds through ``inputs``.
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    """mean, p50, p95, p99 and max of ``samples_ms`` (milliseconds), rounded to µs."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    found = {"mean": float(values.mean())}
+    found.update({f"p{q}": float(np.percentile(values, q)) for q in QUANTILES})
+    found["max"] = float(values.max())
+    found["n"] = int(values.size)
+    return {k: (round(v, 4) if k != "n" else v) for k, v in found.items()}
+
+
+def timed(fn: Callable[[Any], Any], inputs: list[Any], iterations: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of each ``fn(x)`` over ``iterations`` rounds through ``inputs``.
 
     Each input is timed alike, so a mix of easy and hard maps weighs evenly.
     """
@@ -41,8 +60,8 @@ def timed(fn: Callable[[Any], Any], inputs: list[Any], iterations: int, warmup: 
         for x in inputs:
             start = time.perf_counter()
             fn(x)
-            samples.append(time.perf_counter() - start)
-    return float(np.mean(samples)) * 1e3
+            samples.append((time.perf_counter() - start) * 1e3)
+    return samples
 
 
 def parse_map(text: str) -> tuple[int, int, int]:
@@ -80,39 +99,171 @@ def synthetic_logits(count: int, batch: int, h: int, w: int, classes: int,
     return maps
 
 
+def bench_source(pipeline: Any, frames: Any, batch: int, max_frames: Optional[int],
+                 warmup: int = 2) -> dict[str, Any]:
+    """Per-frame latencies of ``pipeline`` over a frame source, as pg-run measures them.
+
+    The first ``warmup`` batches (session start-up, caches) are run but not counted.
+    """
+    samples: dict[str, list[float]] = {"pre": [], "infer": [], "certify": [], "frame": []}
+    certified = counted = seen = 0
+    pending: list[Any] = []
+    batches = 0
+
+    def flush() -> None:
+        nonlocal certified, counted, batches
+        results = pipeline.run_batch([item.image for item in pending],
+                                     color=pending[0].color if pending else None)
+        batches += 1
+        if batches <= warmup:
+            return
+        for r in results:
+            for key in ("pre", "infer", "certify"):
+                samples[key].append(r.latency_ms[key])
+            samples["frame"].append(sum(r.latency_ms[k] for k in ("pre", "infer", "certify")))
+            certified += int(r.certified)
+            counted += 1
+
+    with progress(frames.length, "frames") as bar:
+        for item in frames:
+            if pending and item.color != pending[0].color:
+                flush()
+                pending.clear()
+            pending.append(item)
+            seen += 1
+            bar.update(1)
+            if len(pending) == batch:
+                flush()
+                pending.clear()
+            if max_frames is not None and seen >= max_frames:
+                break
+        if pending:
+            flush()
+    if counted == 0:
+        raise PatchGuardError(f"{frames.description} gave {seen} frames: too few to time after "
+                              f"{warmup} warm-up batches of {batch}")
+    return {"frames": counted, "warmup_frames": seen - counted,
+            "certified_fraction": round(certified / counted, 4),
+            "ms_per_frame": {k: percentiles(v) for k, v in samples.items()}}
+
+
+def _table(rows: dict[str, dict[str, float]], unit: str) -> list[str]:
+    lines = [f"  {'stage (' + unit + ')':<24}{'mean':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}"]
+    for key, s in rows.items():
+        lines.append(f"  {key:<24}{s['mean']:>9.3f}{s['p50']:>9.3f}{s['p95']:>9.3f}{s['p99']:>9.3f}"
+                     f"{s['max']:>9.3f}")
+    return lines
+
+
+def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list[str]:
+    if budget_ms is None:
+        return []
+    verdict = "fits" if frame_ms["p99"] <= budget_ms else "EXCEEDS"
+    return [f"  budget {budget_ms:.1f} ms/frame: p99 frame {frame_ms['p99']:.2f} ms {verdict} "
+            f"(p50 {frame_ms['p50']:.2f} ms, max {frame_ms['max']:.2f} ms)"]
+
+
 @click.command(cls=Command, epilog=EXAMPLES)
 @click.option("--engine", type=click.Path(dir_okay=False), default=None, help="Model: .onnx or .plan.")
+@click.option("--source", default=None,
+              help="Time real frames: a video, image folder, glob or ROS bag (as pg-run --source).")
+@click.option("--topic", default=None, help="Image topic of a ROS bag --source.")
+@click.option("--max-frames", type=int, default=None, help="With --source: stop after N frames.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
-@click.option("--frame", default="640x480", show_default=True, help="Camera frame size WxH.")
+@click.option("--threads", type=int, default=None,
+              help="onnxruntime intra-op threads [default: onnxruntime's choice, one per core].")
+@click.option("--frame", default="640x480", show_default=True, help="Random frame size WxH (no --source).")
 @click.option("--synthetic-map", default=None, help="HxWxC: time the overhead without a model.")
 @click.option("--patch-size", type=int, default=None,
               help="Patch side in camera pixels (default: the model's patch mapped to the frame).")
-@click.option("--iterations", type=int, default=100, show_default=True, help="Timed runs per stage.")
+@click.option("--iterations", type=int, default=100, show_default=True,
+              help="Timed runs per stage (no --source).")
+@click.option("--budget-ms", type=float, default=None,
+              help="Frame budget in ms (e.g. 33.3 for 30 FPS): say whether p99 fits.")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the figures to this JSON file.")
-def main(engine: Optional[str], batch: int, frame: str, synthetic_map: Optional[str],
-         patch_size: Optional[int], iterations: int, provider: Optional[str],
-         json_out: Optional[str]) -> None:
-    """Time preprocessing, inference and certification; print certification's share."""
-    from ..certificate import largest_certified
-    from ..defenses import certify, predict
+              help="Also write the figures to this JSON file ('-' for stdout only).")
+def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max_frames: Optional[int],
+         batch: int, threads: Optional[int], frame: str, synthetic_map: Optional[str],
+         patch_size: Optional[int], iterations: int, budget_ms: Optional[float],
+         provider: Optional[str], json_out: Optional[str]) -> None:
+    """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
     from ..files import write_text_atomic
-    from ..geometry import parse_pair
-    from ..pipeline import certify_maps
-    from ..preprocess import normalize, resize_plan, to_model_image
-    from ..footprint import camera_threat, patch_side
 
     if (engine is None) == (synthetic_map is None):
         raise PatchGuardError("give exactly one of --engine M or --synthetic-map HxWxC")
+    if source is not None and engine is None:
+        raise PatchGuardError("--source needs --engine (real frames go through the model)")
     if batch < 1 or iterations < 1:
         raise PatchGuardError("--batch and --iterations must be at least 1")
+    if threads is not None and threads < 1:
+        raise PatchGuardError(f"--threads must be at least 1, got {threads}")
+    if max_frames is not None and max_frames < 1:
+        raise PatchGuardError(f"--max-frames must be at least 1, got {max_frames}")
+    if budget_ms is not None and not budget_ms > 0:
+        raise PatchGuardError(f"--budget-ms must be positive, got {budget_ms}")
+    if source is not None:
+        report, lines = _bench_real(engine or "", source, topic, max_frames, batch, threads,
+                                    patch_size, provider, budget_ms)
+    else:
+        report, lines = _bench_stages(engine, synthetic_map, batch, threads, frame, patch_size,
+                                      iterations, provider, budget_ms)
+    if json_out == "-":
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo("\n".join(lines))
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=2) + "\n")
+
+
+def _bench_real(engine: str, source: str, topic: Optional[str], max_frames: Optional[int], batch: int,
+                threads: Optional[int], patch_size: Optional[int], provider: Optional[str],
+                budget_ms: Optional[float]) -> tuple[dict[str, Any], list[str]]:
+    from ..backends import open_backend
+    from ..pipeline import Pipeline
+    from ..sources import open_source
+
+    backend = open_backend(engine, provider=provider, threads=threads)
+    try:
+        pipeline = Pipeline(backend, patch_size=patch_size)
+        with open_source(source, topic=topic) as frames:
+            found = bench_source(pipeline, frames, batch, max_frames)
+            description = frames.description
+    finally:
+        backend.close()
+    stats = found["ms_per_frame"]
+    report = {"model": engine, "source": description, "backend": getattr(backend, "name", None),
+              "provider": getattr(backend, "provider", None), "threads": threads, "batch": batch,
+              **found, "budget_ms": budget_ms,
+              "frames_per_second_p50": round(1e3 / stats["frame"]["p50"], 1) if stats["frame"]["p50"] else None,
+              "certify_share_p50": round(stats["certify"]["p50"] / stats["frame"]["p50"], 4)
+              if stats["frame"]["p50"] else None}
+    lines = [f"{engine} on {description}: {found['frames']} frames timed (after "
+             f"{found['warmup_frames']} warm-up), batch {batch}, threads {threads or 'default'}, "
+             f"certified {100 * found['certified_fraction']:.0f}%"]
+    lines += _table(stats, "ms/frame")
+    lines.append(f"  p50: {report['frames_per_second_p50']} FPS; certification "
+                 f"{100 * (report['certify_share_p50'] or 0):.1f}% of the frame")
+    lines += _budget_line(stats["frame"], budget_ms)
+    return report, lines
+
+
+def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: int, threads: Optional[int],
+                  frame: str, patch_size: Optional[int], iterations: int, provider: Optional[str],
+                  budget_ms: Optional[float]) -> tuple[dict[str, Any], list[str]]:
+    from ..certificate import largest_certified
+    from ..defenses import certify, predict
+    from ..footprint import camera_threat, patch_side
+    from ..geometry import parse_pair
+    from ..pipeline import certify_maps
+    from ..preprocess import normalize, resize_plan, to_model_image
+
     fw, fh = parse_pair(frame, "--frame")
     backend: Any = None
     if engine is not None:
         from ..backends import open_backend
 
-        backend = open_backend(engine, provider=provider)
+        backend = open_backend(engine, provider=provider, threads=threads)
         record = backend.record
     else:
         record = synthetic_record(*parse_map(synthetic_map or ""))
@@ -129,55 +280,59 @@ def main(engine: Optional[str], batch: int, frame: str, synthetic_map: Optional[
         def pre(batch_frames: list[np.ndarray]) -> np.ndarray:
             return normalize(np.stack([to_model_image(f, record) for f in batch_frames]), record)
 
-        ms: dict[str, float] = {"preprocess": timed(pre, [frames], iterations)}
+        samples: dict[str, list[float]] = {"preprocess": timed(pre, [frames], iterations)}
         if backend is not None:
             x = pre(frames)
-            ms["inference"] = timed(backend.infer, [x], iterations)
+            samples["inference"] = timed(backend.infer, [x], iterations)
             maps = [backend.infer(x)]
         else:
             maps = synthetic_logits(16, batch, *record.map_size, record.num_classes)
         rounds = max(1, iterations // len(maps))
         window, windows = threat.window, list(threat.patch_windows)
         labelled = [(u, predict(u, window)) for u in maps]
-        ms["masking"] = timed(lambda u: predict(u, window), maps, rounds)
-        ms["certificate"] = timed(lambda p: certify(p[0], window, labels=p[1]), labelled, rounds)
-        ms["certified_patch_size"] = timed(
+        samples["masking"] = timed(lambda u: predict(u, window), maps, rounds)
+        samples["certificate"] = timed(lambda p: certify(p[0], window, labels=p[1]), labelled, rounds)
+        samples["certified_patch_size"] = timed(
             lambda p: largest_certified(p[0], window, windows, labels=p[1]), labelled, rounds)
-        ms["certify_stage"] = timed(lambda u: certify_maps(u, threat, record, 0.0, None), maps, rounds)
+        samples["certify_stage"] = timed(lambda u: certify_maps(u, threat, record, 0.0, None), maps, rounds)
         verdicts = [certify_maps(u, threat, record, 0.0, None) for u in maps]
         u = maps[0]
     finally:
         if backend is not None:
             backend.close()
 
+    stats = {k: percentiles(v) for k, v in samples.items()}
+    ms = {k: s["mean"] for k, s in stats.items()}
     per_frame = {k: v / batch for k, v in ms.items()}
     overhead = per_frame["preprocess"] + per_frame["certify_stage"]
     frame_ms = overhead + per_frame.get("inference", 0.0)
     report = {
-        "model": engine or f"synthetic {synthetic_map}",
+        "model": engine or f"synthetic {synthetic_map}", "frames": "random",
         "backend": getattr(backend, "name", None), "provider": getattr(backend, "provider", None),
-        "batch": batch, "frame": [fw, fh], "map": list(u.shape[1:]),
+        "threads": threads, "batch": batch, "frame": [fw, fh], "map": list(u.shape[1:]),
         "patch_px": threat.patch_px, "window": [a, b], "patch_sizes_scanned": len(windows),
         "certified_fraction": float(np.mean([v.certified for v in verdicts])),
         "certified_patch_px": sorted({int(p) for v in verdicts for p in v.certified_patch_px}),
         "ms_per_batch": {k: round(v, 4) for k, v in ms.items()},
         "ms_per_frame": {k: round(v, 4) for k, v in per_frame.items()},
+        "percentiles_ms_per_batch": stats,
         "overhead_ms_per_frame": round(overhead, 4),
         "frames_per_second": round(1e3 / frame_ms, 1) if frame_ms > 0 else None,
         "certify_share": round(per_frame["certify_stage"] / frame_ms, 4) if frame_ms > 0 else None,
+        "budget_ms": budget_ms,
     }
-    lines = [f"{report['model']}  batch {batch}, frame {fw}x{fh}, map {'x'.join(map(str, u.shape[1:]))}, "
-             f"patch {threat.patch_px} px -> mask {a}x{b} ({len(windows)} sizes scanned), "
-             f"certified {100 * report['certified_fraction']:.0f}% "
+    lines = [f"{report['model']}  batch {batch}, random {fw}x{fh} frames, map "
+             f"{'x'.join(map(str, u.shape[1:]))}, patch {threat.patch_px} px -> mask {a}x{b} "
+             f"({len(windows)} sizes scanned), certified {100 * report['certified_fraction']:.0f}% "
              f"(certified sizes seen: {report['certified_patch_px']} px)"]
-    lines.append(f"  {'stage':<22}{'ms/batch':>10}{'ms/frame':>10}{'frames/s':>10}")
-    for key, value in ms.items():
-        rate = batch * 1e3 / value if value > 0 else float("inf")
-        lines.append(f"  {key:<22}{value:>10.3f}{value / batch:>10.3f}{rate:>10.0f}")
-    lines.append(f"  overhead (all but inference): {overhead:.3f} ms/frame")
+    lines += _table(stats, "ms/batch")
+    lines.append(f"  overhead (all but inference): {overhead:.3f} ms/frame (mean)")
     if "inference" in per_frame:
         lines.append(f"  frame time {frame_ms:.3f} ms ({report['frames_per_second']} FPS); "
                      f"certification share {100 * report['certify_share']:.1f}%")
-    click.echo("\n".join(lines))
-    if json_out:
-        write_text_atomic(json_out, json.dumps(report, indent=2) + "\n")
+        lines.append("  random frames understate certification on real content: time real frames "
+                     "with --source")
+    if budget_ms is not None:
+        lines += [f"  budget {budget_ms:.1f} ms/frame: mean frame {frame_ms:.2f} ms "
+                  f"{'fits' if frame_ms <= budget_ms else 'EXCEEDS'} (use --source for p99 per frame)"]
+    return report, lines

@@ -42,32 +42,37 @@ def check_top_k(top_k: int) -> int:
     return int(top_k)
 
 
-def position_bounds(evidence: MaskEvidence, y: np.ndarray, patch: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Exact lower bound of y (B, P1, P2) and upper bounds of every class
-    (B, P1, P2, C), -inf for y itself, at every (pa, pb) patch position."""
+def _kth_upper(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.ndarray:
+    """The k-th largest upper bound (B, P1, P2) among the classes c != y at
+    every (pa, pb) position; -inf where fewer than k other classes exist."""
     (a, b), (pa, pb), thres = evidence.mask, patch, evidence.thres
-    side = _label_side(*evidence.label(y), evidence.mask, patch, thres)
-    shape = side.t.shape
-    n, i, j = (x.ravel() for x in np.indices(shape))
-    lower = _exact_lower(side, n, i, j, evidence.mask, patch, thres).reshape(shape)
     classes = evidence.totals.shape[1]
     _, exact, windows = evidence.ranked(classes)  # all classes, in class order
     upper = (exact[:, None, None, :] - containing_max(windows, a, b, pa, pb)) / (1.0 - thres)
     upper[np.arange(y.shape[0]), :, :, y] = -np.inf
-    return lower, upper
+    if k >= classes:
+        return np.full(upper.shape[:3], -np.inf)
+    # y's own entry is -inf, so the k-th largest of all C is that of the others.
+    return np.partition(upper, classes - k, axis=-1)[..., classes - k]
 
 
 def top_k_margins(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int = 1) -> np.ndarray:
     """Smallest ``lower - k-th largest other upper`` over positions (B,);
-    +inf when fewer than k other classes exist; NaN for maps with NaN/inf."""
-    lower, upper = position_bounds(evidence, y, patch)
-    classes = upper.shape[-1]
-    if k >= classes:
-        margin = np.full(y.shape[0], np.inf)
-    else:
-        # y's own entry is -inf, so the k-th largest of all C is that of the others.
-        kth = np.partition(upper, classes - k, axis=-1)[..., classes - k]
-        margin = (lower - kth).min(axis=(1, 2))
+    +inf when fewer than k other classes exist; NaN for maps with NaN/inf.
+
+    The exact lower bound is computed only where it can be the minimum: the
+    cheap bounds ``cheap <= lower <= cap`` of :mod:`.certificate` bracket the
+    margin at each position, and a position whose bracket starts above the
+    smallest bracket end cannot hold the minimum.
+    """
+    side = _label_side(*evidence.label(y), evidence.mask, patch, evidence.thres)
+    kth = _kth_upper(evidence, y, patch, k)
+    low, high = side.cheap - kth, side.cap - kth
+    margin = high.min(axis=(1, 2))
+    n, i, j = np.nonzero(low < margin[:, None, None])
+    if n.size:
+        exact = _exact_lower(side, n, i, j, evidence.mask, patch, evidence.thres) - kth[n, i, j]
+        np.minimum.at(margin, n, exact)
     return np.where(evidence.finite, margin, np.nan)
 
 

@@ -49,3 +49,9 @@ def test_bench_vs_run_short() -> None:
     pytest.importorskip("torch")
     out = run("bench_vs_run.py", "--short")
     assert re.search(r"certify\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+", out), out
+
+
+def test_feature_defenses_benchmark_short() -> None:
+    out = run("feature_defenses.py", "--short")
+    assert re.search(r"mask \d+\.\d+ ms \| double k=6 \d+\.\d+ ms", out), out
+    assert re.search(r"detection \d+\.\d+ ms \| top-3 certificate \d+\.\d+ ms", out), out

@@ -232,14 +232,6 @@ def _capture(target: Union[int, str], api: Optional[int] = None) -> Any:
     return capture if capture.isOpened() else None
 
 
-def open_camera(index: int) -> VideoStream:
-    """Camera ``index`` (``cv2.VideoCapture(index)``) or a one-line error naming it."""
-    capture = _capture(int(index))
-    if capture is None:
-        raise PatchGuardError(f"camera {index} cannot be opened (no such camera, or it is busy)")
-    return VideoStream(capture, f"camera {index}", live=True)
-
-
 def _has_gstreamer(cv2: Any) -> bool:
     for line in cv2.getBuildInformation().splitlines():
         if line.strip().startswith("GStreamer:"):
@@ -262,6 +254,8 @@ def open_source(source: str, topic: Optional[str] = None) -> FrameSource:
     if not source.strip():
         raise PatchGuardError("--source is empty; give a file, folder, glob, URL or pipeline")
     path = Path(source)
+    if source.startswith(("/dev/video", "/dev/v4l/")) or (source.strip().isdigit() and not path.exists()):
+        raise PatchGuardError(f"--source {source} looks like a camera: use --camera {source}")
     if is_bag(path):
         return open_bag(path, topic)
     if topic is not None:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from patchguard.runtime.camera import open_camera
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.metadata import ModelRecord
 from patchguard.runtime.sources import (
-    list_images, open_camera, open_source, read_image, read_image_folder,
+    list_images, open_source, read_image, read_image_folder,
 )
 
 cv2 = pytest.importorskip("cv2")

@@ -42,7 +42,12 @@ def _log_through(bar: Any) -> Any:
 @click.command(cls=Command, epilog=EXAMPLES + EXIT_STATUS)
 @click.option("--engine", "engine", type=click.Path(dir_okay=False), required=True,
               help="Exported model: .onnx (onnxruntime) or .plan (TensorRT, with its .plan.json).")
-@click.option("--camera", type=int, default=None, help="OpenCV camera index (e.g. 0 for /dev/video0).")
+@click.option("--camera", default=None,
+              help="Camera: an index (0), a device (/dev/video0) or a udev path (/dev/v4l/by-id/...).")
+@click.option("--camera-size", default=None, metavar="WxH", help="Ask the camera for this frame size.")
+@click.option("--camera-fps", type=float, default=None, help="Ask the camera for this frame rate.")
+@click.option("--reconnect", type=int, default=0, show_default=True,
+              help="Reopen a camera that stops delivering, up to N tries (back-off 0.5 s to 8 s).")
 @click.option("--source", default=None,
               help="Video file, image, folder (sorted), glob, RTSP/HTTP URL or GStreamer pipeline.")
 @click.option("--patch-size", type=int, default=None, help="Patch side in camera pixels.")
@@ -71,7 +76,8 @@ def _log_through(bar: Any) -> Any:
 @click.option("--value-range", type=float, nargs=2, default=None, metavar="LO HI",
               help="Map frames that are not uint8 (mono16, float) from LO..HI onto 0..255.")
 @click.pass_context
-def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optional[str],
+def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Optional[str],
+         camera_fps: Optional[float], reconnect: int, source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
          provider: Optional[str], jsonl: Optional[str], append: bool, jsonl_header: Optional[str],
          save_video: Optional[str], show: bool, max_frames: Optional[int], topic: Optional[str], save_bag: Optional[str],
@@ -83,10 +89,13 @@ def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optiona
     from ..preprocess import to_bgr8
     from ..resultstream import header_row
     from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
-    from ..sources import open_camera, open_source
+    from ..camera import open_camera
+    from ..sources import open_source
 
     if (camera is None) == (source is None):
         raise PatchGuardError("give exactly one of --camera N or --source S")
+    if camera is None and (camera_size or camera_fps or reconnect):
+        raise PatchGuardError("--camera-size, --camera-fps and --reconnect apply to --camera")
     if max_frames is not None and max_frames < 1:
         raise PatchGuardError(f"--max-frames must be at least 1, got {max_frames}")
     if append and not jsonl:
@@ -104,7 +113,8 @@ def main(ctx: click.Context, engine: str, camera: Optional[int], source: Optiona
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None))
         frames = stack.enter_context(
-            open_camera(camera) if camera is not None else open_source(source or "", topic=topic))
+            open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None
+            else open_source(source or "", topic=topic))
         # Outputs are created at the first result, and closed (finalised) last of all.
         header = None
         if jsonl or jsonl_header:

@@ -2,19 +2,29 @@
 
 Engines run only on the TensorRT version and GPU family that built them, so
 this step runs on the target itself (``pg-export --onnx model.onnx`` on the
-Jetson). The precision comes from the ONNX graph, never from a flag:
+Jetson). Every network is strongly typed, so the precision comes from the
+ONNX graph, never from a builder flag:
 
-- fp32 graph -> fp32 engine (weakly typed network, no precision flags);
-- fp16 graph (``NAME.fp16.onnx``) -> fp16 engine from a strongly typed network;
-- QDQ graph (``NAME.int8.onnx``) -> int8 engine from a strongly typed network.
+- fp32 graph -> fp32 engine;
+- fp16 graph (``NAME.fp16.onnx``) -> fp16 engine;
+- QDQ graph (``NAME.int8.onnx``) -> int8 engine.
 
 TensorRT 11 removed ``BuilderFlag.FP16``/``INT8`` and the calibrators and
 always builds strongly typed networks (its ``STRONGLY_TYPED`` creation flag is
-deprecated and ignored, so it is not passed). TensorRT 10 (JetPack 6 ships
-10.3) still has the flags but already supports strongly typed networks; it gets
-``1 << STRONGLY_TYPED`` for fp16/int8 graphs, so both versions build the same
-engine from the same file. One optimisation profile covers batch 1..max_batch
-(optimised for batch 1, the per-frame camera case).
+deprecated and ignored, so it is not passed). TensorRT 10 (JetPack 6.1/6.2
+ship 10.3) still has the flags, and weak typing is deprecated since 10.12; it
+gets ``1 << STRONGLY_TYPED`` for every precision, so 10 and 11 take one path
+and build the same engine from the same file.
+
+TF32: on Ampere and newer GPUs (every Orin) TensorRT lets fp32 convolutions
+and matrix products round their inputs to TF32 (10-bit mantissa) unless
+``BuilderFlag.TF32`` is cleared; ``tf32=False`` (``pg-export --no-tf32``)
+clears it for full fp32 products. fp16 and int8 engines are not affected.
+
+One optimisation profile covers batch 1..max_batch (optimised for batch 1, the
+per-frame camera case). BatchNormalization is folded into the convolutions
+before parsing (:mod:`.bnfold`): TensorRT 10.3's parser predates strongly typed
+mixed-precision BatchNormalization.
 """
 from __future__ import annotations
 
@@ -24,11 +34,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..runtime.backends.tensorrt import (
-    EngineInfo, cuda_runtime, device_facts, gpu_count, sidecar_path, sidecar_text, tensorrt_module,
+    EngineInfo, cuda_unavailable_reason, device_facts, sidecar_path, sidecar_text, tensorrt_module,
 )
 from ..runtime.errors import MissingDependencyError, PatchGuardError
 from ..runtime.files import atomic_path, write_text_atomic
 from ..runtime.metadata import ModelRecord
+from .bnfold import fold_batchnorm
 from .onnxfile import get_record, load_onnx, precision_of
 
 log = logging.getLogger(__name__)
@@ -45,6 +56,7 @@ TRT_BUILD_ATTRIBUTES = (
     "INetworkDefinition.num_outputs", "INetworkDefinition.get_output",
     "ITensor.name", "ITensor.shape",
     "IOptimizationProfile.set_shape", "IBuilderConfig.add_optimization_profile",
+    "IBuilderConfig.clear_flag", "BuilderFlag.TF32",
 )
 # Used only with TensorRT 10 (deprecated and ignored in 11).
 TRT10_BUILD_ATTRIBUTES = ("NetworkDefinitionCreationFlag.STRONGLY_TYPED",)
@@ -62,24 +74,18 @@ def engine_unavailable_reason() -> Optional[str]:
         return "tensorrt is not installed (pip install 'patchguard-edge[trt]'; JetPack ships it)"
     if tensorrt_major(trt) < 10:
         return f"TensorRT {trt.__version__} is too old (10 or newer needed)"
-    try:
-        cuda_runtime()
-    except MissingDependencyError:
-        return "cuda-python is not installed (pip install 'patchguard-edge[trt]')"
-    if gpu_count() == 0:
-        return "no CUDA GPU is visible"
-    return None
+    return cuda_unavailable_reason()
 
 
-def network_flags(trt: Any, precision: str) -> int:
-    """Creation flags: strongly typed for fp16/int8 graphs (implicit in TensorRT 11)."""
-    if precision == "fp32" or tensorrt_major(trt) >= 11:
+def network_flags(trt: Any) -> int:
+    """Creation flags: strongly typed on TensorRT 10 (always, and flag-free, on 11)."""
+    if tensorrt_major(trt) >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def _parse(trt: Any, builder: Any, logger: Any, data: bytes, precision: str, name: str) -> Any:
-    network = builder.create_network(network_flags(trt, precision))
+def _parse(trt: Any, builder: Any, logger: Any, data: bytes, name: str) -> Any:
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(data):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -93,11 +99,13 @@ def build_engine(
     plan_path: os.PathLike,
     max_batch: int = 8,
     record: Optional[ModelRecord] = None,
+    tf32: bool = True,
 ) -> EngineInfo:
     """Build ``plan_path`` (and its ``.json`` sidecar) from an exported ONNX file.
 
-    ``record`` defaults to the ONNX metadata. Both files appear atomically, or
-    neither does.
+    ``record`` defaults to the ONNX metadata. ``tf32=False`` keeps fp32
+    products in full fp32 (see the module docstring). Both files appear
+    atomically, or neither does.
     """
     if max_batch < 1:
         raise PatchGuardError(f"--max-batch must be at least 1, got {max_batch}")
@@ -109,12 +117,12 @@ def build_engine(
     model = load_onnx(onnx_path)
     record = record or get_record(model, str(onnx_path))
     precision = precision_of(model)
-    data = model.SerializeToString()
+    data = fold_batchnorm(model).SerializeToString()
     del model
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, logger, data, precision, onnx_path.name)
+    network, _parser = _parse(trt, builder, logger, data, onnx_path.name)
     if network.num_inputs != 1:
         raise PatchGuardError(f"{onnx_path.name} has {network.num_inputs} inputs; expected one")
     tensor = network.get_input(0)
@@ -122,11 +130,14 @@ def build_engine(
     if len(shape) != 4 or shape[0] != -1:
         raise PatchGuardError(f"{onnx_path.name} input is {shape}; expected (-1, C, H, W)")
     config = builder.create_builder_config()
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(tensor.name, (1, *shape[1:]), (1, *shape[1:]), (max_batch, *shape[1:]))
     config.add_optimization_profile(profile)
-    log.info("building a %s TensorRT %s engine from %s (batch 1..%d)",
-             precision, trt.__version__, onnx_path.name, max_batch)
+    log.info("building a %s TensorRT %s engine from %s (batch 1..%d, strongly typed%s)",
+             precision, trt.__version__, onnx_path.name, max_batch,
+             "" if precision != "fp32" else (", TF32 allowed" if tf32 else ", TF32 off"))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PatchGuardError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log)")

@@ -8,9 +8,12 @@ output's static size, so every shape-dependent line traces to constants and
 only the batch axis is left free.
 
 torch 2.14's ``torch.export``-based exporter (``dynamo=True``) is used: it
-folds BatchNorm into the convolutions and keeps the output's spatial axes
-static, where the TorchScript exporter leaves them symbolic. The TorchScript
-exporter remains as a fallback when the first one fails.
+keeps the output's spatial axes static, where the TorchScript exporter leaves
+them symbolic. The TorchScript exporter remains as a fallback when the first
+one fails. Both fold BatchNorm in eval mode today; :func:`.bnfold.fold_batchnorm`
+runs after either so that no BatchNormalization reaches the fp16 / int8 /
+TensorRT steps whatever the exporter does (TensorRT 10.3, JetPack 6's, may not
+parse one in a strongly typed fp16 graph).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from torch import nn
 
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
+from .bnfold import fold_batchnorm
 from .onnxfile import INPUT_NAME, OUTPUT_NAME, check_layout, onnx_module, set_record
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,7 @@ def export_onnx(model: nn.Module, record: ModelRecord, opset: int = DEFAULT_OPSE
             log.info("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
                      str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             proto = _torchscript_export(model, example, opset)
+    proto = fold_batchnorm(proto)
     proto.doc_string = f"{record.arch}: local logits (B, H, W, C) of a BagNet, PatchGuard-ready"
     check_layout(proto, record)
     return set_record(proto, record)

@@ -26,6 +26,7 @@ from ..runtime.errors import PatchGuardError
 from ..runtime.files import ensure_dir
 from ..runtime.metadata import ModelRecord
 from . import parity as parity_mod
+from .bnfold import fold_batchnorm
 from .onnxfile import load_onnx, precision_of, save_onnx
 from .probe import ProbeReport, probe_locality
 
@@ -137,7 +138,8 @@ def _convert(fp32_onnx: Path, record: ModelRecord, options: ExportOptions, stagi
     from .fp16 import to_fp16
 
     names = artifact_names(options.name)
-    given = load_onnx(fp32_onnx)
+    # A given ONNX (--onnx) may still hold BatchNormalization: fold it before fp16 (bnfold.py).
+    given = fold_batchnorm(load_onnx(fp32_onnx))
     precision = precision_of(given)
     made = [(names["fp32"], precision, fp32_onnx)] if staging.dir in fp32_onnx.parents else []
     for flag, wanted in (("--fp16", options.fp16), ("--int8", options.int8)):

@@ -11,6 +11,8 @@ s promise (a certificate computed on any other map would be unsound).
 from __future__ import annotations
 
 import abc
+import contextlib
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,12 +33,17 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     provider: str = ""
+    #: True where one device state (an execution context, one set of GPU buffers)
+    #: serves every call: ``infer`` calls then run one at a time, and ``close``
+    #: waits for a running one, so buffers are never freed under a kernel.
+    serial: bool = False
 
     def __init__(self, path: Path, record: ModelRecord, max_batch: Optional[int] = None) -> None:
         self.path = Path(path)
         self.record = record
         self.max_batch = max_batch
         self._closed = False
+        self._lock = threading.Lock()
 
     # -- checks shared by every backend ---------------------------------------------------
     def check_output_shape(self, shape: Sequence[object]) -> None:
@@ -81,12 +88,14 @@ class Backend(abc.ABC):
     # -- the public face --------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (B, C, H, W) -> local logits float32 (B, H', W', K)."""
-        if self._closed:
-            raise PatchGuardError(f"{self.path.name}: backend is closed")
         batch = self._check_input(batch)
         step = self.max_batch or len(batch)
-        # Engines have a largest batch (their optimisation profile); larger ones run in chunks.
-        parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+        with self._lock if self.serial else contextlib.nullcontext():
+            # Checked under the lock: a close() on another thread cannot slip in between.
+            if self._closed:
+                raise PatchGuardError(f"{self.path.name}: backend is closed")
+            # Engines have a largest batch (their optimisation profile); larger ones run in chunks.
+            parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         expected = (batch.shape[0], *self.record.map_size, self.record.num_classes)
         if tuple(out.shape) != expected:
@@ -97,8 +106,16 @@ class Backend(abc.ABC):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Run the checked, contiguous batch; return (B, H', W', K) logits."""
 
+    def _release(self) -> None:
+        """Free what the model holds (device buffers, streams); runs once, under the lock."""
+
     def close(self) -> None:
-        self._closed = True
+        """Release the model; waits for an ``infer`` running on another thread to finish."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._release()
 
     def __enter__(self) -> "Backend":
         return self

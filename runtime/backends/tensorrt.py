@@ -12,15 +12,14 @@ cuda-python < 12.6).
 
 Thread safety: :meth:`TensorRTBackend.infer` may be called from several
 threads; one execution context and one set of device buffers are shared, so
-calls are serialised by a lock (open one backend per thread to run them in
-parallel).
+calls, and ``close``, are serialised by the base class's lock (open one
+backend per thread to run them in parallel).
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -47,7 +46,8 @@ TRT_RUNTIME_ATTRIBUTES = (
 )
 # Every cuda-python runtime attribute used here and by export/engine.py.
 CUDA_ATTRIBUTES = (
-    "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaGetErrorString",
+    "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaGetErrorString", "cudaGetErrorName",
+    "cudaDriverGetVersion", "cudaRuntimeGetVersion", "cudaError_t.cudaErrorInsufficientDriver",
     "cudaMalloc", "cudaFree", "cudaMemcpyAsync", "cudaMemcpyKind.cudaMemcpyHostToDevice",
     "cudaMemcpyKind.cudaMemcpyDeviceToHost", "cudaStreamCreate", "cudaStreamSynchronize",
     "cudaStreamDestroy",
@@ -67,25 +67,112 @@ def cuda_runtime() -> Any:
         except ImportError:
             continue
     raise MissingDependencyError(
-        "cuda-python is not installed; install it with pip install 'patchguard-edge[trt]'"
+        "cuda-python is not installed; install it with pip install 'patchguard-edge[cuda]' "
+        "(cuda-python 12.x for CUDA 12 drivers such as JetPack 6's)"
     )
+
+
+# Likely causes of the CUDA errors a first deployment meets, by cudaError_t name.
+CUDA_ERROR_CAUSES = {
+    "cudaErrorNoDevice": "no GPU is visible to this process: check nvidia-smi (a Jetson: the user must be "
+                         "in the video and render groups) and CUDA_VISIBLE_DEVICES",
+    "cudaErrorSystemDriverMismatch": "the kernel driver and libcuda differ in version: reboot after a driver "
+                                     "update, or reinstall the driver",
+    "cudaErrorCompatNotSupportedOnDevice": "a cuda-compat libcuda is on the library path but this GPU cannot use "
+                                           "it: take it out of LD_LIBRARY_PATH",
+    "cudaErrorStubLibrary": "the CUDA toolkit's stub libcuda.so was loaded instead of the driver's: take the "
+                            "stubs folder out of LD_LIBRARY_PATH",
+    "cudaErrorDevicesUnavailable": "the GPU is busy in exclusive-process mode (nvidia-smi -c shows the mode)",
+    "cudaErrorMemoryAllocation": "out of GPU memory: lower --max-batch or free the GPU (a Jetson's GPU shares "
+                                 "system memory)",
+}
+
+
+def cuda_version_text(version: int) -> str:
+    """CUDA's integer version (12060) as "12.6"."""
+    return f"{version // 1000}.{(version % 1000) // 10}"
+
+
+def driver_fix(driver: int, runtime: int) -> str:
+    """What to do about cudaErrorInsufficientDriver, from both CUDA versions (ints, 0 = none)."""
+    if driver <= 0:
+        return "no NVIDIA driver is loaded on this machine (JetPack and the NVIDIA driver package ship it)"
+    major, minor = driver // 1000, (driver % 1000) // 10
+    return (
+        f"cuda-python here is built for CUDA {cuda_version_text(runtime)} but the driver supports CUDA "
+        f"{cuda_version_text(driver)}: install the cuda-python of the driver's CUDA, "
+        f"pip install 'cuda-python>={major},<{major}.{minor + 1}'"
+    )
+
+
+def _cuda_versions(cudart: Any) -> tuple[int, int]:
+    """(driver, runtime) CUDA versions as ints; 0 where unknown. Neither call needs a GPU."""
+    out = []
+    for call in ("cudaDriverGetVersion", "cudaRuntimeGetVersion"):
+        try:
+            err, value = getattr(cudart, call)()
+            out.append(int(value) if int(err) == 0 else 0)
+        except Exception:  # an old binding without the call: report "unknown"
+            out.append(0)
+    return out[0], out[1]
+
+
+def cuda_error_text(cudart: Any, err: Any, what: str) -> str:
+    """One line: the call, CUDA's error name and text, and the likely cause and fix."""
+    def decoded(call: str) -> str:
+        try:
+            value = getattr(cudart, call)(err)[1]
+        except Exception:  # never let the error path raise a second error
+            return ""
+        return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+    name = decoded("cudaGetErrorName") or getattr(err, "name", "") or f"error {int(err)}"
+    text = decoded("cudaGetErrorString")
+    message = f"CUDA {what} failed: {name}" + (f" ({text})" if text and text != name else "")
+    if name == "cudaErrorInsufficientDriver":
+        cause = driver_fix(*_cuda_versions(cudart))
+    else:
+        cause = CUDA_ERROR_CAUSES.get(name, "")
+    return f"{message}; {cause}" if cause else message
 
 
 def cuda_call(result: Any, what: str) -> Any:
     """Unpack cuda-python's ``(error, *values)`` tuples; raise on an error code."""
     err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
     if int(err) != 0:
-        cudart = cuda_runtime()
-        message = cudart.cudaGetErrorString(err)[1]
-        message = message.decode() if isinstance(message, bytes) else str(message)
-        raise PatchGuardError(f"CUDA {what} failed: {message}")
+        raise PatchGuardError(cuda_error_text(cuda_runtime(), err, what))
     if not values:
         return None
     return values[0] if len(values) == 1 else values
 
 
+def native_handle(obj: Any) -> int:
+    """The address behind a cuda-python object (stream); ``int()`` is deprecated from 13.0."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
+
+
+def cuda_unavailable_reason() -> Optional[str]:
+    """None when a CUDA GPU is usable here, else why not (one line, with the CUDA error and fix)."""
+    try:
+        cudart = cuda_runtime()
+    except MissingDependencyError as exc:
+        return str(exc)
+    try:
+        count = cuda_call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except PatchGuardError as exc:
+        return str(exc)
+    return None if count else "cudaGetDeviceCount found no CUDA GPU"
+
+
 def gpu_count() -> int:
-    """Number of CUDA devices, 0 when there is no driver, device or cuda-python."""
+    """Number of CUDA devices, 0 when there is no driver, device or cuda-python.
+
+    Why there are none is :func:`cuda_unavailable_reason`; say that, not "no GPU".
+    """
     try:
         cudart = cuda_runtime()
     except MissingDependencyError:
@@ -147,8 +234,9 @@ def read_sidecar(plan: os.PathLike) -> tuple[ModelRecord, EngineInfo]:
 def check_machine(info: EngineInfo, plan: Path) -> None:
     """Refuse an engine built by another TensorRT version or GPU family."""
     trt = tensorrt_module()
-    if gpu_count() == 0:
-        raise PatchGuardError(f"{plan.name} is a TensorRT engine and this machine has no usable CUDA GPU")
+    reason = cuda_unavailable_reason()
+    if reason:
+        raise PatchGuardError(f"{plan.name} is a TensorRT engine and no CUDA GPU is usable here: {reason}")
     gpu, capability = device_facts()
     found = {"TensorRT": trt.__version__, "GPU": gpu, "compute capability": capability}
     wanted = {"TensorRT": info.tensorrt_version, "GPU": info.gpu_name,
@@ -168,10 +256,36 @@ def _np_dtype(trt: Any, dtype: Any) -> np.dtype:
     return np.dtype(table[dtype])
 
 
+def engine_io(engine: Any, trt: Any, plan: Path, info: EngineInfo) -> tuple[str, str]:
+    """(input, output) tensor names of a deserialised engine, checked against its sidecar.
+
+    A BagNet engine has one image input and one local-logit output; an engine
+    with more (a detection head, an auxiliary output) would have only its first
+    output bound and read, so it is refused, as is one whose names are not the
+    ones the sidecar recorded at build time (the .plan was swapped).
+    """
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise PatchGuardError(
+            f"{plan.name} has inputs {inputs} and outputs {outputs}; a PatchGuard engine has one image "
+            "input and one local-logit output"
+        )
+    recorded = (info.input_name, info.output_name)
+    if any(want and want != got for want, got in zip(recorded, (inputs[0], outputs[0]))):
+        raise PatchGuardError(
+            f"{plan.name} has tensors {inputs[0]!r} -> {outputs[0]!r} but its sidecar recorded "
+            f"{recorded[0]!r} -> {recorded[1]!r}; the engine and its .json do not belong together"
+        )
+    return inputs[0], outputs[0]
+
+
 class TensorRTBackend(Backend):
-    """A TensorRT engine with its sidecar; ``infer`` is serialised by a lock."""
+    """A TensorRT engine with its sidecar; ``infer`` and ``close`` are serialised by a lock."""
 
     name = "tensorrt"
+    serial = True  # one execution context and one set of device buffers
 
     def __init__(self, path: os.PathLike, provider: Optional[str] = None) -> None:
         path = Path(path)
@@ -182,25 +296,21 @@ class TensorRTBackend(Backend):
         record, info = read_sidecar(path)
         super().__init__(path, record, max_batch=int(info.max_batch))
         self.info = info
+        self._buffers: list[int] = []
+        self._stream: Any = None
+        self._context: Any = None
+        self._engine: Any = None
         trt = tensorrt_module()
         check_machine(info, path)
         cudart = cuda_runtime()
         self._cudart = cudart
-        self._buffers: list[int] = []
-        self._stream = None
-        self._lock = threading.Lock()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise PatchGuardError(f"TensorRT could not deserialise {path.name} (corrupt or foreign engine)")
         self._engine = engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or not outputs:
-            raise PatchGuardError(f"{path.name} has inputs {inputs} and outputs {outputs}; expected one each")
-        self._input, self._output = inputs[0], outputs[0]
+        self._input, self._output = engine_io(engine, trt, path, info)
         self.check_output_shape([int(d) for d in engine.get_tensor_shape(self._output)])
         self._in_dtype = _np_dtype(trt, engine.get_tensor_dtype(self._input))
         self._out_dtype = _np_dtype(trt, engine.get_tensor_dtype(self._output))
@@ -212,8 +322,8 @@ class TensorRTBackend(Backend):
         per_image_out = int(np.prod(self._out_tail)) * self._out_dtype.itemsize
         try:
             self._stream = cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
-            self._d_in = self._malloc(per_image_in * self.max_batch)
-            self._d_out = self._malloc(per_image_out * self.max_batch)
+            self._d_in = self._malloc(per_image_in * int(info.max_batch))
+            self._d_out = self._malloc(per_image_out * int(info.max_batch))
         except PatchGuardError:
             self.close()
             raise
@@ -222,32 +332,31 @@ class TensorRTBackend(Backend):
     def _malloc(self, nbytes: int) -> int:
         ptr = cuda_call(self._cudart.cudaMalloc(nbytes), "cudaMalloc")
         self._buffers.append(ptr)
-        return ptr
+        return int(ptr)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        # Base.infer holds self._lock around this call (serial = True).
         cudart = self._cudart
         host_in = np.ascontiguousarray(batch, dtype=self._in_dtype)
         host_out = np.empty((batch.shape[0], *self._out_tail), dtype=self._out_dtype)
-        with self._lock:
-            ctx = self._context
-            if not ctx.set_input_shape(self._input, tuple(batch.shape)):
-                raise PatchGuardError(f"{self.path.name} rejected input shape {tuple(batch.shape)}")
-            ctx.set_tensor_address(self._input, int(self._d_in))
-            ctx.set_tensor_address(self._output, int(self._d_out))
-            cuda_call(cudart.cudaMemcpyAsync(
-                self._d_in, host_in.ctypes.data, host_in.nbytes,
-                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "copy to GPU")
-            if not ctx.execute_async_v3(int(self._stream)):
-                raise PatchGuardError(f"TensorRT failed to run {self.path.name}")
-            cuda_call(cudart.cudaMemcpyAsync(
-                host_out.ctypes.data, self._d_out, host_out.nbytes,
-                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "copy from GPU")
-            cuda_call(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        ctx = self._context
+        if not ctx.set_input_shape(self._input, tuple(batch.shape)):
+            raise PatchGuardError(f"{self.path.name} rejected input shape {tuple(batch.shape)}")
+        ctx.set_tensor_address(self._input, self._d_in)
+        ctx.set_tensor_address(self._output, self._d_out)
+        cuda_call(cudart.cudaMemcpyAsync(
+            self._d_in, host_in.ctypes.data, host_in.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "copy to GPU")
+        if not ctx.execute_async_v3(native_handle(self._stream)):
+            raise PatchGuardError(f"TensorRT failed to run {self.path.name}")
+        cuda_call(cudart.cudaMemcpyAsync(
+            host_out.ctypes.data, self._d_out, host_out.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "copy from GPU")
+        cuda_call(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return host_out
 
-    def close(self) -> None:
-        if self._closed:
-            return
+    def _release(self) -> None:
+        # Runs under the lock (Backend.close): no kernel is using these buffers.
         # Context before engine before runtime: TensorRT's documented teardown order.
         self._context = None
         self._engine = None
@@ -257,4 +366,3 @@ class TensorRTBackend(Backend):
         if self._stream is not None:
             self._cudart.cudaStreamDestroy(self._stream)
             self._stream = None
-        super().close()

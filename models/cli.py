@@ -16,6 +16,7 @@ Examples:
   pg-train --data fashion-mnist --out runs/fmnist            # the bundled default's recipe
   pg-train --data fashion-mnist --out runs/fmnist --resume   # continue after an interruption
   pg-train --data fashion-mnist --limit 512 --epochs 1 --out /tmp/smoke
+  pg-train --checkpoint model.pt --defense double --epochs 2 --lr 5e-4 --out runs/double
 """
 
 
@@ -40,9 +41,14 @@ Examples:
               help="Test images certified after each epoch (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--defense", type=click.Choice(["mask", "double"]), default="mask", show_default=True,
+              help="Train for robust masking (feature masking) or for feature-space double "
+                   "masking (the worst pair of masks).")
+@click.option("--masks-per-axis", type=int, default=6, show_default=True,
+              help="Double masking: masks per axis.")
 def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, epochs: int, batch_size: int,
          lr: float, patch_px: int, clip: Optional[float], flip: bool, limit: Optional[int],
-         eval_limit: int, seed: int, resume: bool) -> None:
+         eval_limit: int, seed: int, resume: bool, defense: str, masks_per_axis: int) -> None:
     """Train a BagNet with PatchGuard's feature masking and write checkpoints per epoch."""
     lazy_import("torch", "export")
     from ..runtime.files import ensure_dir
@@ -53,6 +59,8 @@ def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, ep
 
     if epochs < 1 or batch_size < 1:
         raise PatchGuardError("--epochs and --batch-size must be at least 1")
+    if masks_per_axis < 1:
+        raise PatchGuardError(f"--masks-per-axis must be at least 1, got {masks_per_axis}")
     init_state = None
     if checkpoint:
         model, record = load_checkpoint(checkpoint, arch=None if arch == "smallbagnet" else arch)
@@ -62,14 +70,16 @@ def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, ep
     (images, labels), evaluation, record = load_training_data(data, record, limit, eval_limit)
     out = ensure_dir(out_dir)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, clip=clip,
-                         seed=seed, eval_limit=eval_limit, flip=flip)
+                         seed=seed, eval_limit=eval_limit, flip=flip, defense=defense,
+                         masks_per_axis=masks_per_axis)
     click.echo(f"training {record.arch} (r={record.receptive_field}, s={record.stride}) on "
                f"{len(images)} images for {epochs} epochs -> {out}", err=True)
 
     def on_epoch(report) -> None:
         line = {"epoch": report.epoch, "loss": round(report.loss, 4), "seconds": round(report.seconds, 1)}
         if evaluation is not None:
-            line.update(mask_accuracy=report.accuracy, certified=report.certified)
+            key = "double_accuracy" if defense == "double" else "mask_accuracy"
+            line.update({key: report.accuracy, "certified": report.certified})
         with open(out / "history.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
         click.echo(json.dumps(line))

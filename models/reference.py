@@ -64,6 +64,36 @@ def masked_training_logits(
     return torch.where(true, total - largest, total) / cells
 
 
+def double_masked_training_logits(
+    u: torch.Tensor, labels: torch.Tensor, window: IntOrPair, masks_per_axis: IntOrPair = 6,
+    clip: Optional[float] = None,
+) -> torch.Tensor:
+    """Two-mask scores of the worst mask pair for the true class, per cell mean.
+
+    Feature-space double masking certifies y when every pair of masks leaves
+    y on top (:mod:`patchguard.runtime.double_masking`), so train on the pair
+    (i <= j, i = j included) that leaves y the smallest margin. The scores of
+    all pairs are one matrix product of v with the cells each pair keeps.
+    """
+    from ..runtime.double_masking import mask_set
+
+    v = clipped(u, clip)
+    batch, height, width, classes = v.shape
+    masks = mask_set((height, width), window, masks_per_axis)
+    covered = torch.zeros(masks.count, height, width, dtype=torch.bool)
+    for i in range(masks.count):
+        top, left, bottom, right = masks.box(i)
+        covered[i, top:bottom, left:right] = True
+    keep = ~(covered[:, None] | covered[None, :])                   # (M, M, H, W)
+    keep = keep.reshape(masks.count * masks.count, height * width).to(v.dtype)
+    scores = torch.einsum("bnc,pn->bpc", v.reshape(batch, height * width, classes), keep)
+    true = F.one_hot(labels, classes).bool()[:, None, :]            # (B, 1, C)
+    own = scores.masked_fill(~true, 0.0).sum(dim=2)
+    rival = scores.masked_fill(true, -math.inf).amax(dim=2)
+    worst = (own - rival).argmin(dim=1)                              # (B,)
+    return scores[torch.arange(batch), worst] / (height * width)
+
+
 def certify(
     u: torch.Tensor,
     window: IntOrPair,

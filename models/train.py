@@ -25,7 +25,9 @@ from ..runtime.metadata import ModelRecord
 from ..runtime.preprocess import normalize
 from .checkpoints import read_checkpoint, save_checkpoint, unwrap
 from .records import build_model
-from .reference import certify, masked_training_logits, robust_masking
+from .reference import (
+    certify, double_masked_training_logits, masked_training_logits, robust_masking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     eval_limit: int = 1000
     flip: bool = False
+    defense: str = "mask"       # "double": train for feature-space double masking
+    masks_per_axis: int = 6
 
 
 @dataclass
@@ -55,9 +59,12 @@ class EpochReport:
 
 def evaluate(
     model: torch.nn.Module, record: ModelRecord, x: torch.Tensor, y: torch.Tensor,
-    patch_px: int, batch_size: int = 500,
+    patch_px: int, batch_size: int = 500, defense: str = "mask", masks_per_axis: int = 6,
 ) -> tuple[float, float]:
-    """Robust-masking accuracy and certified accuracy with the reference defense."""
+    """Accuracy and certified accuracy: robust masking with the reference
+    defense, or double masking with the runtime's (numpy) one."""
+    from ..runtime.double_masking import double_masking_certified
+
     window = window_shape(patch_px, record.receptive_field, record.stride)
     model.eval()
     correct = certified = 0
@@ -65,6 +72,12 @@ def evaluate(
         for start in range(0, len(x), batch_size):
             u = model(x[start : start + batch_size]).double()
             labels = y[start : start + batch_size]
+            if defense == "double":
+                found, ok = double_masking_certified(u.numpy(), window, masks_per_axis=masks_per_axis,
+                                                     labels=labels.numpy())
+                correct += int((found == labels.numpy()).sum())
+                certified += int(ok.sum())
+                continue
             correct += int((robust_masking(u, window)[0] == labels).sum())
             certified += int(certify(u, window, labels=labels).sum())
     return correct / len(x), certified / len(x)
@@ -131,7 +144,11 @@ def train(
             if config.flip:
                 flip = torch.rand(len(xb)) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            logits = masked_training_logits(model(xb), yb, window, config.clip)
+            if config.defense == "double":
+                logits = double_masked_training_logits(model(xb), yb, window, config.masks_per_axis,
+                                                       config.clip)
+            else:
+                logits = masked_training_logits(model(xb), yb, window, config.clip)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -142,7 +159,9 @@ def train(
                 bar.update(1)
         report = EpochReport(epoch + 1, total_loss / steps_per_epoch, time.time() - began)
         if ev is not None:
-            report.accuracy, report.certified = evaluate(model, record, *ev, config.patch_px)
+            report.accuracy, report.certified = evaluate(
+                model, record, *ev, config.patch_px, defense=config.defense,
+                masks_per_axis=config.masks_per_axis)
         save_checkpoint(
             model, record, last, extra={
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),

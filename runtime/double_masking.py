@@ -121,6 +121,12 @@ def two_mask_scores(table: np.ndarray, masks: MaskSet) -> np.ndarray:
 
 def decide(scores: np.ndarray) -> np.ndarray:
     """PatchCleanser's decision (B,) from two-mask scores (B, M, M, C)."""
+    return decide_with_mask(scores)[0]
+
+
+def decide_with_mask(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PatchCleanser's decision (B,) and the mask (B,) whose second round
+    decided it (-1 when the first round was unanimous or the majority won)."""
     batch, _, _, classes = scores.shape
     pair = scores.argmax(axis=3)                                  # (B, M, M)
     first = np.diagonal(pair, axis1=1, axis2=2)                   # (B, M)
@@ -130,7 +136,9 @@ def decide(scores: np.ndarray) -> np.ndarray:
     agrees = (pair == first[:, :, None]).all(axis=2)              # second round unanimous
     winner = agrees & (first != majority[:, None])
     index = winner.argmax(axis=1)                                 # first in list order
-    return np.where(winner.any(axis=1), first[np.arange(batch), index], majority)
+    found = winner.any(axis=1)
+    labels = np.where(found, first[np.arange(batch), index], majority)
+    return labels, np.where(found, index, -1)
 
 
 def pair_margins(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -164,8 +172,14 @@ class DoubleMaskEvidence:
         return cls(scores, finite_maps(u), tolerance(table[:, -1, -1]), u.shape[1] * u.shape[2])
 
     def predictions(self) -> np.ndarray:
-        labels = decide(np.where(np.isfinite(self.scores), self.scores, 0.0))
-        return np.where(self.finite, labels, NO_LABEL).astype(np.int64)
+        return self.decision()[0]
+
+    def decision(self) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (B,) (:data:`NO_LABEL` for maps with NaN/inf) and the
+        deciding mask (B,) (-1: none, see :func:`decide_with_mask`)."""
+        labels, mask = decide_with_mask(np.where(np.isfinite(self.scores), self.scores, 0.0))
+        labels = np.where(self.finite, labels, NO_LABEL).astype(np.int64)
+        return labels, np.where(self.finite, mask, -1)
 
     def margins(self, y: np.ndarray) -> np.ndarray:
         """Smallest two-mask margin of y (B,), evidence units (NaN for maps with NaN/inf)."""

@@ -30,11 +30,78 @@ from typing import Optional
 
 import numpy as np
 
-from .detection import WindowReadout
-from .double_masking import DoubleMaskEvidence
-from .geometry import Pair
+from .detection import DEFAULT_TAU, WindowReadout, check_tau
+from .double_masking import DEFAULT_MASKS_PER_AXIS, DoubleMaskEvidence
+from .errors import PatchGuardError
+from .geometry import IntOrPair, Pair, as_pair
 from .masking import MaskEvidence, evidence_from
-from .topk import top_k_margins
+from .topk import check_top_k, top_k_margins
+
+#: Defenses a frame pipeline runs on the local logits.
+FRAME_DEFENSES = ("mask", "double")
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """How a pipeline reads each frame's map, beyond the threat model.
+
+    ``defense`` "mask" (robust masking) or "double" (feature-space double
+    masking, ``masks_per_axis`` per axis); ``tau`` the alert threshold of
+    provable detection; ``top_k`` how many classes ``top_k`` lists (and, for
+    "mask", certifies); a frame abstains (label -1, never certified) when its
+    confidence is below ``abstain_below`` or its spread below ``abstain_spread``.
+    """
+
+    defense: str = "mask"
+    masks_per_axis: Pair = (DEFAULT_MASKS_PER_AXIS, DEFAULT_MASKS_PER_AXIS)
+    tau: float = DEFAULT_TAU
+    top_k: int = 1
+    abstain_below: Optional[float] = None
+    abstain_spread: Optional[float] = None
+
+
+def frame_settings(
+    defense: str = "mask",
+    masks_per_axis: Optional[IntOrPair] = None,
+    tau: float = DEFAULT_TAU,
+    top_k: int = 1,
+    abstain_below: Optional[float] = None,
+    abstain_spread: Optional[float] = None,
+) -> FrameSettings:
+    """Checked :class:`FrameSettings` (every mistake one PatchGuardError)."""
+    if defense not in FRAME_DEFENSES:
+        raise PatchGuardError(
+            f"defense {defense!r} does not run per frame here; choose one of {', '.join(FRAME_DEFENSES)}")
+    if masks_per_axis is not None and defense != "double":
+        raise PatchGuardError(f"masks per axis apply to defense 'double', not {defense!r}")
+    per_axis = as_pair(masks_per_axis if masks_per_axis is not None else DEFAULT_MASKS_PER_AXIS,
+                       "masks per axis")
+    if abstain_below is not None:
+        try:
+            abstain_below = float(abstain_below)
+        except (TypeError, ValueError):
+            abstain_below = float("nan")
+        if not 0.0 <= abstain_below <= 1.0:
+            raise PatchGuardError(f"abstain-below (a confidence) must be in [0, 1], got {abstain_below}")
+    if abstain_spread is not None:
+        try:
+            abstain_spread = float(abstain_spread)
+        except (TypeError, ValueError):
+            abstain_spread = float("nan")
+        if not abstain_spread >= 0.0:
+            raise PatchGuardError(f"abstain-spread (logits) must be a number >= 0, got {abstain_spread}")
+    return FrameSettings(defense, per_axis, check_tau(tau), check_top_k(top_k), abstain_below,
+                         abstain_spread)
+
+
+def abstains(readouts: "Readouts", settings: FrameSettings) -> np.ndarray:
+    """(B,) frames whose confidence or spread is below the settings' thresholds."""
+    out = np.zeros(readouts.confidence.shape[0], dtype=bool)
+    if settings.abstain_below is not None:
+        out |= ~(readouts.confidence >= settings.abstain_below)  # NaN (no label) abstains too
+    if settings.abstain_spread is not None:
+        out |= ~(readouts.spread >= settings.abstain_spread)
+    return out
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,export,dev
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench device-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/certify.py
 	$(BIN)/python benchmarks/int8.py
+
+# On a GPU machine with TensorRT (a Jetson: see README, Jetson): engines, GPU providers, GPU tests.
+# Where TensorRT or a GPU is missing those steps print SKIP and the check still exits 0.
+device-check: $(STAMP)
+	PYTHON=$(BIN)/python bash tools/device_smoke.sh
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache .hypothesis

@@ -105,6 +105,9 @@ def _onnx_name(path: Path) -> str:
 @click.option("--name", default=None, help="Base name of the files (default: checkpoint / ONNX / arch name).")
 @click.option("--max-batch", type=int, default=8, show_default=True,
               help="Largest batch of the TensorRT engine (profile 1..N).")
+@click.option("--tf32/--no-tf32", default=True, show_default=True,
+              help="fp32 engines: let TensorRT round convolution/matmul inputs to TF32 on Ampere+ GPUs "
+                   "(every Orin), its default; --no-tf32 keeps full fp32 products. fp16/int8: no effect.")
 @click.option("--opset", type=int, default=None, help="ONNX opset of the PyTorch export  [default: 18].")
 @click.option("--engine/--no-engine", default=None,
               help="--engine: a TensorRT engine must be built (error if impossible); "
@@ -120,7 +123,7 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
          class_names: Optional[str], fp16: bool, int8: bool, calib_data: Optional[str], calib_size: int,
          int8_flavor: Optional[str], out_dir: str, name: Optional[str], max_batch: int, opset: Optional[int],
          engine: Optional[bool], random_init: bool, onnx_path: Optional[str], parity_data: Optional[str],
-         parity_n: int) -> None:
+         parity_n: int, tf32: bool) -> None:
     """Export a BagNet for deployment and check every artifact against the original."""
     from .pipeline import ExportOptions, run_export
 
@@ -137,7 +140,7 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         if reason:
             raise PatchGuardError(f"--engine: cannot build a TensorRT engine: {reason}")
     common = dict(fp16=fp16, int8=int8, calib_data=calib_data, calib_size=calib_size,
-                  int8_flavor=int8_flavor, max_batch=max_batch, engine=engine,
+                  int8_flavor=int8_flavor, max_batch=max_batch, engine=engine, tf32=tf32,
                   parity_data=parity_data, parity_n=parity_n)
 
     if onnx_path is not None:

@@ -71,7 +71,8 @@ def engine_unavailable_reason() -> Optional[str]:
     try:
         trt = tensorrt_module()
     except MissingDependencyError:
-        return "tensorrt is not installed (pip install 'patchguard-edge[trt]'; JetPack ships it)"
+        return ("tensorrt is not installed (x86-64: pip install 'patchguard-edge[trt]'; Jetson: JetPack's "
+                "python3-libnvinfer, seen from a venv made with --system-site-packages)")
     if tensorrt_major(trt) < 10:
         return f"TensorRT {trt.__version__} is too old (10 or newer needed)"
     return cuda_unavailable_reason()

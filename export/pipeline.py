@@ -46,6 +46,7 @@ class ExportOptions:
     calib_size: int = 256
     int8_flavor: Optional[str] = None  # None: "tensorrt" when an engine is built, else "cpu"
     max_batch: int = 8
+    tf32: bool = True  # fp32 engines may use TF32 products (TensorRT's default); False: --no-tf32
     engine: Optional[bool] = None  # None: build when possible; True: must; False: never
     parity_data: Optional[str] = None
     parity_n: int = 16
@@ -176,7 +177,7 @@ def _engine(fp32_onnx: Path, record: ModelRecord, options: ExportOptions, stagin
         source = staging.path(names["fp16"])
     if options.int8 and flavor != "tensorrt":
         result.notes.append(f"engine built from {source.name}: the {flavor} int8 flavour is not for TensorRT")
-    info = build_engine(source, staging.path(names["engine"]), options.max_batch, record)
+    info = build_engine(source, staging.path(names["engine"]), options.max_batch, record, tf32=options.tf32)
     return names["engine"], info.precision, staging.path(names["engine"])
 
 
@@ -195,8 +196,8 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
     rows = []
     for label, precision, path in artifacts:
         tolerance = parity_mod.TOLERANCE.get(precision)
-        if path.suffix == ".plan" and precision == "fp32":
-            tolerance = parity_mod.ENGINE_FP32_TOLERANCE
+        if path.suffix == ".plan" and precision == "fp32" and options.tf32:
+            tolerance = parity_mod.ENGINE_FP32_TOLERANCE  # TF32 products; --no-tf32 keeps fp32's
         with _open(path) as backend:
             got = parity_mod.run_backend(backend, inputs, options.max_batch)
             rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window, tolerance))

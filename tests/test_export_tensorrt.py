@@ -114,6 +114,19 @@ def test_engine_matches_onnxruntime(engines, precision, tolerance, batch):
 
 
 @needs_engine
+def test_no_tf32_engine_keeps_fp32_products(tmp_path):
+    from patchguard.export.engine import build_engine
+    from patchguard.runtime.backends import open_backend
+
+    source = export_small(tmp_path)
+    build_engine(source, tmp_path / "full.plan", max_batch=4, tf32=False)
+    x = np.random.default_rng(7).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    with open_backend(source) as reference, open_backend(tmp_path / "full.plan") as engine:
+        want, got = reference.infer(x), engine.infer(x)
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+@needs_engine
 def test_engine_sidecar_and_refusals(engines):
     import tensorrt as trt
 

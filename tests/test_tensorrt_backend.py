@@ -9,6 +9,7 @@ Stand-ins replace only TensorRT's engine object, which cannot exist without a GP
 """
 from __future__ import annotations
 
+import sys
 import threading
 import types
 from pathlib import Path
@@ -196,3 +197,20 @@ def test_engine_whose_names_differ_from_its_sidecar_is_refused(sidecar_info):
     engine = StandInEngine([("images", "INPUT"), ("logits", "OUTPUT")])
     with pytest.raises(PatchGuardError, match="do not belong together"):
         engine_io(engine, TRT, plan, info)
+
+
+def test_driver_that_cannot_be_loaded_is_named(monkeypatch):
+    # cuda-bindings 12.6 (what JetPack 6 gets) raises from cudaGetDeviceCount when
+    # libcuda.so.1 is missing, where 13.x returns cudaErrorInsufficientDriver; this is
+    # the text 12.6.2.post1 raised on a machine without a driver.
+    def no_driver():
+        raise RuntimeError("Failed to dlopen libcuda.so.1")
+
+    stand_in = types.SimpleNamespace(cudaGetDeviceCount=no_driver)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", stand_in)
+    reason = cuda_unavailable_reason()
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("cuda-python cannot load the NVIDIA driver (Failed to dlopen libcuda.so.1)")
+    from patchguard.runtime.backends.tensorrt import gpu_count
+
+    assert gpu_count() == 0

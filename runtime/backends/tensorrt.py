@@ -162,10 +162,23 @@ def cuda_unavailable_reason() -> Optional[str]:
     except MissingDependencyError as exc:
         return str(exc)
     try:
-        count = cuda_call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+        result = cudart.cudaGetDeviceCount()
+    except RuntimeError as exc:
+        return driver_load_failure(exc)
+    try:
+        count = cuda_call(result, "cudaGetDeviceCount")
     except PatchGuardError as exc:
         return str(exc)
     return None if count else "cudaGetDeviceCount found no CUDA GPU"
+
+
+def driver_load_failure(exc: BaseException) -> str:
+    """cuda-bindings 12.6-12.8 raise (not return an error) when libcuda.so.1 cannot be loaded."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (
+        f"cuda-python cannot load the NVIDIA driver ({first}): no driver is installed, or libcuda.so.1 "
+        "is not on the library path (a container needs the GPU passed in, e.g. --runtime nvidia)"
+    )
 
 
 def gpu_count() -> int:
@@ -177,7 +190,10 @@ def gpu_count() -> int:
         cudart = cuda_runtime()
     except MissingDependencyError:
         return 0
-    err, count = cudart.cudaGetDeviceCount()
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except RuntimeError:  # libcuda.so.1 missing (see driver_load_failure)
+        return 0
     return int(count) if int(err) == 0 and count else 0
 
 

@@ -124,8 +124,12 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, data, onnx_path.name)
-    if network.num_inputs != 1:
-        raise PatchGuardError(f"{onnx_path.name} has {network.num_inputs} inputs; expected one")
+    if network.num_inputs != 1 or network.num_outputs != 1:
+        # The backend binds one input and one output; an engine with more is refused there too.
+        raise PatchGuardError(
+            f"{onnx_path.name} has {network.num_inputs} inputs and {network.num_outputs} outputs; "
+            "expected one image input and one local-logit output"
+        )
     tensor = network.get_input(0)
     shape = tuple(int(d) for d in tensor.shape)
     if len(shape) != 4 or shape[0] != -1:
@@ -142,7 +146,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PatchGuardError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log)")
-    output_name = network.get_output(0).name if network.num_outputs else ""
+    output_name = network.get_output(0).name
     gpu, capability = device_facts()
     info = EngineInfo(
         tensorrt_version=str(trt.__version__), gpu_name=gpu, compute_capability=capability,

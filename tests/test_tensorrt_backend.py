@@ -214,3 +214,12 @@ def test_driver_that_cannot_be_loaded_is_named(monkeypatch):
     from patchguard.runtime.backends.tensorrt import gpu_count
 
     assert gpu_count() == 0
+
+
+def test_stream_handle_for_execute_async_v3():
+    # int() of a cuda-python object is deprecated from cuda-bindings 13.0 (get_cuda_native_handle);
+    # 12.x has no cuda.bindings.utils. Either way TensorRT gets the stream's address.
+    from patchguard.runtime.backends.tensorrt import native_handle
+
+    runtime = cudart()
+    assert native_handle(runtime.cudaStream_t(12345)) == 12345

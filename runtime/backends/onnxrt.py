@@ -157,13 +157,15 @@ def load_session(
         options.intra_op_num_threads = int(threads)
     chain: ProviderChain = [(CPU_EP, {})]
     try:
-        if provider != CPU_EP:
-            # The GPU providers need the input's name and shape before the session exists.
+        if provider == TRT_EP:
+            # The TensorRT EP's profile needs the input's name and shape before the session exists.
             probe = ort.InferenceSession(str(path), sess_options=options, providers=[CPU_EP])
             first = probe.get_inputs()[0]
             chw = [d if isinstance(d, int) else 1 for d in first.shape[1:]]
-            chain = provider_chain(provider, path, first.name, chw, precision or precision_from_name(path))
             del probe
+            chain = provider_chain(provider, path, first.name, chw, precision or precision_from_name(path))
+        elif provider != CPU_EP:
+            chain = provider_chain(provider, path, "", ())
         return ort.InferenceSession(str(path), sess_options=options,
                                     providers=[name for name, _ in chain],
                                     provider_options=[opts for _, opts in chain])

@@ -118,10 +118,10 @@ def _drop_unused_initializers(graph: Any) -> None:
     used = {name for node in graph.node for name in node.input}
     used |= {out.name for out in graph.output}
     kept = [init for init in graph.initializer if init.name in used]
+    removed = {init.name for init in graph.initializer} - {init.name for init in kept}
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    # Old graphs list initializers among the inputs too; drop those entries with them.
-    names = {init.name for init in graph.initializer}
-    inputs = [value for value in graph.input if value.name in names or value.name in used]
+    # Old graphs list initializers among the inputs too; drop the removed ones' entries, nothing else.
+    inputs = [value for value in graph.input if value.name not in removed]
     del graph.input[:]
     graph.input.extend(inputs)

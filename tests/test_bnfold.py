@@ -132,3 +132,28 @@ def test_pg_export_from_an_onnx_with_batchnorm(bn_small, tmp_path):
     rows = {row["artifact"]: row for row in json.loads((out / "bnsmall.parity.json").read_text())["rows"]}
     assert rows["bnsmall.fp16.onnx"]["within_tolerance"] is True
     assert rows["bnsmall.int8.onnx"]["prediction_agreement"] >= 0.9
+
+
+def test_conv_with_bias_in_an_old_style_graph():
+    # Initializers also listed as graph inputs (IR < 4 style), a biased, grouped Conv:
+    # folded exactly, the image input kept, the folded-away statistics' input entries gone.
+    helper = onnx.helper
+    rng = np.random.default_rng(5)
+    arrays = {"w": rng.standard_normal((4, 2, 3, 3)), "cb": rng.standard_normal(4),
+              "g": rng.uniform(0.5, 1.5, 4), "b": rng.standard_normal(4),
+              "m": rng.standard_normal(4), "v": rng.uniform(0.2, 2.0, 4)}
+    inits = [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
+    nodes = [helper.make_node("Conv", ["x", "w", "cb"], ["c"], name="conv", group=2),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn", epsilon=1e-3)]
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 6, 6])]
+    inputs += [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(a.shape)) for n, a in arrays.items()]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 4, 4])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    want = run(model, x)
+    folded = fold_batchnorm(model)
+    onnx.checker.check_model(folded)
+    assert batchnorm_count(folded) == 0
+    assert [v.name for v in folded.graph.input] == ["x"]
+    assert np.abs(run(folded, x) - want).max() <= 1e-5 * np.abs(want).max()

@@ -23,6 +23,7 @@ builds dominate; ``--no-bagnet17`` leaves them out).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import platform
@@ -143,9 +144,12 @@ def export_models(report: Report, out: Path, onnx_dir: Optional[Path], bagnet17:
                         "(tools/device_smoke.sh there) and rerun here with --onnx-dir OUT")
             continue
         args = ["--fp16", "--int8", "--no-engine", "--out", str(folder), "--name", name, *extra]
-        start = time.perf_counter()
-        if report.attempt(f"export {name}", lambda a=args: pg_export(a) or
-                          f"fp32 + fp16 + int8 in {time.perf_counter() - start:.0f} s"):
+
+        def export(args: list[str] = args) -> str:
+            start = time.perf_counter()
+            pg_export(args)
+            return f"fp32 + fp16 + int8 in {time.perf_counter() - start:.0f} s"
+        if report.attempt(f"export {name}", export):
             folders[name] = folder
     return folders
 
@@ -267,16 +271,19 @@ def gpu_steps(report: Report, folders: dict[str, Path], out: Path, iterations: i
                 label = precision if tf32 or precision != "fp32" else "fp32 --no-tf32"
                 plan = out / "engines" / f"{name}.{label.replace(' --', '-')}.plan"
                 plan.parent.mkdir(parents=True, exist_ok=True)
-                start = time.perf_counter()
-                if report.attempt(f"TensorRT engine {name} {label}", lambda s=path, d=plan, t=tf32: (
-                        build_engine(s, d, max_batch=8, tf32=t) and f"built in {time.perf_counter() - start:.0f} s")):
+
+                def build(source: Path = path, plan: Path = plan, tf32: bool = tf32) -> str:
+                    start = time.perf_counter()
+                    build_engine(source, plan, max_batch=8, tf32=tf32)
+                    return f"built in {time.perf_counter() - start:.0f} s"
+                if report.attempt(f"TensorRT engine {name} {label}", build):
                     plans[label] = plan
             for label, plan in plans.items():
                 precision = label.split()[0]
                 tolerance = (TOLERANCE["fp32"] if label == "fp32 --no-tf32" else
                              ENGINE_FP32_TOLERANCE if precision == "fp32" else TOLERANCE[precision])
                 row = {"model": name, "artifact": plan.name, "precision": label, "backend": "tensorrt"}
-                measure(report, f"TensorRT backend {name} {label}", lambda p=plan: open_backend(p),
+                measure(report, f"TensorRT backend {name} {label}", functools.partial(open_backend, plan),
                         inputs, reference, row, tolerance, iterations)
         for ep, short in ((CUDA_EP, "cuda"), (TRT_EP, "tensorrt")):
             if ep not in providers:
@@ -285,7 +292,7 @@ def gpu_steps(report: Report, folders: dict[str, Path], out: Path, iterations: i
                 row = {"model": name, "artifact": path.name, "precision": precision, "backend": f"onnxruntime {short}"}
                 tolerance = ENGINE_FP32_TOLERANCE if precision == "fp32" else TOLERANCE[precision]
                 measure(report, f"onnxruntime {short} {name} {precision}",
-                        lambda p=path, s=short: OnnxRuntimeBackend(p, provider=s), inputs, reference, row,
+                        functools.partial(OnnxRuntimeBackend, path, provider=short), inputs, reference, row,
                         tolerance, iterations)
 
 

@@ -2,18 +2,16 @@
 
 Loaders build (Polygraphy style): each step is one small call from the
 modules beside this one; this module only orders them and stages the files.
-Everything is written into a hidden staging folder inside ``--out`` and moved
-into place at the very end, so a failed export (probe refused, parity out of
-tolerance, TensorRT error) leaves no file behind and old artifacts untouched.
+Everything is written into a hidden staging folder inside ``--out`` and
+committed at the very end with a manifest (:mod:`patchguard.runtime.artifacts`),
+so a failed or killed export (probe refused, parity out of tolerance, TensorRT
+error, SIGKILL) leaves the earlier set of artifacts, or the whole new one.
 
 Torch-free: the PyTorch reference, when there is one, arrives as a callable.
 """
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,8 +20,8 @@ import numpy as np
 
 from ..runtime.backends.base import Backend
 from ..runtime.backends.onnxrt import OnnxRuntimeBackend
+from ..runtime.artifacts import Staging, manifest_name
 from ..runtime.errors import PatchGuardError
-from ..runtime.files import ensure_dir
 from ..runtime.metadata import ModelRecord
 from . import parity as parity_mod
 from .bnfold import fold_batchnorm
@@ -65,43 +63,13 @@ def artifact_names(name: str) -> dict[str, str]:
     return {
         "fp32": f"{name}.onnx", "fp16": f"{name}.fp16.onnx", "int8": f"{name}.int8.onnx",
         "engine": f"{name}.plan", "sidecar": f"{name}.plan.json", "parity": f"{name}.parity.json",
+        "manifest": manifest_name(name),
     }
 
 
 # Below these, a quantized artifact gets a warning in the export report.
 MIN_AGREEMENT = 0.98
 MAX_CERTIFIED_DROP = 2.0
-
-
-class Staging:
-    """A hidden folder in ``out`` whose files move into ``out`` on :meth:`commit`."""
-
-    def __init__(self, out: Path, name: str) -> None:
-        self.out = ensure_dir(out)
-        try:
-            self.dir = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=self.out))
-        except OSError as exc:
-            raise PatchGuardError(f"cannot write into {self.out}: {exc.strerror}") from None
-
-    def path(self, filename: str) -> Path:
-        return self.dir / filename
-
-    def commit(self, stale: list[Path]) -> list[Path]:
-        moved = []
-        for item in sorted(self.dir.iterdir()):
-            if item.name.startswith("."):
-                continue  # leftovers of atomic writes
-            target = self.out / item.name
-            os.replace(item, target)
-            moved.append(target)
-        for path in stale:
-            if path.exists() and path not in moved:
-                log.info("removing %s: left from an earlier export of this name", path)
-                path.unlink()
-        return moved
-
-    def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _int8(fp32: Path, target: Path, record: ModelRecord, options: ExportOptions, flavor: str) -> None:
@@ -265,11 +233,17 @@ def finish_export(
         result.rows = _parity(artifacts, fp32_onnx, record, options, staging, reference, reference_label)
         result.notes.extend(_agreement_warnings(result.rows))
     # A fresh PyTorch export makes older artifacts of the same name stale (an old
-    # engine beside new weights would run the wrong model); from --onnx, keep them.
+    # engine beside new weights would run the wrong model): they are removed, with a
+    # warning each. From --onnx they stay, and join the new manifest.
     names = artifact_names(options.name)
-    stale = [options.out / names[k] for k in ("fp16", "int8", "engine", "sidecar")]
-    stale = stale if fresh_weights else []
-    result.files = staging.commit([p for p in stale if p.resolve() != fp32_onnx.resolve()])
+    earlier = [names[k] for k in ("fp32", "fp16", "int8", "engine", "sidecar", "parity")
+               if (options.out / names[k]).is_file() and not staging.path(names[k]).exists()]
+    remove, keep = (earlier, []) if fresh_weights else ([], earlier)
+    for filename in remove:
+        result.notes.append(f"warning: removed {options.out / filename}, left from an earlier export "
+                            "of this name (it belongs to other weights); ask for it again to rebuild it")
+    result.notes.extend(staging.notes)
+    result.files = staging.commit(keep=keep, remove=remove)
     return result
 
 
@@ -289,8 +263,7 @@ def run_export(
     """
     if (write_fp32 is None) == (onnx_path is None):
         raise PatchGuardError("run_export needs either write_fp32 or onnx_path")
-    staging = Staging(options.out, options.name)
-    try:
+    with Staging(options.out, options.name) as staging:
         if write_fp32 is not None:
             fp32 = staging.path(artifact_names(options.name)["fp32"])
             write_fp32(fp32)
@@ -298,5 +271,3 @@ def run_export(
             fp32 = Path(onnx_path)
         return finish_export(fp32, record, options, staging, reference, reference_label,
                              fresh_weights=write_fp32 is not None)
-    finally:
-        staging.discard()

@@ -102,7 +102,7 @@ def test_bagnet17_parity_report(b17):
         assert 0.0 <= row["certificate_agreement"] <= 1.0
         assert 0.0 <= row["prediction_agreement"] <= 1.0
     assert "cert agree" in b17["output"] and "b17.fp16.onnx" in b17["output"]
-    assert visible_files(b17["out"]) == ["b17.fp16.onnx", "b17.onnx", "b17.parity.json"]
+    assert visible_files(b17["out"]) == ["b17.fp16.onnx", "b17.manifest.json", "b17.onnx", "b17.parity.json"]
 
 
 # -- the bundled default, --onnx without torch ----------------------------------------------------
@@ -133,7 +133,7 @@ def test_export_from_onnx_never_imports_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(out)) == ["small.fp16.onnx", "small.parity.json"]
+    assert sorted(os.listdir(out)) == ["small.fp16.onnx", "small.manifest.json", "small.parity.json"]
     report = json.loads((out / "small.parity.json").read_text())
     assert report["reference"] == "small.onnx in onnxruntime"
     assert report["rows"][0]["precision"] == "fp16"
@@ -216,7 +216,7 @@ def test_no_engine_is_one_line_note(tmp_path):
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("no TensorRT engine built")]
     assert len(notes) == 1
-    assert visible_files(tmp_path) == ["smallbagnet.onnx", "smallbagnet.parity.json"]
+    assert visible_files(tmp_path) == ["smallbagnet.manifest.json", "smallbagnet.onnx", "smallbagnet.parity.json"]
 
 
 def test_class_names_file(tmp_path):
@@ -256,7 +256,11 @@ def test_fresh_export_removes_stale_artifacts_of_the_same_name(tmp_path):
     result = run_cli(["--arch", "smallbagnet", "--random-init", "--out", str(tmp_path), "--no-engine",
                       "--parity-n", "2"])
     assert result.exit_code == 0, result.output
-    assert visible_files(tmp_path) == ["other.plan", "smallbagnet.onnx", "smallbagnet.parity.json"]
+    assert visible_files(tmp_path) == ["other.plan", "smallbagnet.manifest.json", "smallbagnet.onnx",
+                                       "smallbagnet.parity.json"]
+    # Each removal is a warning line, not a silent info message.
+    for stale in ("smallbagnet.plan", "smallbagnet.plan.json", "smallbagnet.int8.onnx"):
+        assert f"warning: removed {tmp_path / stale}" in result.output
 
 
 def test_export_from_onnx_on_a_machine_without_onnxruntime(tmp_path):

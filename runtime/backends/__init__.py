@@ -29,6 +29,7 @@ def open_backend(path: os.PathLike, provider: Optional[str] = None,
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    _finish_interrupted_export(path.parent)
     if suffix in ONNX_SUFFIXES:
         from .onnxrt import OnnxRuntimeBackend
 
@@ -41,6 +42,19 @@ def open_backend(path: os.PathLike, provider: Optional[str] = None,
         f"cannot tell the backend of {path.name}: expected one of "
         f"{', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)}"
     )
+
+
+def _finish_interrupted_export(folder: Path) -> None:
+    """A pg-export killed in its commit leaves a journal; finish it before loading, so
+    the model read is the whole new set, never half of it (:mod:`..artifacts`)."""
+    if not any(folder.glob(".*.commit.json")):
+        return
+    import logging
+
+    from ..artifacts import recover
+
+    for line in recover(folder):
+        logging.getLogger(__name__).warning("%s", line)
 
 
 __all__ = ["Backend", "open_backend", "ONNX_SUFFIXES", "ENGINE_SUFFIXES"]

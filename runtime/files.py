@@ -23,9 +23,9 @@ def ensure_dir(folder: os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output folder {path}: {exc.strerror}") from None
+        raise PatchGuardError(f"cannot create output folder {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK):
-        raise OutputError(f"output folder {path} is not writable")
+        raise PatchGuardError(f"output folder {path} is not writable")
     return path
 
 
@@ -135,7 +135,10 @@ class LineFile:
 
     def _open(self) -> int:
         path = Path(self.target)
-        ensure_dir(path.parent if str(path.parent) else Path("."))
+        try:
+            ensure_dir(path.parent if str(path.parent) else Path("."))
+        except PatchGuardError as exc:  # mid-run: an output failure, not a usage error
+            raise OutputError(str(exc)) from None
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         if not self.append:
             flags |= os.O_TRUNC

@@ -274,7 +274,7 @@ def test_export_from_onnx_on_a_machine_without_onnxruntime(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "locality probe and parity report skipped" in done.stderr
-    assert sorted(os.listdir(out)) == ["small.fp16.onnx"]
+    assert sorted(os.listdir(out)) == ["small.fp16.onnx", "small.manifest.json"]
 
 
 def test_parity_on_an_image_folder(tmp_path):

@@ -172,13 +172,16 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
                 )
             record = record.replace(class_names=tuple(names))
         options = ExportOptions(out=Path(out_dir), name=name or default_name, **common)
+        what = (f"r={record.receptive_field}, s={record.stride}" if record.is_local
+                else f"{record.defense.kind} defense")
         click.echo(f"exporting {record.arch} ({record.num_classes} classes, input "
-                   f"{record.input_size[0]}x{record.input_size[1]}, r={record.receptive_field}, "
-                   f"s={record.stride}) -> {options.out}/{options.name}.*", err=True)
+                   f"{record.input_size[0]}x{record.input_size[1]}, {what}) -> "
+                   f"{options.out}/{options.name}.*", err=True)
         result = run_export(
             options, record,
             write_fp32=lambda path: save_onnx(export_onnx(model, record, opset or DEFAULT_OPSET), path),
-            reference=torch_reference(model), reference_label="PyTorch",
+            # View defenses score hundreds of views per input: larger reference batches.
+            reference=torch_reference(model, batch=8 if record.is_local else 512), reference_label="PyTorch",
         )
 
     from .parity import format_table

@@ -1,5 +1,9 @@
 """PyTorch BagNet -> ONNX: local logits with a dynamic batch axis.
 
+An ordinary classifier run by a view defense (its record has a ``defense``
+entry) exports the same way with logits (B, K) out: the view defense needs
+no locality, so nothing about its receptive field is claimed or probed.
+
 The exported graph maps float32 (B, C, H, W) to the local logits u, float32
 (B, H', W', K), with H' = floor((H - r) / s) + 1. The batch axis stays
 symbolic; the spatial size is fixed per export (``--input-size``): the
@@ -20,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +34,7 @@ from torch import nn
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
 from .bnfold import fold_batchnorm
-from .onnxfile import INPUT_NAME, OUTPUT_NAME, check_layout, onnx_module, set_record
+from .onnxfile import INPUT_NAME, check_layout, onnx_module, output_name, set_record
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -58,26 +63,26 @@ def _quiet_exporter():
 
 def _example(record: ModelRecord) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(_EXAMPLE_BATCH, record.in_channels, *record.input_size, generator=generator)
+    return torch.randn(_EXAMPLE_BATCH, record.model_channels, *record.input_size, generator=generator)
 
 
-def _dynamo_export(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
+def _dynamo_export(model: nn.Module, example: torch.Tensor, opset: int, output: str) -> Any:
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
-        model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        model, (example,), None, input_names=[INPUT_NAME], output_names=[output],
         dynamic_shapes=({0: batch},), dynamo=True, opset_version=opset, verbose=False,
     )
     return program.model_proto
 
 
-def _torchscript_export(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
+def _torchscript_export(model: nn.Module, example: torch.Tensor, opset: int, output: str) -> Any:
     import io
 
     onnx = onnx_module()
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        model, (example,), buffer, input_names=[INPUT_NAME], output_names=[output],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}},
         dynamo=False, opset_version=opset,
     )
     return onnx.load_from_string(buffer.getvalue())
@@ -96,28 +101,33 @@ def export_onnx(model: nn.Module, record: ModelRecord, opset: int = DEFAULT_OPSE
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise PatchGuardError(
-                f"{record.arch} does not run on {record.in_channels}x{record.input_size[0]}x"
+                f"{record.arch} does not run on {record.model_channels}x{record.input_size[0]}x"
                 f"{record.input_size[1]} inputs: {first}"
             ) from None
-    if out.ndim != 4 or out.shape[0] != _EXAMPLE_BATCH:
-        raise PatchGuardError(
-            f"{record.arch} returns {tuple(out.shape)}, not local logits (B, H, W, C)"
-        )
+    # Rank only for a BagNet: a map of the wrong size is the probe's to refuse, with its reasons.
+    expected = (_EXAMPLE_BATCH, *record.output_shape)
+    if out.ndim != len(expected) or out.shape[0] != _EXAMPLE_BATCH or (
+            not record.is_local and tuple(out.shape) != expected):
+        what = "local logits (B, H, W, C)" if record.is_local else f"logits (B, {record.num_classes})"
+        raise PatchGuardError(f"{record.arch} returns {tuple(out.shape)}, not {what}")
+    output = output_name(record)
     with _quiet_exporter(), torch.no_grad():
         try:
-            proto = _dynamo_export(model, example, opset)
+            proto = _dynamo_export(model, example, opset, output)
         except Exception as exc:  # the exporter raises many kinds; fall back once
             log.info("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
                      str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            proto = _torchscript_export(model, example, opset)
+            proto = _torchscript_export(model, example, opset, output)
     proto = fold_batchnorm(proto)
-    proto.doc_string = f"{record.arch}: local logits (B, H, W, C) of a BagNet, PatchGuard-ready"
+    proto.doc_string = (f"{record.arch}: local logits (B, H, W, C) of a BagNet, PatchGuard-ready"
+                        if record.is_local else
+                        f"{record.arch}: logits (B, C) of a classifier for the {record.defense.kind} defense")
     check_layout(proto, record)
     return set_record(proto, record)
 
 
 def torch_reference(model: nn.Module, batch: int = 8) -> Callable[[np.ndarray], np.ndarray]:
-    """``inputs (N, C, H, W) float32 -> local logits (N, H', W', K)`` of the PyTorch model."""
+    """``inputs (N, C, H, W) float32 -> outputs`` (local logits or logits) of the PyTorch model."""
     model = model.eval()
 
     def run(inputs: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ Torch-free on purpose: ``pg-export --onnx model.onnx`` on a Jetson runs this
 with only the ``onnx`` package. The model record travels in the metadata
 entry ``patchguard`` (DESIGN section 6). Graph input ``input``: float32
 (B, C, H, W) with a symbolic batch axis; graph output ``local_logits``:
-float32 (B, H', W', K).
+float32 (B, H', W', K) for a BagNet, ``logits`` (B, K) for an ordinary
+classifier run by a view defense (DESIGN section 9).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..runtime.metadata import METADATA_KEY, ModelRecord
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "local_logits"
+VIEW_OUTPUT_NAME = "logits"
 PRODUCER = "patchguard-edge"
 PRECISIONS = ("fp32", "fp16", "int8")
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -41,6 +43,11 @@ def load_onnx(path: os.PathLike) -> Any:
     if not model.graph.node:
         raise PatchGuardError(f"{path} is not an ONNX model: its graph is empty")
     return model
+
+
+def output_name(record: ModelRecord) -> str:
+    """The graph output's name: local logits for a BagNet, logits for a view defense's classifier."""
+    return OUTPUT_NAME if record.is_local else VIEW_OUTPUT_NAME
 
 
 def set_record(model: Any, record: ModelRecord) -> Any:
@@ -92,15 +99,16 @@ def io_shapes(model: Any) -> tuple[list[Any], list[Any]]:
 def check_layout(model: Any, record: ModelRecord) -> None:
     """The input is (batch, C, H, W) with a symbolic batch and the record's size."""
     shape_in, shape_out = io_shapes(model)
-    expected = [record.in_channels, *record.input_size]
+    expected = [record.model_channels, *record.input_size]
     if len(shape_in) != 4 or list(shape_in[1:]) != expected:
         raise PatchGuardError(f"model input is {shape_in}, expected (batch, {expected})")
     if isinstance(shape_in[0], int) and shape_in[0] > 0:
         raise PatchGuardError(
             f"model input has a fixed batch of {shape_in[0]}; the batch axis must be dynamic"
         )
-    if len(shape_out) != 4:
-        raise PatchGuardError(f"model output is {shape_out}, expected local logits (B, H, W, C)")
+    if len(shape_out) != 1 + len(record.output_shape):
+        what = "local logits (B, H, W, C)" if record.is_local else "logits (B, C)"
+        raise PatchGuardError(f"model output is {shape_out}, expected {what}")
 
 
 def save_onnx(model: Any, path: os.PathLike) -> Path:

@@ -9,6 +9,12 @@ logits u (N, H, W, K) on the same N inputs are compared with a reference
   (Algorithm 2, each map's own prediction) with the mask window of the
   record's default patch, T = 0, no clipping (``patchguard.runtime``).
 
+For a view defense's classifier (DESIGN section 9) the comparison runs
+through the views: every view a frame can need (PatchCleanser: all two-mask
+views) is scored by the reference and by the artifact, and the defense's
+decisions and certificates from both sets of logits are compared
+(:func:`view_logits`, :func:`compare_views`).
+
 Torch-free: the caller passes reference logits and backends.
 """
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +32,7 @@ from ..runtime.errors import PatchGuardError
 from ..runtime.files import write_text_atomic
 from ..runtime.geometry import window_size
 from ..runtime.metadata import ModelRecord
+from ..runtime.views import ViewRunner, score_views, view_runner
 
 
 # Largest max_rel each precision may show; fp32 beyond it fails the export.
@@ -90,6 +97,39 @@ def compare(
                      tolerance, within, agree_pred, agree_cert, cert_ref, cert_art)
 
 
+def parity_runner(record: ModelRecord, score: Callable[[np.ndarray], np.ndarray],
+                  max_batch: Optional[int] = None) -> ViewRunner:
+    """The view defense of ``record`` against its default patch, scoring with ``score``."""
+    patch = record.default_patch_px or max(1, min(record.input_size) // 7)
+    return view_runner(record, (patch, patch), score, max_batch)
+
+
+def view_logits(record: ModelRecord, score: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
+                max_batch: Optional[int] = None) -> np.ndarray:
+    """Logits (N, V, K) of every view of each input (N, C, H, W), frame by frame (bounded memory)."""
+    runner = parity_runner(record, score, max_batch)
+    out = [score_views(score, runner.all_views(inputs[n : n + 1]), max_batch) for n in range(len(inputs))]
+    return np.stack(out).astype(np.float32)
+
+
+def compare_views(artifact: str, precision: str, backend_name: str, record: ModelRecord,
+                  reference: np.ndarray, candidate: np.ndarray, tolerance: Optional[float]) -> ParityRow:
+    """A report row for a view defense: logits of all views, and the defense's decisions from them."""
+    if reference.shape != candidate.shape:
+        raise PatchGuardError(f"{artifact} gives view logits {candidate.shape}, the reference {reference.shape}")
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    runner = parity_runner(record, lambda v: v)
+    pred_ref, c_ref = runner.from_logits(reference)
+    pred_art, c_art = runner.from_logits(candidate)
+    within = None if tolerance is None else bool(max_rel <= tolerance)
+    return ParityRow(artifact, precision, backend_name, int(len(reference)), max_abs, max_rel, tolerance,
+                     within, float(np.mean(pred_ref == pred_art)), float(np.mean(c_ref == c_art)),
+                     float(c_ref.mean()), float(c_art.mean()))
+
+
 def format_table(rows: Sequence[ParityRow]) -> str:
     """A small fixed-width table for the terminal."""
     def pct(value: float) -> str:
@@ -116,11 +156,20 @@ def write_report(
     inputs: str, window: int,
 ) -> None:
     """``NAME.parity.json``: the rows plus what they were measured against."""
-    data = {
-        "reference": reference, "inputs": inputs, "window": [window, window],
-        "defense": "mask", "thres": 0.0, "clip": None, "arch": record.arch, "input_size": list(record.input_size),
-        "map_size": list(record.map_size), "rows": [asdict(r) for r in rows],
-    }
+    if record.is_local:
+        data = {
+            "reference": reference, "inputs": inputs, "window": [window, window],
+            "defense": "mask", "thres": 0.0, "clip": None, "arch": record.arch,
+            "input_size": list(record.input_size), "map_size": list(record.map_size),
+            "rows": [asdict(r) for r in rows],
+        }
+    else:
+        data = {
+            "reference": reference, "inputs": inputs, "defense": record.to_dict()["defense"],
+            "arch": record.arch, "input_size": list(record.input_size),
+            "compared": "logits of every view, and the defense's labels and certificates from them",
+            "rows": [asdict(r) for r in rows],
+        }
     write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 

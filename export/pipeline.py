@@ -154,21 +154,35 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
             reference_label: str) -> list[parity_mod.ParityRow]:
     """Compare every artifact with the reference, write NAME.parity.json, refuse a bad fp32."""
     inputs, inputs_label = parity_mod.parity_inputs(record, options.parity_data, options.parity_n)
-    window = parity_mod.parity_window(record)
+    views = not record.is_local
+    window = 0 if views else parity_mod.parity_window(record)
+
+    def outputs(score: Reference, max_batch: Optional[int] = None) -> np.ndarray:
+        # A view defense is compared on every view of each input, not on the inputs.
+        if views:
+            return parity_mod.view_logits(record, score, inputs, max_batch)
+        return score(inputs)
+
     if reference is None:
         with OnnxRuntimeBackend(fp32_onnx) as base:
-            expected = parity_mod.run_backend(base, inputs)
+            expected = outputs(base.infer) if views else parity_mod.run_backend(base, inputs)
         reference_label = f"{fp32_onnx.name} in onnxruntime"
     else:
-        expected = reference(inputs)
+        expected = outputs(reference)
     rows = []
     for label, precision, path in artifacts:
         tolerance = parity_mod.TOLERANCE.get(precision)
         if path.suffix == ".plan" and precision == "fp32" and options.tf32:
             tolerance = parity_mod.ENGINE_FP32_TOLERANCE  # TF32 products; --no-tf32 keeps fp32's
         with _open(path) as backend:
-            got = parity_mod.run_backend(backend, inputs, options.max_batch)
-            rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window, tolerance))
+            if views:
+                got = outputs(backend.infer, backend.max_batch)
+                rows.append(parity_mod.compare_views(label, precision, backend.name, record, expected, got,
+                                                     tolerance))
+            else:
+                got = parity_mod.run_backend(backend, inputs, options.max_batch)
+                rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window,
+                                               tolerance))
     parity_mod.write_report(staging.path(artifact_names(options.name)["parity"]), rows, record,
                             reference_label, inputs_label, window)
     for row in rows:
@@ -217,7 +231,10 @@ def finish_export(
 
     result = ExportResult(record)
     checks = reference is not None or _has_onnxruntime()
-    if checks:
+    if checks and not record.is_local:
+        result.notes.append(f"{record.defense.kind} defense: an ordinary classifier, any receptive field "
+                            "(no locality probe)")
+    elif checks:
         result.probe = probe_locality(fp32_onnx, record)
         log.info("locality probe passed: %s map, no change outside the r=%d receptive field",
                  "x".join(map(str, record.map_size)), record.receptive_field)

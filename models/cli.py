@@ -1,9 +1,8 @@
-"""pg-train: train or fine-tune a BagNet with feature masking."""
+"""pg-train: train or fine-tune a BagNet with feature masking, or a classifier for a view defense."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import click
 
@@ -17,14 +16,26 @@ Examples:
   pg-train --data fashion-mnist --out runs/fmnist --resume   # continue after an interruption
   pg-train --data fashion-mnist --limit 512 --epochs 1 --out /tmp/smoke
   pg-train --checkpoint model.pt --defense double --epochs 2 --lr 5e-4 --out runs/double
+  pg-train --defense cleanser --epochs 20 --out runs/cleanser  # PatchCleanser's CNN (k = 6, 5 px patch)
 """
+
+# --defense: "mask" and "double" train a BagNet (local logits); view defenses
+# ("cleanser") an ordinary classifier on the views that defense shows it.
+TRAIN_DEFENSES = ("mask", "double", "cleanser")
+LOCAL_DEFENSES = ("mask", "double")
+DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn"}
 
 
 @click.command(cls=Command, epilog=EXAMPLES)
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="'fashion-mnist' (Debian dataset-fashion-mnist) or an image folder, one sub-folder per class.")
-@click.option("--arch", default="smallbagnet", show_default=True,
-              help="smallbagnet (28x28 images), bagnet9, bagnet17 or bagnet33.")
+@click.option("--defense", type=click.Choice(TRAIN_DEFENSES), default="mask", show_default=True,
+              help="mask: a BagNet with PatchGuard's feature masking; double: a BagNet for feature-space "
+                   "double masking (the worst pair of masks); cleanser: an ordinary CNN with "
+                   "PatchCleanser's random one- and two-mask cutouts.")
+@click.option("--arch", default=None,
+              help="smallbagnet (28x28 images), bagnet9, bagnet17 or bagnet33 for --defense mask; "
+                   "cnn for view defenses [default: smallbagnet / cnn].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Start from these weights (fine-tuning); any supported checkpoint layout.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
@@ -39,18 +50,23 @@ Examples:
 @click.option("--limit", type=int, default=None, help="Train on the first N images only (smoke tests).")
 @click.option("--eval-limit", type=int, default=1000, show_default=True,
               help="Test images certified after each epoch (0: none).")
+@click.option("--masks-per-axis", "masks_per_axis", type=int, default=6, show_default=True,
+              help="double, cleanser: k masks per axis (k x k masks).")
+@click.option("--fill", type=float, default=0.0, show_default=True,
+              help="cleanser: value of masked pixels after normalisation (0: the mean colour).")
+@click.option("--cnn-config", "cnn_config", default=None,
+              help='cnn: layout as JSON, e.g. \'{"stem": [3, 2, 24], "stages": [[48, 1, 2], [96, 1, 2]]}\' '
+                   "(stem kernel/stride/channels; per stage channels/blocks/stride) [default: per input size].")
+@click.option("--threads", type=int, default=None,
+              help="Torch CPU threads (1 is fastest on a busy machine) [default: torch's].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
-@click.option("--defense", type=click.Choice(["mask", "double"]), default="mask", show_default=True,
-              help="Train for robust masking (feature masking) or for feature-space double "
-                   "masking (the worst pair of masks).")
-@click.option("--masks-per-axis", type=int, default=6, show_default=True,
-              help="Double masking: masks per axis.")
-def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, epochs: int, batch_size: int,
-         lr: float, patch_px: int, clip: Optional[float], flip: bool, limit: Optional[int],
-         eval_limit: int, seed: int, resume: bool, defense: str, masks_per_axis: int) -> None:
-    """Train a BagNet with PatchGuard's feature masking and write checkpoints per epoch."""
-    lazy_import("torch", "export")
+def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None, out_dir: str,
+         epochs: int, batch_size: int, lr: float, patch_px: int, clip: float | None, flip: bool,
+         limit: int | None, eval_limit: int, masks_per_axis: int, fill: float,
+         cnn_config: str | None, threads: int | None, seed: int, resume: bool) -> None:
+    """Train a BagNet with PatchGuard's feature masking (or a view defense's classifier), checkpoints per epoch."""
+    torch = lazy_import("torch", "export")
     from ..runtime.files import ensure_dir
     from .checkpoints import load_checkpoint
     from .data import load_training_data
@@ -61,13 +77,32 @@ def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, ep
         raise PatchGuardError("--epochs and --batch-size must be at least 1")
     if masks_per_axis < 1:
         raise PatchGuardError(f"--masks-per-axis must be at least 1, got {masks_per_axis}")
+    if threads is not None:
+        if threads < 1:
+            raise PatchGuardError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    arch = arch or DEFAULT_ARCH[defense]
     init_state = None
     if checkpoint:
-        model, record = load_checkpoint(checkpoint, arch=None if arch == "smallbagnet" else arch)
+        model, record = load_checkpoint(checkpoint, arch=None if arch == DEFAULT_ARCH[defense] else arch)
         init_state = model.state_dict()
     else:
         record = record_for(arch)
+    if cnn_config is not None:
+        if checkpoint or record.arch != "cnn":
+            raise PatchGuardError("--cnn-config applies to a fresh --arch cnn only")
+        record = record.replace(config=_parse_cnn_config(cnn_config))
+    local = defense in LOCAL_DEFENSES
+    if local != record.is_local:
+        raise PatchGuardError(f"--defense {defense} cannot train {record.arch}: "
+                              + ("it is not a BagNet" if local else "it is a BagNet; use --arch cnn"))
     (images, labels), evaluation, record = load_training_data(data, record, limit, eval_limit)
+    if not local:
+        _train_views(record, images, labels, evaluation, Path(ensure_dir(out_dir)), init_state,
+                     epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, flip=flip,
+                     seed=seed, eval_limit=eval_limit, masks_per_axis=masks_per_axis, fill=fill,
+                     resume=resume)
+        return
     out = ensure_dir(out_dir)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, clip=clip,
                          seed=seed, eval_limit=eval_limit, flip=flip, defense=defense,
@@ -75,28 +110,93 @@ def train_main(data: str, arch: str, checkpoint: Optional[str], out_dir: str, ep
     click.echo(f"training {record.arch} (r={record.receptive_field}, s={record.stride}) on "
                f"{len(images)} images for {epochs} epochs -> {out}", err=True)
 
+    bars = _Bars()
+    try:
+        final = train(record, images, labels, Path(out), config, eval_data=evaluation,
+                      init_state=init_state, resume=resume,
+                      on_epoch=_history_writer(out, evaluation is not None,
+                                               "double_accuracy" if defense == "double" else "mask_accuracy"),
+                      progress=bars.make)
+    finally:
+        bars.close()
+    click.echo(f"wrote {final}")
+
+
+def _parse_cnn_config(text: str) -> dict:
+    try:
+        config = json.loads(text)
+        stem = [int(v) for v in config["stem"]]
+        stages = [[int(v) for v in stage] for stage in config["stages"]]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PatchGuardError(f"--cnn-config is not a layout ({exc}); e.g. "
+                              '{"stem": [3, 2, 24], "stages": [[48, 1, 2], [96, 1, 2]]}') from None
+    if len(stem) != 3 or not stages or any(len(s) != 3 for s in stages) or \
+            min(stem + [v for s in stages for v in s]) < 1:
+        raise PatchGuardError("--cnn-config: stem is [kernel, stride, channels] and each stage "
+                              "[channels, blocks, stride], all at least 1")
+    return {"stem": stem, "stages": stages}
+
+
+class _Bars:
+    """The progress bar the trainer asks for, closed whatever happens."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def make(self, total: int):
+        self.bar = progress(total, "train")
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+
+def _history_writer(out: Path, evaluated: bool, accuracy_name: str):
     def on_epoch(report) -> None:
         line = {"epoch": report.epoch, "loss": round(report.loss, 4), "seconds": round(report.seconds, 1)}
-        if evaluation is not None:
-            key = "double_accuracy" if defense == "double" else "mask_accuracy"
-            line.update({key: report.accuracy, "certified": report.certified})
+        if evaluated:
+            line.update({accuracy_name: report.accuracy, "certified": report.certified})
         with open(out / "history.jsonl", "a") as handle:
             handle.write(json.dumps(line) + "\n")
         click.echo(json.dumps(line))
+    return on_epoch
 
-    bar = None
 
-    def make_bar(total: int):
-        nonlocal bar
-        bar = progress(total, "train")
-        return bar
+def _train_views(record, images, labels, evaluation, out: Path, init_state, *, epochs: int,
+                 batch_size: int, lr: float, patch_px: int, flip: bool, seed: int, eval_limit: int,
+                 masks_per_axis: int, fill: float, resume: bool) -> None:
+    """--defense cleanser: PatchCleanser's recipe on an ordinary classifier."""
+    from ..runtime.preprocess import normalize
+    from ..runtime.views import ViewDefense
+    from .train import TrainConfig
+    from .train_views import (
+        cleanser_augment,
+        cleanser_evaluate,
+        cleanser_masks,
+        train_classifier,
+    )
 
+    defense = ViewDefense(kind="cleanser", masks_per_axis=(masks_per_axis, masks_per_axis), fill=fill)
+    record = record.replace(defense=defense, default_patch_px=patch_px)
+    masks = cleanser_masks(record, patch_px)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px,
+                         seed=seed, eval_limit=eval_limit, flip=flip)
+    evaluate = None
+    if evaluation is not None:
+        evaluate = cleanser_evaluate(normalize(evaluation[0], record), evaluation[1], masks, fill)
+    click.echo(f"training {record.arch} for PatchCleanser ({masks.count} masks of "
+               f"{masks.side[0]}x{masks.side[1]} px, stride {masks.stride[0]}, {patch_px} px patch) on "
+               f"{len(images)} images for {epochs} epochs -> {out}", err=True)
+    bars = _Bars()
     try:
-        final = train(record, images, labels, Path(out), config, eval_data=evaluation,
-                      init_state=init_state, resume=resume, on_epoch=on_epoch, progress=make_bar)
+        final = train_classifier(record, images, labels, out, config, cleanser_augment(masks, fill),
+                                 evaluate=evaluate, init_state=init_state, resume=resume,
+                                 on_epoch=_history_writer(out, evaluate is not None, "accuracy"),
+                                 progress=bars.make)
     finally:
-        if bar is not None:
-            bar.close()
+        bars.close()
     click.echo(f"wrote {final}")
 
 
@@ -109,7 +209,7 @@ Examples:
 """
 
 
-def _attack_images(data: str, split: str, record, limit: Optional[int]):
+def _attack_images(data: str, split: str, record, limit: int | None):
     """(N, C, H, W) float pixels in [0, 1] and labels (N,) in dataset order."""
     import numpy as np
 
@@ -157,9 +257,9 @@ def _attack_images(data: str, split: str, record, limit: Optional[int]):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the report here as JSON.")
-def attack_main(checkpoint: Optional[str], data: str, split: str, limit: Optional[int],
-                patch_px: Optional[int], steps: int, stride: int, refine: int, thres: float,
-                clip: Optional[float], seed: int, json_out: Optional[str]) -> None:
+def attack_main(checkpoint: str | None, data: str, split: str, limit: int | None,
+                patch_px: int | None, steps: int, stride: int, refine: int, thres: float,
+                clip: float | None, seed: int, json_out: str | None) -> None:
     """PGD patch attack against the robust-masking defense of a PyTorch BagNet.
 
     Reports attack success separately on certified and uncertified images.

@@ -14,7 +14,9 @@ from ..runtime.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHIO
 from ..runtime.errors import PatchGuardError
 from ..runtime.geometry import IntOrPair, as_pair
 from ..runtime.metadata import ModelRecord
+from ..runtime.views import ViewDefense
 from . import bagnet
+from .cnn import CompactCNN, default_config
 from .small import SmallBagNet, receptive_field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,9 +66,36 @@ def small_record(config: Optional[dict[str, Any]] = None, **changes: Any) -> Mod
     return base.replace(**changes) if changes else base
 
 
+def cnn_record(defense: ViewDefense, config: Optional[dict[str, Any]] = None, **changes: Any) -> ModelRecord:
+    """Record of a :class:`CompactCNN` run by a view defense (Fashion-MNIST defaults).
+
+    An ordinary classifier has no locality premise: receptive field and
+    stride are 0 and the record says which defense runs it.
+    """
+    base = ModelRecord(
+        arch="cnn",
+        num_classes=10,
+        input_size=(28, 28),
+        receptive_field=0,
+        stride=0,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+        class_names=FASHION_MNIST_CLASSES,
+        in_channels=1,
+        default_patch_px=5,
+        defense=defense,
+    )
+    base = base.replace(**changes) if changes else base
+    return base.replace(config=dict(config or default_config(base.input_size)))
+
+
+# PatchCleanser's mask set for the 28x28 default: k = 6 masks per axis.
+CLEANSER_DEFENSE = ViewDefense(kind="cleanser", masks_per_axis=(6, 6), fill=0.0)
+
 RECORDS: dict[str, ModelRecord] = {
     **{arch: _bagnet_record(arch) for arch in BAGNET_RF},
     "smallbagnet": small_record(),
+    "cnn": cnn_record(CLEANSER_DEFENSE),
 }
 
 
@@ -98,6 +127,8 @@ def with_overrides(
         changes.setdefault("num_classes", len(class_names))
     if input_size is not None:
         changes["input_size"] = as_pair(input_size, "input size")
+        if record.arch == "cnn" and changes["input_size"] != record.input_size:
+            changes["config"] = default_config(changes["input_size"])
     return record.replace(**changes) if changes else record
 
 
@@ -113,4 +144,6 @@ def build_model(record: ModelRecord) -> nn.Module:
             spatial=config["spatial"],
             pointwise=config["pointwise"],
         )
+    if record.arch == "cnn":
+        return CompactCNN(record.model_channels, record.num_classes, record.config or None)
     raise PatchGuardError(f"unknown arch {record.arch!r}; known: {', '.join(sorted(RECORDS))}")

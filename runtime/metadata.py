@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from .errors import PatchGuardError
 from .geometry import Pair, map_size
+from .views import ViewDefense
 
 METADATA_KEY = "patchguard"
 
@@ -26,6 +27,12 @@ class ModelRecord:
     and ``stride`` s define the cells; ``crop_fraction`` < 1 means "resize the
     short side to input / crop_fraction, then centre-crop" (ImageNet's 256 ->
     224), 1.0 means "resize the whole frame to input_size".
+
+    ``defense`` is None for a BagNet (local logits (B, H', W', K), robust
+    masking; ``kind: "local"`` implied) and a :class:`ViewDefense` for an
+    ordinary classifier (logits (B, K)) run by a view-based defense; such a
+    model has no receptive-field premise: ``receptive_field`` and ``stride``
+    are 0 and it has no ``map_size``.
     """
 
     arch: str
@@ -40,8 +47,11 @@ class ModelRecord:
     crop_fraction: float = 1.0
     default_patch_px: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    defense: Optional[ViewDefense] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.defense, dict):
+            object.__setattr__(self, "defense", ViewDefense.from_dict(self.defense))
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -61,8 +71,31 @@ class ModelRecord:
             )
 
     @property
+    def is_local(self) -> bool:
+        """True for a BagNet-style model with local logits (no view defense)."""
+        return self.defense is None
+
+    @property
+    def model_channels(self) -> int:
+        """Channels of the model input: the image's, doubled by an (x, 1 - x) view encoding."""
+        factor = self.defense.in_channels_factor if self.defense is not None else 1
+        return self.in_channels * factor
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Model output per image: (H', W', K) local logits, or (K,) for an ordinary classifier."""
+        if self.defense is not None:
+            return (self.num_classes,)
+        return (*self.map_size, self.num_classes)
+
+    @property
     def map_size(self) -> Pair:
         """(H, W) of the local-logit map this input size gives."""
+        if self.defense is not None:
+            raise PatchGuardError(
+                f"{self.arch} is an ordinary classifier for the {self.defense.kind} defense: "
+                "it has no local-logit map"
+            )
         h, w = self.input_size
         return (
             map_size(h, self.receptive_field, self.stride),
@@ -78,8 +111,24 @@ class ModelRecord:
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
         data["class_names"] = list(self.class_names)
-        data["map_size"] = list(self.map_size)
+        if self.defense is None:
+            data.pop("defense")
+            data["map_size"] = list(self.map_size)
+        else:
+            data["defense"] = self.defense.to_dict()
+            data["defense"].update(self._derived_defense())
         return data
+
+    def _derived_defense(self) -> dict[str, Any]:
+        """Facts that follow from the defense and the default patch, written for readers
+        and checked on reading: PatchCleanser's mask side and stride per axis."""
+        if self.defense is None or self.defense.kind != "cleanser" or self.default_patch_px < 1:
+            return {}
+        from .cleanser import mask_set
+
+        masks = mask_set(self.input_size, self.default_patch_px, self.defense.masks_per_axis)
+        return {"patch_px": self.default_patch_px, "mask": list(masks.side),
+                "mask_stride": list(masks.stride), "views": masks.pair_count}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -87,15 +136,28 @@ class ModelRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelRecord":
         known = {f.name for f in dataclasses.fields(cls)}
-        required = {"arch", "num_classes", "input_size", "receptive_field", "stride", "mean", "std"}
+        defense = ViewDefense.from_dict(data.get("defense"))
+        required = {"arch", "num_classes", "input_size", "mean", "std"}
+        if defense is None:
+            required |= {"receptive_field", "stride"}
         missing = sorted(required - set(data))
         if missing:
             raise PatchGuardError(f"model metadata lacks {', '.join(missing)}")
+        fields = {k: v for k, v in data.items() if k in known}
+        fields["defense"] = defense
+        if defense is not None:
+            # An ordinary classifier has no receptive-field premise to carry.
+            fields["receptive_field"], fields["stride"] = 0, 0
         try:
-            record = cls(**{k: v for k, v in data.items() if k in known})
+            record = cls(**fields)
         except (TypeError, ValueError) as exc:
             raise PatchGuardError(f"model metadata is malformed: {exc}") from None
-        if "map_size" in data and list(data["map_size"]) != list(record.map_size):
+        if defense is not None:
+            derived = record._derived_defense()
+            stated = {k: data["defense"][k] for k in derived if k in data["defense"]}
+            if any(stated[k] != derived[k] for k in stated):
+                raise PatchGuardError(f"model metadata says defense {stated} but its record gives {derived}")
+        if defense is None and "map_size" in data and list(data["map_size"]) != list(record.map_size):
             raise PatchGuardError(
                 f"model metadata says map {data['map_size']} but r={record.receptive_field}, "
                 f"s={record.stride} at {record.input_size} gives {list(record.map_size)}"

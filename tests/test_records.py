@@ -46,7 +46,7 @@ def test_record_for_overrides():
     named = record_for("bagnet9", class_names=["cat", "dog"])
     assert (named.num_classes, named.class_names) == (2, ("cat", "dog"))
     assert record_for("bagnet33") is RECORDS["bagnet33"]
-    with pytest.raises(PatchGuardError, match="unknown arch 'resnet50'; known: bagnet17, bagnet33, bagnet9, smallbagnet"):
+    with pytest.raises(PatchGuardError, match="unknown arch 'resnet50'; known: bagnet17, bagnet33, bagnet9, cnn, smallbagnet"):
         record_for("resnet50")
 
 

@@ -1,10 +1,12 @@
 """The one face every inference backend shows (Polygraphy's "runner").
 
 A backend is a context manager holding one loaded model. ``infer`` takes a
-float32 NCHW batch (B, C, H, W) and returns the local logits u as float32
-(B, H', W', K): one class-logit vector per feature cell. The base class does
+float32 NCHW batch (B, C, H, W) and returns the model's output as float32:
+for a BagNet the local logits u (B, H', W', K), one class-logit vector per
+feature cell; for an ordinary classifier run by a view defense (DESIGN
+section 9) the logits (B, K) (``record.output_shape``). The base class does
 the checking once, so the backends stay thin: the input must match the
-record's channels and input size, and the model's map must have the size
+record's channels and input size, and a BagNet's map must have the size
 ``floor((input - r) / s) + 1`` that the record's receptive field r and stride
 s promise (a certificate computed on any other map would be unsound).
 """
@@ -49,20 +51,22 @@ class Backend(abc.ABC):
     def check_output_shape(self, shape: Sequence[object]) -> None:
         """Refuse a model whose declared output disagrees with its record.
 
-        ``shape`` is the output shape the model declares, (B, H, W, K); symbolic
-        or unknown axes (strings, None, -1) are skipped.
+        ``shape`` is the output shape the model declares, (B, H, W, K) or
+        (B, K); symbolic or unknown axes (strings, None, -1) are skipped.
         """
-        expected = (*self.record.map_size, self.record.num_classes)
+        expected = self.record.output_shape
         dims = list(shape)
-        if len(dims) != 4:
-            raise PatchGuardError(
-                f"{self.path.name}: output has {len(dims)} axes, expected local logits (B, H, W, C)"
-            )
+        if len(dims) != len(expected) + 1:
+            what = "local logits (B, H, W, C)" if self.record.is_local else "logits (B, C)"
+            raise PatchGuardError(f"{self.path.name}: output has {len(dims)} axes, expected {what}")
         for axis, (got, want) in enumerate(zip(dims[1:], expected), start=1):
             if isinstance(got, (int, np.integer)) and got >= 0 and int(got) != want:
                 raise PatchGuardError(self._map_mismatch(dims[1:]))
 
     def _map_mismatch(self, got: Sequence[object]) -> str:
+        if not self.record.is_local:
+            return (f"{self.path.name}: model outputs {'x'.join(str(v) for v in got)} values per image "
+                    f"but its metadata says logits of {self.record.num_classes} classes")
         r, s = self.record.receptive_field, self.record.stride
         h, w = self.record.map_size
         return (
@@ -77,7 +81,7 @@ class Backend(abc.ABC):
             raise PatchGuardError(f"infer takes a numpy array, got {type(batch).__name__}")
         if batch.dtype != np.float32:
             raise PatchGuardError(f"infer takes float32 input, got {batch.dtype}")
-        expected = (self.record.in_channels, *self.record.input_size)
+        expected = (self.record.model_channels, *self.record.input_size)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.shape[0] < 1:
             raise PatchGuardError(
                 f"{self.path.name} takes batches (B, {expected[0]}, {expected[1]}, {expected[2]}), "
@@ -87,7 +91,7 @@ class Backend(abc.ABC):
 
     # -- the public face --------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (B, C, H, W) -> local logits float32 (B, H', W', K)."""
+        """float32 (B, C, H, W) -> float32 (B, *record.output_shape): local logits or logits."""
         batch = self._check_input(batch)
         step = self.max_batch or len(batch)
         with self._lock if self.serial else contextlib.nullcontext():
@@ -97,14 +101,14 @@ class Backend(abc.ABC):
             # Engines have a largest batch (their optimisation profile); larger ones run in chunks.
             parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        expected = (batch.shape[0], *self.record.map_size, self.record.num_classes)
+        expected = (batch.shape[0], *self.record.output_shape)
         if tuple(out.shape) != expected:
             raise PatchGuardError(self._map_mismatch(out.shape[1:]))
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
     @abc.abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Run the checked, contiguous batch; return (B, H', W', K) logits."""
+        """Run the checked, contiguous batch; return (B, *record.output_shape) outputs."""
 
     def _release(self) -> None:
         """Free what the model holds (device buffers, streams); runs once, under the lock."""

@@ -333,8 +333,8 @@ class TensorRTBackend(Backend):
         self._context = engine.create_execution_context()
         if self._context is None:
             raise PatchGuardError(f"TensorRT could not create an execution context for {path.name}")
-        per_image_in = int(np.prod((record.in_channels, *record.input_size))) * self._in_dtype.itemsize
-        self._out_tail = (*record.map_size, record.num_classes)
+        per_image_in = int(np.prod((record.model_channels, *record.input_size))) * self._in_dtype.itemsize
+        self._out_tail = record.output_shape
         per_image_out = int(np.prod(self._out_tail)) * self._out_dtype.itemsize
         try:
             self._stream = cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")

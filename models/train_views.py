@@ -1,0 +1,161 @@
+"""Training ordinary classifiers for view defenses (DESIGN section 9).
+
+One loop for every view defense: each step draws a batch, ablates it the
+way the defense will see it at test time (``augment``: PatchCleanser's
+random one- and two-mask cutouts here; DS bands and crops plug in the same
+way) and minimises the cross-entropy. Seeded; a checkpoint after every epoch
+(``last.pt``, resumable with ``resume=True``) and the final ``model.pt``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runtime.cleanser import DoubleMasking, MaskSet, mask_set
+from ..runtime.errors import PatchGuardError
+from ..runtime.metadata import ModelRecord
+from ..runtime.preprocess import normalize
+from .checkpoints import read_checkpoint, save_checkpoint, unwrap
+from .records import build_model
+from .train import EpochReport, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# (normalised batch (B, C, H, W), generator) -> the batch as the defense's views look.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# (model, record) -> figures for the epoch report.
+Evaluate = Callable[[nn.Module, ModelRecord], dict]
+
+
+def cleanser_masks(record: ModelRecord, patch_px: int) -> MaskSet:
+    """The mask set the record's defense uses against a ``patch_px`` footprint at model size."""
+    if record.defense is None or record.defense.kind != "cleanser":
+        raise PatchGuardError(f"{record.arch} has no cleanser defense in its record")
+    return mask_set(record.input_size, patch_px, record.defense.masks_per_axis)
+
+
+def cleanser_augment(masks: MaskSet, fill: float, two_mask_share: float = 0.5) -> Augment:
+    """PatchCleanser's training: every image under one random mask of the set, or two."""
+    keep = torch.from_numpy(masks.keep)
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = len(x)
+        i = torch.randint(0, masks.count, (n,), generator=generator)
+        j = torch.randint(0, masks.count, (n,), generator=generator)
+        two = torch.rand(n, generator=generator) < two_mask_share
+        j = torch.where(two, j, i)
+        kept = (keep[i] & keep[j])[:, None]
+        return torch.where(kept, x, torch.full_like(x, fill))
+
+    return augment
+
+
+def torch_scorer(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``backend.infer``'s face for a PyTorch module (training-time evaluation, parity)."""
+    def score(views: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(views))).float().numpy()
+    return score
+
+
+def cleanser_evaluate(x: np.ndarray, y: np.ndarray, masks: MaskSet, fill: float) -> Evaluate:
+    """Double-masking accuracy and certified accuracy on (x normalised, y), through the runtime's math."""
+    def evaluate(model: nn.Module, record: ModelRecord) -> dict:
+        model.eval()
+        runner = DoubleMasking(masks, fill, record.num_classes, torch_scorer(model), max_batch=2048)
+        correct = certified = 0
+        for start in range(0, len(x), 50):
+            results, _ = runner.run(x[start : start + 50], labels=y[start : start + 50])
+            for result, label in zip(results, y[start : start + 50]):
+                correct += int(result.label == label)
+                certified += int(bool(result.certified))
+        return {"accuracy": correct / len(x), "certified": certified / len(x)}
+    return evaluate
+
+
+def train_classifier(
+    record: ModelRecord,
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path,
+    config: TrainConfig,
+    augment: Augment,
+    evaluate: Evaluate | None = None,
+    init_state: dict | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Path:
+    """Train ``record``'s classifier on ablated views; returns the path of ``model.pt``."""
+    torch.manual_seed(config.seed)
+    model = build_model(record)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    x = torch.from_numpy(normalize(images, record))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
+    start_epoch = 0
+    last = out_dir / "last.pt"
+    if resume:
+        if not last.exists():
+            raise PatchGuardError(f"--resume: no {last} to resume from")
+        content = read_checkpoint(last)
+        state, _ = unwrap(content)
+        model.load_state_dict(state)
+        optimizer.load_state_dict(content["optimizer"])
+        schedule.load_state_dict(content["schedule"])
+        start_epoch = int(content["epoch"])
+        log.info("resuming after epoch %d", start_epoch)
+    bar = progress((config.epochs - start_epoch) * steps_per_epoch) if progress else None
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        began = time.time()
+        # Per-epoch seeds: a resumed run draws the same batches and masks as an uninterrupted one.
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(len(x), generator=generator)
+        total_loss = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            xb, yb = x[idx], y[idx]
+            if config.flip:
+                flip = torch.rand(len(xb), generator=generator) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            loss = F.cross_entropy(model(augment(xb, generator)), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item()
+            if bar is not None:
+                bar.update(1)
+        report = EpochReport(epoch + 1, total_loss / steps_per_epoch, time.time() - began)
+        if evaluate is not None:
+            figures = evaluate(model, record)
+            report.accuracy = figures.pop("accuracy", math.nan)
+            report.certified = figures.pop("certified", math.nan)
+            report.extra = figures
+        save_checkpoint(
+            model, record, last, extra={
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "epoch": epoch + 1, "config": asdict(config),
+            },
+        )
+        save_checkpoint(model, record, out_dir / f"epoch{epoch + 1:02d}.pt")
+        if on_epoch is not None:
+            on_epoch(report)
+    final = out_dir / "model.pt"
+    save_checkpoint(model, record, final)
+    return final

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PatchGuardError
-from .geometry import IntOrPair, Pair, as_pair
+from .geometry import IntOrPair, Pair, as_pair, mask_starts
 from .views import ViewResult, ViewRunner, chunk_size, masked_views, view_labels
 
 # A table entry never scored (early exit, or not needed).
@@ -54,18 +54,12 @@ class MaskAxis:
 
 
 def mask_axis(size: int, patch: int, k: int) -> MaskAxis:
-    """Mask geometry along one axis of ``size`` pixels for a ``patch``-pixel footprint."""
-    size, patch, k = int(size), int(patch), int(k)
-    if k < 1:
-        raise PatchGuardError(f"masks per axis must be at least 1, got {k}")
-    if not 1 <= patch <= size:
-        raise PatchGuardError(f"a {patch} px patch footprint does not fit a {size} px image axis")
-    stride = -(-(size - patch + 1) // k)
-    side = min(patch + stride - 1, size)
-    positions = list(range(0, size - side + 1, stride))
-    if positions[-1] != size - side:
-        positions.append(size - side)
-    return MaskAxis(size, patch, k, stride, side, tuple(positions))
+    """Mask geometry along one axis of ``size`` pixels for a ``patch``-pixel footprint
+    (the grid of :func:`~patchguard.runtime.geometry.mask_starts`, shared with
+    feature-space double masking)."""
+    positions, side = mask_starts(int(size), int(patch), k)
+    stride = -(-(int(size) - int(patch) + 1) // int(k))
+    return MaskAxis(int(size), int(patch), int(k), stride, side, positions)
 
 
 @dataclass(frozen=True)
@@ -139,7 +133,9 @@ def decide(table: np.ndarray, num_classes: int) -> tuple[int, bool, list[int]]:
     """Algorithm 1 on one frame's two-mask table (|M|, |M|): (label, second round ran, rows used).
 
     Reads only the entries it needs; an :data:`UNSCORED` entry where one is
-    needed is a bug in the caller.
+    needed is a bug in the caller. (The whole-batch twin on full tables of
+    scores is :func:`.double_masking.decide_with_mask`; this one reads label
+    tables scored lazily, with -1 for a NaN view; the tests check they agree.)
     """
     first = np.diagonal(table)
     if (first == first[0]).all() and first[0] >= 0:

@@ -122,3 +122,17 @@ def test_certified_frames_survive_every_patch(seed):
                 for content in contents:
                     assert _attacked_label(model, masks, frame, classes, top, left, content) == y
     assert done >= 3
+
+
+def test_decision_agrees_with_feature_space_double_masking_on_full_tables():
+    from patchguard.runtime.double_masking import decide_with_mask
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        m, classes = int(rng.integers(1, 7)), int(rng.integers(2, 4))
+        scores = rng.normal(size=(1, m, m, classes))
+        scores = (scores + scores.transpose(0, 2, 1, 3)) / 2  # two-mask views are symmetric
+        if rng.random() < 0.5:  # mostly one class, with a few dissenting masks
+            scores[..., 0] += 2.0
+        table = scores[0].argmax(axis=-1)
+        assert decide(table, classes)[0] == decide_with_mask(scores)[0][0]

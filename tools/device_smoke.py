@@ -6,7 +6,9 @@ Steps, each printed as one ``PASS`` / ``FAIL`` / ``SKIP`` line:
 
 1. export the bundled Fashion-MNIST model and a random-init BagNet-17 at 224
    (fp32, fp16, int8 TensorRT flavour; PyTorch needed: on a Jetson without
-   torch, export on a workstation and pass ``--onnx-dir``);
+   torch, export on a workstation and pass ``--onnx-dir``), with the fp32
+   ONNX's logits of the sample in ``NAME.reference.npz`` for a device
+   without onnxruntime;
 2. no BatchNormalization in any exported graph;
 3. ONNX parity (pg-export's report against PyTorch) within tolerance;
 4. TensorRT engines of every graph (fp32 with and without TF32, fp16, int8);
@@ -151,6 +153,7 @@ def export_models(report: Report, out: Path, onnx_dir: Optional[Path], bagnet17:
             return f"fp32 + fp16 + int8 in {time.perf_counter() - start:.0f} s"
         if report.attempt(f"export {name}", export):
             folders[name] = folder
+            report.attempt(f"reference logits {name}", functools.partial(save_reference, folder, name))
     return folders
 
 
@@ -229,10 +232,34 @@ def measure(report: Report, step: str, open_model: Callable[[], Any], inputs: np
     report.attempt(step, run)
 
 
+def reference_logits(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (the bundled sample, preprocessed) and the fp32 ONNX's logits in onnxruntime's CPU provider.
+
+    Saved as ``NAME.reference.npz`` beside the export, so a Jetson without
+    onnxruntime compares its engines with the workstation's figures.
+    """
+    saved = folder / f"{name}.reference.npz"
+    if saved.is_file():
+        with np.load(saved) as data:
+            return data["inputs"], data["logits"]
+    from patchguard.export.parity import parity_inputs
+    from patchguard.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    with OnnxRuntimeBackend(folder / f"{name}.onnx") as cpu:
+        inputs, _ = parity_inputs(cpu.record, str(SAMPLE), 64 if name == "bundled" else 8)
+        logits = np.concatenate([cpu.infer(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+    np.savez_compressed(saved, inputs=inputs, logits=logits)
+    return inputs, logits
+
+
+def save_reference(folder: Path, name: str) -> str:
+    return f"{len(reference_logits(folder, name)[0])} inputs in {name}.reference.npz"
+
+
 def gpu_steps(report: Report, folders: dict[str, Path], out: Path, iterations: int) -> None:
     """Steps 4-6."""
     from patchguard.export.engine import build_engine, engine_unavailable_reason
-    from patchguard.export.parity import ENGINE_FP32_TOLERANCE, TOLERANCE, parity_inputs
+    from patchguard.export.parity import ENGINE_FP32_TOLERANCE, TOLERANCE
     from patchguard.runtime.backends import open_backend
     from patchguard.runtime.backends.onnxrt import CUDA_EP, TRT_EP, OnnxRuntimeBackend
 
@@ -252,16 +279,18 @@ def gpu_steps(report: Report, folders: dict[str, Path], out: Path, iterations: i
         report.line("SKIP", "TensorRT backend", reason)
     for ep, label in ((CUDA_EP, "onnxruntime CUDA EP"), (TRT_EP, "onnxruntime TensorRT EP")):
         if ep not in providers:
-            report.line("SKIP", label, f"this onnxruntime has {', '.join(providers) or 'no providers'} "
-                        "(JetPack: the onnxruntime-gpu wheel for JetPack 6; x86: patchguard-edge[gpu])")
+            found = f"this onnxruntime has {', '.join(providers)}" if providers else "onnxruntime is not installed"
+            report.line("SKIP", label, f"{found} (JetPack: the onnxruntime-gpu wheel for JetPack 6; "
+                        "x86: patchguard-edge[gpu])")
     if reason and CUDA_EP not in providers and TRT_EP not in providers:
         return
     for name, folder in folders.items():
         onnx_graphs = graphs(folder, name)
-        with OnnxRuntimeBackend(onnx_graphs["fp32"]) as cpu:
-            n = 64 if name == "bundled" else 8
-            inputs, _ = parity_inputs(cpu.record, str(SAMPLE), n)
-            reference = np.concatenate([cpu.infer(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+        try:
+            inputs, reference = reference_logits(folder, name)
+        except Exception as exc:  # no onnxruntime and no NAME.reference.npz from the workstation
+            report.line("FAIL", f"reference logits {name}", str(exc).strip().splitlines()[0])
+            continue
         if not reason:
             plans = {}
             builds = [(p, path, True) for p, path in onnx_graphs.items()]

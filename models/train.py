@@ -26,7 +26,10 @@ from ..runtime.preprocess import normalize
 from .checkpoints import read_checkpoint, save_checkpoint, unwrap
 from .records import build_model
 from .reference import (
-    certify, double_masked_training_logits, masked_training_logits, robust_masking,
+    certify,
+    double_masked_training_logits,
+    masked_training_logits,
+    robust_masking,
 )
 
 log = logging.getLogger(__name__)

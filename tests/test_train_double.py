@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-
 from _feature_fixtures import naive_masks
+from click.testing import CliRunner
 from patchguard.models.cli import train_main
 from patchguard.models.reference import double_masked_training_logits
 

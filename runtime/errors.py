@@ -20,6 +20,7 @@ class ExitCode(enum.IntEnum):
     CERTIFICATE_BROKEN = 2  # pg-attack: a certified image was broken (a bug to report)
     SOURCE_LOST = 3         # the source was lost or ended early (camera dropped, video truncated)
     OUTPUT_FAILED = 4       # an output could not be written (disk full, I/O error, closed pipe)
+    ALERT = 5               # pg-run --on-alert exit: provable detection raised an alert (stop the robot)
     INTERRUPTED = 130       # SIGINT (Ctrl-C), after a clean summary and finalised outputs
     TERMINATED = 143        # SIGTERM, likewise
 
@@ -27,7 +28,8 @@ class ExitCode(enum.IntEnum):
 EXIT_CODES_HELP = (
     "Exit status: 0 the source ended normally; 1 a usage or input error before the first "
     "frame; 3 the source was lost or ended early (camera or stream dropped, video truncated); "
-    "4 an output could not be written; 130 / 143 on SIGINT / SIGTERM (after the summary, "
+    "4 an output could not be written; 5 an alert with --on-alert exit (provable detection saw "
+    "a patch-like disagreement: the last row written is the alerting frame); 130 / 143 on SIGINT / SIGTERM (after the summary, "
     "with the outputs finalised)."
 )
 

@@ -30,14 +30,16 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from .certificate import certify_evidence
+from .detection import DEFAULT_TAU
 from .errors import PatchGuardError
 from .footprint import (
     Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side,
 )
-from .geometry import Pair
-from .masking import MaskEvidence, check_logits, check_params, chunks
+from .geometry import IntOrPair, Pair
+from .masking import NO_LABEL, MaskEvidence, check_logits, check_params, chunks
 from .metadata import ModelRecord
 from .preprocess import check_color, check_value_range, normalize, resize_plan, to_model_image
+from .readouts import Readouts, abstains, double_verdicts, frame_settings, mask_readouts
 
 # Frame sizes whose threat model is kept (a camera has one; a photo folder many).
 _THREAT_CACHE = 64
@@ -57,6 +59,20 @@ class FrameResult:
     that model, this is the patch's class and the box is where the patch put
     its evidence); None when masking removed nothing from it. ``latency_ms``:
     pre, infer and certify, in milliseconds per frame.
+
+    From the same map (:mod:`.readouts`): ``alert``, provable detection's
+    alert (some patch window predicts another class with confidence > tau);
+    ``top_k``, the k best (label, masked score) pairs and ``top_k_certified``
+    (the label provably stays among them; robust masking only, k > 1);
+    ``margin`` (logits of evidence) and ``margin_per_cell`` (mean-logit
+    units), how far the worst patch is from flipping the label (negative: a
+    patch can); ``confidence``, the softmax probability of the label over the
+    masked scores; ``spread``, the cell-to-cell spread of the local logits (0
+    for a uniform frame). ``abstained``: confidence or spread fell below the
+    pipeline's threshold, so ``label`` is -1 and nothing is certified.
+    ``defense``: "mask" (robust masking) or "double" (feature-space double
+    masking; its ``masked_box`` is the mask whose second round decided the
+    label, None when the first round did).
     """
 
     label: int
@@ -69,9 +85,31 @@ class FrameResult:
     masked_class: Optional[int]
     frame_size: Pair
     latency_ms: dict[str, float] = field(default_factory=dict)
+    alert: bool = False
+    top_k: tuple[tuple[int, float], ...] = ()
+    top_k_certified: Optional[bool] = None
+    margin: Optional[float] = None
+    margin_per_cell: Optional[float] = None
+    confidence: Optional[float] = None
+    spread: Optional[float] = None
+    abstained: bool = False
+    defense: str = "mask"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (lists for tuples)."""
+        extra: dict[str, Any] = {
+            "alert": self.alert,
+            "top_k": {"labels": [label for label, _ in self.top_k],
+                      "scores": [_number(score) for _, score in self.top_k],
+                      "certified": self.top_k_certified},
+            "margin": _number(self.margin),
+            "margin_per_cell": _number(self.margin_per_cell),
+            "confidence": _number(self.confidence),
+            "spread": _number(self.spread),
+            "abstained": self.abstained,
+        }
+        if self.defense != "mask":
+            extra["defense"] = self.defense
         return {
             "label": self.label,
             "class_name": self.class_name,
@@ -83,7 +121,15 @@ class FrameResult:
             "masked_class": self.masked_class,
             "frame_size": list(self.frame_size),
             "latency_ms": {k: round(v, 4) for k, v in self.latency_ms.items()},
+            **extra,
         }
+
+
+def _number(value: Optional[float]) -> Optional[float]:
+    """A JSON-safe float: None for None, NaN and infinities (JSON has no such numbers)."""
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), 6)
 
 
 @dataclass(frozen=True)
@@ -207,6 +253,10 @@ class Pipeline:
     default; "rgb" for ROS rgb8 images and most SDKs), overridable per call;
     ``value_range`` (lo, hi) maps frames that are not uint8 (uint16, float)
     onto 0..255 (:func:`.preprocess.to_uint8`); without it they are refused.
+    ``defense`` "mask" or "double" (``masks_per_axis``), ``tau`` (alert
+    threshold), ``top_k``, ``abstain_below`` (confidence) and
+    ``abstain_spread`` (logits) shape the per-frame readouts
+    (:func:`.readouts.frame_settings`).
     """
 
     def __init__(
@@ -218,9 +268,19 @@ class Pipeline:
         clip: Optional[float] = None,
         color: str = "bgr",
         value_range: Optional[Sequence[float]] = None,
+        defense: str = "mask",
+        masks_per_axis: Optional[IntOrPair] = None,
+        tau: float = DEFAULT_TAU,
+        top_k: int = 1,
+        abstain_below: Optional[float] = None,
+        abstain_spread: Optional[float] = None,
     ) -> None:
         # Every option is checked here, so a bad one fails before the first frame.
         self.thres, self.clip = check_params(thres, clip)
+        self.settings = frame_settings(defense, masks_per_axis, tau, top_k, abstain_below,
+                                       abstain_spread)
+        if defense == "double" and self.thres:
+            raise PatchGuardError("the detection threshold T applies to robust masking, not 'double'")
         check_patch_options(patch_size, patch_frac)
         self.color = check_color(color)
         self.value_range = check_value_range(value_range)
@@ -243,14 +303,17 @@ class Pipeline:
         provider: Optional[str] = None,
         color: str = "bgr",
         value_range: Optional[Sequence[float]] = None,
+        **readouts: Any,
     ) -> "Pipeline":
-        """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it."""
+        """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it;
+        ``readouts`` are the per-frame options of :class:`Pipeline` (defense,
+        masks_per_axis, tau, top_k, abstain_below, abstain_spread)."""
         from .backends import open_backend
 
         backend = open_backend(path, provider=provider)
         try:
             return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
-                       color=color, value_range=value_range)
+                       color=color, value_range=value_range, **readouts)
         except BaseException:
             backend.close()
             raise
@@ -302,8 +365,7 @@ class Pipeline:
         verdicts = []
         for size, members in groups.items():
             threat = threats[size]
-            verdicts.append((threat, members, certify_maps(
-                u[members], threat, self.record, self.thres, self.clip)))
+            verdicts.append((threat, members, *self._read(u[members], threat)))
         done = time.perf_counter()
         n = len(frames)
         latency = {
@@ -312,9 +374,11 @@ class Pipeline:
             "certify": (done - after_infer) * 1e3 / n,
         }
         names = self.record.class_names
-        for threat, members, v in verdicts:
+        cells = int(u.shape[1] * u.shape[2])
+        for threat, members, v, r, abstained in verdicts:
             for j, i in enumerate(members):
                 label = int(v.labels[j])
+                margin = float(r.margin[j])
                 results[i] = FrameResult(
                     label=label,
                     class_name=names[label] if 0 <= label < len(names) else "",
@@ -326,8 +390,44 @@ class Pipeline:
                     masked_class=v.masked_classes[j],
                     frame_size=sizes[i],
                     latency_ms=dict(latency),
+                    alert=bool(r.alert[j]),
+                    top_k=tuple((int(c), float(x))
+                                for c, x in zip(r.top_labels[j], r.top_scores[j], strict=True)),
+                    top_k_certified=None if r.top_k_certified is None or abstained[j]
+                    else bool(r.top_k_certified[j]),
+                    margin=margin,
+                    margin_per_cell=margin / cells,
+                    confidence=float(r.confidence[j]),
+                    spread=float(r.spread[j]),
+                    abstained=bool(abstained[j]),
+                    defense=self.settings.defense,
                 )
-        return [r for r in results if r is not None]
+        return [res for res in results if res is not None]
+
+    def _read(self, u: np.ndarray, threat: CameraThreat) -> tuple[Verdicts, Readouts, np.ndarray]:
+        """Verdicts, readouts and abstentions (B,) of one frame size's maps."""
+        settings = self.settings
+        if settings.defense == "double":
+            found = double_verdicts(u, threat.window, settings, self.clip)
+            boxes = [None if m is None else cells_to_box(threat.plan, self.record, m[0], m[1], m[2])
+                     for m in found.masks]
+            classes = [None if m is None else int(y) for m, y in zip(found.masks, found.labels, strict=True)]
+            verdicts = Verdicts(found.labels, found.certified,
+                                np.where(found.certified, threat.patch_px, 0), boxes, classes)
+            readouts = found.readouts
+        else:
+            verdicts = certify_maps(u, threat, self.record, self.thres, self.clip)
+            readouts = mask_readouts(u, threat.window, settings, self.thres, self.clip,
+                                     verdicts.labels)
+        abstained = abstains(readouts, settings) & (verdicts.labels >= 0)
+        if abstained.any():
+            keep = ~abstained
+            verdicts = Verdicts(
+                np.where(keep, verdicts.labels, NO_LABEL), verdicts.certified & keep,
+                np.where(keep, verdicts.certified_patch_px, 0),
+                [b if k else None for b, k in zip(verdicts.boxes, keep, strict=True)],
+                [c if k else None for c, k in zip(verdicts.masked_classes, keep, strict=True)])
+        return verdicts, readouts, abstained
 
     def close(self) -> None:
         self.backend.close()

@@ -181,3 +181,65 @@ def read_double(u: np.ndarray, evidence: DoubleMaskEvidence, labels: np.ndarray,
     margin = np.where(labels >= 0, evidence.margins(safe), np.nan)
     scores = evidence.label_scores(safe)
     return _finish(u, labels, scores, margin, None, window, tau, k, evidence.finite)
+
+
+def _stack(parts: list[Readouts]) -> Readouts:
+    """One :class:`Readouts` from those of consecutive chunks."""
+    if len(parts) == 1:
+        return parts[0]
+    top_ok = None if parts[0].top_k_certified is None else np.concatenate(
+        [p.top_k_certified for p in parts if p.top_k_certified is not None])
+    return Readouts(
+        np.concatenate([p.alert for p in parts]), np.concatenate([p.top_labels for p in parts]),
+        np.concatenate([p.top_scores for p in parts]), top_ok,
+        np.concatenate([p.margin for p in parts]), np.concatenate([p.confidence for p in parts]),
+        np.concatenate([p.spread for p in parts]))
+
+
+def mask_readouts(u: np.ndarray, window: Pair, settings: FrameSettings, thres: float,
+                  clip: Optional[float], labels: np.ndarray) -> Readouts:
+    """Readouts (B maps) of robust masking with the mask ``window``, given its
+    predictions ``labels`` (B,) for u (B, H, W, C)."""
+    from .masking import chunks
+
+    parts = []
+    with np.errstate(invalid="ignore", over="ignore"):
+        for part in chunks(u):
+            evidence = MaskEvidence(u[part], window, thres, clip)
+            parts.append(read_mask(u[part], evidence, labels[part], window, settings.tau,
+                                   settings.top_k))
+    return _stack(parts)
+
+
+@dataclass(frozen=True)
+class DoubleVerdicts:
+    """Double masking of B maps: labels, certificates, the deciding mask's
+    cells (top, left, (ma, mb)) or None, and the readouts."""
+
+    labels: np.ndarray
+    certified: np.ndarray
+    masks: list[Optional[tuple[int, int, Pair]]]
+    readouts: Readouts
+
+
+def double_verdicts(u: np.ndarray, window: Pair, settings: FrameSettings,
+                    clip: Optional[float]) -> DoubleVerdicts:
+    """Feature-space double masking of u (B, H, W, C) against the patch
+    ``window``, with ``settings.masks_per_axis`` masks per axis."""
+    from .double_masking import _chunks, mask_set
+
+    masks = mask_set(u.shape[1:3], window, settings.masks_per_axis)
+    labels, certified, found, parts = [], [], [], []
+    for part in _chunks(u, masks):
+        evidence = DoubleMaskEvidence.of(u[part], masks, clip)
+        y, deciding = evidence.decision()
+        labels.append(y)
+        certified.append(evidence.certified(y))
+        for index in deciding:
+            if index < 0:
+                found.append(None)
+            else:
+                top, left, _, _ = masks.box(int(index))
+                found.append((top, left, masks.side))
+        parts.append(read_double(u[part], evidence, y, window, settings.tau, settings.top_k))
+    return DoubleVerdicts(np.concatenate(labels), np.concatenate(certified), found, _stack(parts))

@@ -89,14 +89,18 @@ def draw_overlay(frame: np.ndarray, result: FrameResult) -> np.ndarray:
     if result.masked_box is not None:
         x0, y0, x1, y1 = result.masked_box
         cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), AMBER, thick)
-    if result.certified:
+    if getattr(result, "abstained", False):
+        badge, colour = "abstained (low confidence)", AMBER
+    elif result.certified:
         badge, colour = f"CERTIFIED {result.patch_px}px", GREEN
     elif result.certified_patch_px:
         badge, colour = f"certified {result.certified_patch_px}/{result.patch_px}px", AMBER
     else:
         badge, colour = "not certified", RED
-    for row, (text, fg) in enumerate(((result.class_name or str(result.label), (255, 255, 255)),
-                                       (badge, colour))):
+    lines = [(result.class_name or str(result.label), (255, 255, 255)), (badge, colour)]
+    if getattr(result, "alert", False):
+        lines.append(("ALERT: patch suspected", RED))
+    for row, (text, fg) in enumerate(lines):
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         y = int((row + 1) * (th + base + 6 * scale))
         cv2.rectangle(canvas, (0, y - th - base), (min(w - 1, tw + 6), y + base // 2), (0, 0, 0), -1)
@@ -185,6 +189,8 @@ class RunSummary:
 
     frames: int = 0
     certified: int = 0
+    alerts: int = 0
+    abstained: int = 0
     latency_sums: dict[str, float] = field(default_factory=lambda: {"pre": 0.0, "infer": 0.0,
                                                                      "certify": 0.0})
     started: float = field(default_factory=time.perf_counter)
@@ -195,6 +201,8 @@ class RunSummary:
     def add(self, result: FrameResult) -> None:
         self.frames += 1
         self.certified += int(result.certified)
+        self.alerts += int(getattr(result, "alert", False))
+        self.abstained += int(getattr(result, "abstained", False))
         for key, value in result.latency_ms.items():
             self.latency_sums[key] = self.latency_sums.get(key, 0.0) + value
 
@@ -213,6 +221,8 @@ class RunSummary:
             "mean_latency_ms": {k: round(v / n, 3) for k, v in self.latency_sums.items()},
             "certified": self.certified,
             "certified_rate": round(self.certified / n, 4) if self.frames else 0.0,
+            "alerts": self.alerts,
+            "abstained": self.abstained,
             "stopped": self.stop_reason,
             "notes": list(self.notes),
         }
@@ -224,5 +234,6 @@ class RunSummary:
             f"{d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS); mean latency "
             f"pre {lat['pre']:.2f} ms, infer {lat['infer']:.2f} ms, certify {lat['certify']:.2f} ms; "
             f"certified {d['certified']}/{d['frames']} ({100 * d['certified_rate']:.1f}%); "
+            f"alerts {d['alerts']}, abstained {d['abstained']}; "
             f"stopped: {d['stopped']}" + "".join(f"; {note}" for note in d["notes"])
         )

@@ -17,12 +17,19 @@ Examples:
   pg-run --engine model.plan --camera 0 --show
   pg-run --engine model.onnx --source clip.avi --jsonl frames.jsonl --save-video out.avi
   pg-run --engine model.onnx --source photos/ --patch-frac 0.02 --jsonl -
+  pg-run --engine model.onnx --camera 0 --on-alert exit --abstain-below 0.4 --abstain-spread 4
+  pg-run --engine model.onnx --source clip.avi --defense double --top-k 3 --jsonl out.jsonl
   pg-run --engine model.plan --source "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,\\
 height=720 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink"
 \b
 The patch is stated in camera pixels (a square of --patch-size PX, or of
 --patch-frac F of the frame area); by default the model's own patch size,
 mapped from model pixels to camera pixels. The summary goes to stderr.
+Every frame also gets provable detection's alert (--tau), the top-k masked
+scores, the certification margin, a confidence and the cell spread; frames
+below --abstain-below / --abstain-spread get label -1 and no certificate. A
+certificate says no patch of that size changes the label; it does not say the
+frame shows anything the model knows (a black frame is confidently "Dress").
 """
 
 EXIT_STATUS = "\n\b\n" + EXIT_CODES_HELP.replace(": ", ":\n  ", 1).replace("; ", ";\n  ") + "\n"
@@ -76,13 +83,31 @@ def _log_through(bar: Any) -> Any:
 @click.option("--value-range", type=float, nargs=2, default=None, metavar="LO HI",
               help="Map frames that are not uint8 (mono16, float) from LO..HI onto 0..255.")
 @click.pass_context
+@click.option("--defense", type=click.Choice(["mask", "double"]), default="mask", show_default=True,
+              help="Robust masking, or feature-space double masking (one BagNet pass either way).")
+@click.option("--masks-per-axis", type=int, default=None,
+              help="Double masking: masks per axis (default 6).")
+@click.option("--tau", type=float, default=None,
+              help="Alert threshold of provable detection in [0, 1) (default 0.8).")
+@click.option("--on-alert", type=click.Choice(["mark", "exit"]), default="mark", show_default=True,
+              help="mark: flag the frame (JSONL, overlay) and go on; exit: write the frame, "
+                   "finalise the outputs and exit with status 5.")
+@click.option("--top-k", type=int, default=1, show_default=True,
+              help="List the K best classes and masked scores (and certify the top K, --defense mask).")
+@click.option("--abstain-below", type=float, default=None,
+              help="Abstain (label -1, never certified) when the confidence is below P.")
+@click.option("--abstain-spread", type=float, default=None,
+              help="Abstain when the cell-to-cell spread of the local logits is below S "
+                   "(a uniform frame has 0).")
 def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Optional[str],
          camera_fps: Optional[float], reconnect: int, source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
          provider: Optional[str], jsonl: Optional[str], append: bool, jsonl_header: Optional[str],
          save_video: Optional[str], show: bool, max_frames: Optional[int], topic: Optional[str], save_bag: Optional[str],
          color: Optional[str],
-         value_range: Optional[tuple[float, float]]) -> None:
+         value_range: Optional[tuple[float, float]], defense: str, masks_per_axis: Optional[int],
+         tau: Optional[float], on_alert: str, top_k: int, abstain_below: Optional[float],
+         abstain_spread: Optional[float]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
     from ..files import check_outputs, write_text_atomic
     from ..pipeline import Pipeline, stream
@@ -111,7 +136,9 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
         # Set-up first: a bad option or input fails here, before any frame, with one line.
         pipeline = stack.enter_context(Pipeline.from_engine(
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
-            provider=provider, value_range=value_range or None))
+            provider=provider, value_range=value_range or None, defense=defense,
+            masks_per_axis=masks_per_axis, top_k=top_k, abstain_below=abstain_below,
+            abstain_spread=abstain_spread, **({} if tau is None else {"tau": tau})))
         frames = stack.enter_context(
             open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None
             else open_source(source or "", topic=topic))
@@ -166,6 +193,10 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
                         summary.finish("closed by the user")
                         break
                 bar.update(1)
+                if item.result.alert and on_alert == "exit":
+                    summary.finish(f"alert at frame {item.index} (--on-alert exit)")
+                    code = ExitCode.ALERT
+                    break
             if summary.ended is None and max_frames is not None and summary.frames >= max_frames:
                 summary.finish("--max-frames reached")
             if summary.ended is None and frames.lost:

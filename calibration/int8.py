@@ -228,7 +228,7 @@ def quantize_int8(
     and ``"int8": {...}`` (flavour, types, calibration data).
     """
     chosen = get_flavor(flavor)
-    onnx = lazy_import("onnx", "export")
+    onnx = lazy_import("onnx", "onnx")
     quant = lazy_import("onnxruntime.quantization", "cpu")
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     try:

@@ -119,11 +119,14 @@ def _onnx_name(path: Path) -> str:
               help="Inputs of the parity report (default: Fashion-MNIST test images for 28x28 gray "
                    "models when installed, else random).")
 @click.option("--parity-n", type=int, default=16, show_default=True, help="Inputs in the parity report.")
+@click.option("--allow-parity-drift", is_flag=True,
+              help="Write fp16/int8 artifacts even when their robust-masking decisions drift from the "
+                   "reference's (agreement below 98% or certified share more than 2 points lower).")
 def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[int], input_size: Optional[str],
          class_names: Optional[str], fp16: bool, int8: bool, calib_data: Optional[str], calib_size: int,
          int8_flavor: Optional[str], out_dir: str, name: Optional[str], max_batch: int, opset: Optional[int],
          engine: Optional[bool], random_init: bool, onnx_path: Optional[str], parity_data: Optional[str],
-         parity_n: int, tf32: bool) -> None:
+         parity_n: int, tf32: bool, allow_parity_drift: bool) -> None:
     """Export a BagNet for deployment and check every artifact against the original."""
     from .pipeline import ExportOptions, run_export
 
@@ -141,7 +144,7 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
             raise PatchGuardError(f"--engine: cannot build a TensorRT engine: {reason}")
     common = dict(fp16=fp16, int8=int8, calib_data=calib_data, calib_size=calib_size,
                   int8_flavor=int8_flavor, max_batch=max_batch, engine=engine, tf32=tf32,
-                  parity_data=parity_data, parity_n=parity_n)
+                  parity_data=parity_data, parity_n=parity_n, allow_parity_drift=allow_parity_drift)
 
     if onnx_path is not None:
         given = {"arch": arch, "checkpoint": checkpoint, "num_classes": num_classes,

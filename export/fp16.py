@@ -20,7 +20,7 @@ def to_fp16(model: Any) -> Any:
     """A float16 copy of an fp32 ``onnx.ModelProto``; metadata is kept."""
     if precision_of(model) != "fp32":
         raise PatchGuardError(f"fp16 conversion needs an fp32 model, got {precision_of(model)}")
-    float16 = lazy_import("onnxconverter_common.float16", "export")
+    float16 = lazy_import("onnxconverter_common.float16", "onnx")
     with warnings.catch_warnings():
         # It warns for every weight it clamps into float16 range; parity reports the effect.
         warnings.simplefilter("ignore")

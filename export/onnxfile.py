@@ -26,7 +26,7 @@ _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def onnx_module() -> Any:
-    return lazy_import("onnx", "export")
+    return lazy_import("onnx", "onnx")
 
 
 def load_onnx(path: os.PathLike) -> Any:

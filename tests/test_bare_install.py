@@ -36,6 +36,7 @@ def test_help_without_extras(command: str) -> None:
     ("pg-train", ["--out", "unused"], "export"),
     ("pg-attack", ["--limit", "1"], "export"),
     ("pg-export", [], "export"),
+    ("pg-export", ["--onnx", "model.onnx", "--fp16"], "onnx"),  # on the target: no torch needed
     ("pg-run", ["--engine", "model.onnx", "--camera", "0"], "cpu"),
 ])
 def test_missing_extra_is_one_line(command: str, args: list[str], extra: str, tmp_path) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 from .errors import PatchGuardError, lazy_import
 from .files import ensure_dir
 from .rosmsg import (
-    COMPRESSED, IMAGE_TYPES, OVERLAY_TOPIC, RESULT_TOPIC, STRING, frame_to_compressed,
-    message_to_frame, result_to_string, rosbags_types, stamp_to_ns,
+    COMPRESSED, IMAGE_TYPES, OVERLAY_TOPIC, RESULT_TOPIC, STRING, message_to_frame,
+    result_messages, rosbags_types, stamp_to_ns,
 )
 from .sources import FrameSource, SourceFrame
 
@@ -165,8 +165,7 @@ class BagSink:
         """One frame: ``view`` (uint8 BGR or gray overlay) and ``row`` (its result),
         at ``stamp_ns`` (the input stamp; now where the source has none)."""
         stamp = int(time.time() * 1e9) if stamp_ns is None else int(stamp_ns)
-        overlay = frame_to_compressed(self._types, view, stamp, frame_id)
-        result = result_to_string(self._types, row, stamp, frame_id)
+        overlay, result = result_messages(self._types, view, row, stamp, frame_id)
         self._writer.write(self._overlay, stamp, self._store.serialize_cdr(overlay, COMPRESSED))
         self._writer.write(self._result, stamp, self._store.serialize_cdr(result, STRING))
         self.count += 1

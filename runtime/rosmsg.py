@@ -175,6 +175,37 @@ def result_to_string(types: MessageTypes, row: dict[str, Any], stamp_ns: int,
     return types.String(data=json.dumps(payload, separators=(",", ":")))
 
 
+def result_messages(types: MessageTypes, overlay_bgr: np.ndarray, row: dict[str, Any], stamp_ns: int,
+                    frame_id: str = "") -> tuple[Any, Any]:
+    """(overlay ``CompressedImage``, result ``String``) of one frame, both at ``stamp_ns``."""
+    return (frame_to_compressed(types, overlay_bgr, stamp_ns, frame_id),
+            result_to_string(types, row, stamp_ns, frame_id))
+
+
+def run_on_message(pipeline: Any, msg: Any, types: MessageTypes, index: int = 0, source: str = "",
+                   msgtype: Optional[str] = None, color: Optional[str] = None
+                   ) -> tuple[dict[str, Any], Any, Any]:
+    """What a perception node does per image message: (row, overlay msg, result msg).
+
+    The frame is read in the encoding's own colour order (``color`` overrides
+    it), run through ``pipeline`` (a :class:`~.pipeline.Pipeline`), and the
+    result comes back as the JSONL frame object and the two messages of the
+    bag layout, stamped with the input's header.
+    """
+    import time
+
+    from .preprocess import to_bgr8
+    from .sinks import draw_overlay, frame_row
+
+    frame, order = message_to_frame(msg, msgtype)
+    order = color or order
+    result = pipeline(frame, color=order)
+    stamp = stamp_to_ns(msg.header.stamp)
+    row = frame_row(index, source, time.time(), result, stamp / 1e9)
+    overlay = draw_overlay(to_bgr8(frame, order, pipeline.value_range), result)
+    return (row, *result_messages(types, overlay, row, stamp, str(msg.header.frame_id)))
+
+
 def string_to_result(msg: Any) -> dict[str, Any]:
     """The result dict back from a ``/patchguard/result`` message."""
     try:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from _pipeline_fixtures import default_onnx  # noqa: F401
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.rosmsg import (
     COMPRESSED, IMAGE, STRING, compressed_to_frame, frame_to_compressed, frame_to_image,
@@ -106,3 +107,41 @@ def test_plain_python_data_fields_as_rclpy_gives_them() -> None:
     for data in (array.array("B", frame.tobytes()), frame.tobytes(), list(frame.tobytes())):
         msg.data = data
         assert np.array_equal(image_to_frame(msg)[0], frame)
+
+
+def test_run_on_message_is_the_nodes_step(default_onnx) -> None:
+    """The per-message step of examples/ros2/patchguard_node.py, on rosbags' classes:
+    the same verdict as the Pipeline on the decoded frame, the bag layout back."""
+    from patchguard.runtime.pipeline import Pipeline
+    from patchguard.runtime.rosmsg import run_on_message
+
+    frame = _frame((60, 80, 3), "uint8", seed=9)
+    msg = wire(frame_to_image(TYPES, np.ascontiguousarray(frame[..., ::-1]), STAMP, "cam",
+                              encoding="rgb8"), IMAGE)
+    with Pipeline.from_engine(default_onnx) as pipeline:
+        row, overlay, result = run_on_message(pipeline, msg, TYPES, index=4, source="/cam")
+        want = pipeline(frame)  # the same pixels, as BGR
+    assert (row["label"], row["certified"], row["certified_patch_px"]) == \
+        (want.label, want.certified, want.certified_patch_px)
+    assert row["frame"] == 4 and row["capture_time"] == pytest.approx(STAMP / 1e9)
+    overlay, result = wire(overlay, COMPRESSED), wire(result, STRING)
+    assert compressed_to_frame(overlay)[0].shape == (60, 80, 3)
+    assert (overlay.header.stamp.sec, overlay.header.stamp.nanosec) == divmod(STAMP, 10**9)
+    assert string_to_result(result)["stamp"] == {"sec": STAMP // 10**9, "nanosec": STAMP % 10**9}
+
+
+def test_ros2_example_node_is_thin_and_compiles() -> None:
+    """rclpy cannot be installed here: the node must compile and use only the package's
+    conversions (no message handling of its own)."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ros2" / "patchguard_node.py"
+    tree = ast.parse(path.read_text(), str(path))
+    compile(tree, str(path), "exec")
+    imported = {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for a in node.names}
+    assert imported <= {"__future__", "array", "sys", "rclpy", "builtin_interfaces", "sensor_msgs",
+                        "std_msgs", "patchguard"}, imported
+    assert "run_on_message" in path.read_text() and "np." not in path.read_text()

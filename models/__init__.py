@@ -10,9 +10,9 @@ from typing import Any
 
 _EXPORTS = {
     "BagNet": "bagnet", "bagnet9": "bagnet", "bagnet17": "bagnet", "bagnet33": "bagnet",
-    "SmallBagNet": "small",
+    "SmallBagNet": "small", "CompactCNN": "cnn",
     "RECORDS": "records", "record_for": "records", "small_record": "records", "build_model": "records",
-    "DEFAULT_CHECKPOINT": "checkpoints", "load_checkpoint": "checkpoints",
+    "DEFAULT_CHECKPOINT": "checkpoints", "CLEANSER_CHECKPOINT": "checkpoints", "load_checkpoint": "checkpoints",
     "save_checkpoint": "checkpoints",
 }
 __all__ = sorted(_EXPORTS)

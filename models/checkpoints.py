@@ -29,6 +29,8 @@ PROJECT_FORMAT = "patchguard-edge"
 CONTAINER_KEYS = ("model_state_dict", "state_dict", "net")
 LAYOUTS = ("project", "plain", "model_state_dict", "state_dict", "net")
 DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "fashion_mnist_bagnet.pt"
+# The bundled PatchCleanser classifier (an ordinary CNN; pg-train --defense cleanser).
+CLEANSER_CHECKPOINT = Path(__file__).with_name("weights") / "fashion_mnist_cleanser.pt"
 
 
 class CheckpointError(PatchGuardError):

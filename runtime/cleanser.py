@@ -307,6 +307,12 @@ class CleanserRunner(ViewRunner):
         return [ViewResult(r.label, r.certified, r.views, {"second_round": r.second_round})
                 for r in results]
 
+    def run_full(self, x: np.ndarray, labels: np.ndarray | None = None) -> tuple[list[ViewResult], np.ndarray]:
+        """:meth:`run` scoring every two-mask view (no early exit); also the tables (B, M, M)."""
+        results, tables = self.engine.run(x, certify=True, full=True, labels=labels)
+        return ([ViewResult(r.label, r.certified, r.views, {"second_round": r.second_round})
+                 for r in results], tables)
+
     @property
     def views_per_frame(self) -> int:
         return self.masks.pair_count

@@ -226,6 +226,10 @@ class ViewRunner:
     def all_views(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def run_full(self, x: np.ndarray, labels: np.ndarray | None = None) -> tuple[list[ViewResult], np.ndarray]:
+        """:meth:`run` with certification, scoring every view; also the per-frame prediction tables."""
+        raise PatchGuardError(f"the {self.kind} defense has no prediction-table dump")
+
     def from_logits(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels (B,), certified (B,)) from the logits of :meth:`all_views`, reshaped (B, V_all, K)."""
         raise NotImplementedError

@@ -35,6 +35,7 @@ Examples:
   pg-certify --engine model.onnx --data fashion-mnist --patch-size 2 3 5 --json report.json
   pg-certify --engine model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
   pg-certify --engine model.onnx --data fashion-mnist --patch-size 5 --tau 0.6 0.8 --top-k 3
+  pg-certify --engine cleanser.onnx --data fashion-mnist --patch-size 2 3 5 --dump tables.npz
 \b
 --window is the mask in feature cells (AxB: rows x columns); --patch-size P
 (pixels) with --rf R and --stride S derives it. In --engine mode the receptive
@@ -84,12 +85,15 @@ BATCH = 256
               help="Plot certified accuracy against patch size to this PNG (--engine mode).")
 @click.option("--save-logits", type=click.Path(dir_okay=False), default=None,
               help="Also save the model's logits (.npy) and labels (.labels.npy) (--engine mode).")
+@click.option("--dump", type=click.Path(dir_okay=False), default=None,
+              help="View defenses (PatchCleanser): score every two-mask view (no early exit) and save "
+                   "the prediction tables (N, M, M) per patch size with the labels to this .npz.")
 def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], data: Optional[str],
          split: str, limit: Optional[int], provider: Optional[str], window_text: Optional[str],
          patch_sizes: Sequence[str], rf: Optional[int], stride: Optional[int], thres: float,
          clip: Optional[float], defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
          top_k: int, json_out: Optional[str], plot: Optional[str],
-         save_logits: Optional[str]) -> None:
+         save_logits: Optional[str], dump: Optional[str]) -> None:
     """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
     feature-space double masking; provable detection and top-k in the reports)."""
     sizes = _parse_sizes(patch_sizes)
@@ -98,7 +102,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         raise PatchGuardError("give exactly one of --logits X.npy or --engine MODEL")
     if logits is not None:
         for flag, value in (("--data", data), ("--plot", plot), ("--save-logits", save_logits),
-                            ("--limit", limit)):
+                            ("--limit", limit), ("--dump", dump)):
             if value is not None:
                 raise PatchGuardError(f"{flag} belongs to --engine mode, not --logits")
         _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out,
@@ -114,7 +118,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         if defense != "mask":
             raise PatchGuardError("--engine mode reports every defense; drop --defense")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
-                     plot, save_logits, extras)
+                     plot, save_logits, extras, dump)
 
 
 def _extras(defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
@@ -276,7 +280,7 @@ def load_npy(path: str, what: str) -> np.ndarray:
 def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[int],
                  provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
                  json_out: Optional[str], plot: Optional[str], save_logits: Optional[str],
-                 extras: dict[str, Any]) -> None:
+                 extras: dict[str, Any], dump: Optional[str] = None) -> None:
     from ..backends import open_backend
     from ..evaluate import evaluate
     from ..masking import check_params
@@ -290,6 +294,18 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     thres, clip = check_params(thres, clip)
     with open_backend(engine, provider=provider) as backend:
         record = backend.record
+        if not record.is_local:
+            for flag, value in (("--save-logits", save_logits), ("--plot", plot)):
+                if value is not None:
+                    raise PatchGuardError(f"{flag} applies to BagNets; {engine} is a "
+                                          f"{record.defense.kind} classifier")
+            images, labels = _load_data(data, split, record)
+            if limit is not None:
+                images, labels = images[:limit], labels[:limit]
+            _views_mode(backend, engine, data, split, images, labels, sizes, json_out, dump)
+            return
+        if dump is not None:
+            raise PatchGuardError(f"--dump applies to view defenses; {engine} is a BagNet")
         height, width = record.map_size
         for size in sizes:  # fail before the (long) inference, not after it
             a, b = window_shape(size, record.receptive_field, record.stride)
@@ -319,6 +335,39 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     if plot:
         plot_report(report, plot)
     _print_report(report)
+
+
+def _views_mode(backend: Any, engine: str, data: str, split: str, images: np.ndarray,
+                labels: np.ndarray, sizes: list[int], json_out: Optional[str], dump: Optional[str]) -> None:
+    """A view defense's report: clean and certified accuracy, views and ms per image, per patch size."""
+    from ..view_evaluate import evaluate_views
+
+    side = min(backend.record.input_size)
+    for size in sizes:  # before the long run, not after it
+        if size > side:
+            raise PatchGuardError(f"a {size} px patch does not fit the model's "
+                                  f"{backend.record.input_size[0]}x{backend.record.input_size[1]} input")
+    with progress(len(images) * len(sizes), "views") as bar:
+        report, tables = evaluate_views(backend, images, labels, sizes, dump=dump is not None,
+                                        on_progress=bar.update)
+    report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
+              **report}
+    if dump is not None:
+        arrays = {f"tables_{size}": table.astype(np.int16) for size, table in tables.items()}
+        with atomic_path(dump) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, labels=labels.astype(np.int64), **arrays)
+        report["dump"] = str(dump)
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
+    kind = report["defense"]["kind"]
+    click.echo(f"{report['n']} images, defense {kind}")
+    click.echo(f"{'patch':>7} {'masks':>6} {'accuracy':>9} {'certified':>10} {'views/img':>10} {'ms/img':>8}")
+    for row in report["results"]:
+        masks = f"{row.get('masks', '-')}"
+        click.echo(f"{row['patch_size']:>7} {masks:>6} {row['accuracy']:9.4f} {row['certified']:10.4f} "
+                   f"{row['views_per_image']:10.1f} {row['ms_per_image']:8.2f}")
+    if dump is not None:
+        click.echo(f"prediction tables: {dump}")
 
 
 def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,10 @@
   with most votes. With ``out_c(P)`` the votes for c outside P, y is certified
   iff ``out_y(P) > out_c(P) + |P|`` at every P for every c != y.
 
-Ties go to the lowest class index; maps with NaN or inf get
+CBN decides on the exact grid of :mod:`.grid` (``f`` rounded onto integers
+in ``[-unit, unit]``; a patch moves a cell by at most ``2 unit`` per class
+pair), votes are counts: both are exact, so ties go to the lowest class
+index literally and no tolerance is needed. Maps with NaN or inf get
 :data:`masking.NO_LABEL` and are never certified. Shapes: u (B, H, W, C),
 ``window`` the patch window (a, b) in cells.
 """
@@ -20,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .geometry import IntOrPair
+from .grid import scores_to_grid
 from .masking import (
     NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral,
 )
@@ -30,13 +34,20 @@ def cbn_scores(u: np.ndarray) -> np.ndarray:
     return np.tanh(0.05 * np.asarray(u, dtype=np.float64) - 1.0)
 
 
+def cbn_grid(u: np.ndarray) -> tuple[np.ndarray, int]:
+    """CBN scores f of u (B, H, W, C) on the exact grid: integers in
+    [-unit, unit] (float64), and the unit. Cell by cell, so the clean and
+    an attacked map agree outside the patch."""
+    return scores_to_grid(cbn_scores(u), u.shape[1] * u.shape[2])
+
+
 def cbn_predict(local_logits: np.ndarray) -> np.ndarray:
     """CBN predictions (B,): argmax over c of the mean of f; NO_LABEL for NaN/inf maps."""
     u = check_logits(local_logits)
     out = np.empty(u.shape[0], dtype=np.int64)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            out[part] = cbn_scores(u[part]).sum(axis=(1, 2)).argmax(axis=1)
+            out[part] = cbn_grid(u[part])[0].sum(axis=(1, 2)).argmax(axis=1)
     return np.where(finite_maps(u), out, NO_LABEL)
 
 
@@ -45,9 +56,9 @@ def cbn_certify(
 ) -> np.ndarray:
     """CBN certificates (B,) against a patch inside any ``window`` of cells.
 
-    ``labels=None`` certifies each map's own CBN prediction. The margin must
-    exceed 1e-9 * max(1, H * W) (the scale of the summed scores) so that a
-    rounding error never decides a tie.
+    ``labels=None`` certifies each map's own CBN prediction. On the grid a
+    patch moves each cell's ``f_y - f_c`` by at most ``2 unit``, so the test
+    is ``sum outside P (f_y - f_c) > 2 unit |P|``, in exact integers.
     """
     u = check_logits(local_logits)
     a, b = check_window(window, u.shape)
@@ -55,18 +66,18 @@ def cbn_certify(
     if y is None:
         y = cbn_predict(u)
     cells = a * b
-    tol = 1e-9 * max(1.0, u.shape[1] * u.shape[2])
     certified = np.zeros(u.shape[0], dtype=bool)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
             ys = np.maximum(y[part], 0)
-            table = integral(cbn_scores(u[part]))
+            scores, unit = cbn_grid(u[part])
+            table = integral(scores)
             total = table[:, -1, -1]                               # (B, C)
             outside = total[:, None, None, :] - box_sums(table, a, b)  # (B, P, P, C)
             rows = np.arange(ys.size)
             margin = outside[rows, :, :, ys][..., None] - outside
             margin[rows, :, :, ys] = np.inf
-            certified[part] = (margin.min(axis=(1, 2, 3)) > 2.0 * cells + tol) & (y[part] >= 0)
+            certified[part] = (margin.min(axis=(1, 2, 3)) > 2.0 * unit * cells) & (y[part] >= 0)
     return certified & finite_maps(u)
 
 

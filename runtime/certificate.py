@@ -8,8 +8,11 @@ For a label y, every (pa, pb) patch position P under an (a, b) mask
   ``t - M0`` when T = 0 or ``M0 > T t``, else ``t - OV`` (``M0``: largest mask
   window sum of ``v'``; ``OV``: the same over the windows overlapping P).
 
-y is certified iff ``lower - upper`` exceeds :func:`masking.tolerance` at every
-P for every c. The work is arranged so the exact lower bound is rarely needed:
+y is certified iff ``lower > upper`` at every P for every c. All of it is
+exact: the sums are integers on the grid of :mod:`.grid`, and the two
+comparisons involving T (``M0 > T t`` and ``lower > gap / (1 - T)``) go
+through :func:`.grid.compare`, so no tolerance is needed and an exact tie is
+never a certificate. The work is arranged so the exact lower bound is rarely needed:
 
 1. cheap sufficient test: ``lower >= S_y - sum v[P, y] - M_y`` (zeroing P can
    only shrink the best window), so a position where that already beats the
@@ -35,6 +38,7 @@ import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, window_shape
+from .grid import beats, exceeds_fraction
 from .masking import (
     NO_LABEL, MaskEvidence, box_sums, check_labels, check_logits, check_params, check_window,
     chunks, containing_max,
@@ -230,7 +234,7 @@ def _label_side(table: np.ndarray, windows: np.ndarray, mask: Pair, patch: Pair,
     # used (T = 0, or already the non-overlapping windows beat T t),
     # lower = t - M0 <= t - no_overlap.
     cap = total[:, None, None] - containing_max(windows, a, b, pa, pb)
-    uses_m0 = (thres == 0.0) | (no_overlap > thres * t)
+    uses_m0 = _uses_m0(no_overlap, t, thres)
     cap = np.minimum(cap, np.where(uses_m0, t - no_overlap, np.inf))
     return _LabelSide(table, windows, t, no_overlap, cheap, cap)
 
@@ -276,32 +280,35 @@ def certify_evidence(evidence: MaskEvidence, y: np.ndarray, patch: Pair) -> np.n
     side = _label_side(*evidence.label(y), mask, patch, thres)
     count = _candidates(evidence, y, side.cheap.min(axis=(1, 2)))
     first = min(count, _FIRST_BOUNDED)
-    certified = _decide(side, _upper_bounds(evidence, y, first, patch), evidence.tol, mask, patch,
-                        thres)
+    certified = _decide(side, _rival_gaps(evidence, y, first, patch), mask, patch, thres)
     if count > first and certified.any():
-        certified = _decide(side, _upper_bounds(evidence, y, count, patch), evidence.tol, mask,
-                            patch, thres)
+        certified = _decide(side, _rival_gaps(evidence, y, count, patch), mask, patch, thres)
     return certified & evidence.finite
 
 
 def _candidates(evidence: MaskEvidence, y: np.ndarray, floor: np.ndarray) -> int:
     """How many ranked classes c != y (the most over the maps) can reach a lower bound.
 
-    A class with ``S_c / (1 - T) < floor - tol`` is below every lower bound at
-    every position by more than the tolerance (``floor`` is the smallest cheap
-    lower bound), so it cannot refute; ranked by total, the others form a
-    prefix of the ranking once y is skipped. Bounding more classes than that
-    changes no verdict, for the same reason.
+    A class with ``S_c / (1 - T) < floor`` is below every lower bound at
+    every position (``floor`` is the smallest cheap lower bound), so it
+    cannot refute; ranked by total, the others form a prefix of the ranking
+    once y is skipped. Bounding more classes than that changes no verdict,
+    for the same reason. The float product gets a generous slack: it only
+    prunes.
     """
-    candidate = evidence.totals >= (1.0 - evidence.thres) * (floor - evidence.tol)[:, None]
+    reach = (1.0 - evidence.thres) * floor
+    reach = reach - np.abs(reach) * 1e-9 - 1.0
+    candidate = evidence.totals >= reach[:, None]
     candidate[np.arange(y.shape[0]), y] = False
     return int(candidate.sum(axis=1).max(initial=0))
 
 
-def _upper_bounds(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) -> np.ndarray:
-    """Largest upper bound (B, H-pa+1, W-pb+1) over the ``count`` best-ranked classes c != y."""
+def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) -> np.ndarray:
+    """Largest ``S_c - max_{W >= P} sum v[W, c]`` (B, H-pa+1, W-pb+1) over the
+    ``count`` best-ranked classes c != y: the upper bound times (1 - T),
+    exact (the division is left to :func:`.grid.beats`)."""
     batch, height, width, classes = evidence.u.shape
-    (a, b), (pa, pb), thres = evidence.mask, patch, evidence.thres
+    (a, b), (pa, pb) = evidence.mask, patch
     if count == 0:
         return np.full((batch, height - pa + 1, width - pb + 1), -np.inf)
     k = count + 1  # y may be among them
@@ -316,15 +323,21 @@ def _upper_bounds(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair
     # y is no rival of itself: its gap becomes -inf at every position.
     others = np.where(index == y[:, None], -np.inf, exact)
     gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb)
-    return gap.max(axis=3) / (1.0 - thres)
+    return gap.max(axis=3)
 
 
-def _decide(side: _LabelSide, upper: np.ndarray, tol: np.ndarray, mask: Pair, patch: Pair,
+def _uses_m0(best: np.ndarray, t: np.ndarray, thres: float) -> np.ndarray:
+    """Where the lower bound is ``t - M0`` (T = 0, or ``M0 > T t`` exactly)."""
+    if thres == 0.0:
+        return np.ones(np.shape(best), dtype=bool)
+    return exceeds_fraction(best, t, thres)
+
+
+def _decide(side: _LabelSide, gap: np.ndarray, mask: Pair, patch: Pair,
             thres: float) -> np.ndarray:
     """Certificates (B,): cheap tests first, the exact lower bound where they disagree."""
-    tol3 = tol[:, None, None]
-    refuted = ((side.cap - upper) <= tol3).any(axis=(1, 2))
-    unsure = (side.cheap - upper) <= tol3
+    refuted = (~beats(side.cap, gap, thres)).any(axis=(1, 2))
+    unsure = ~beats(side.cheap, gap, thres)
     undecided = unsure & ~refuted[:, None, None]
     n, i, j = np.nonzero(undecided)
     if log.isEnabledFor(logging.DEBUG):
@@ -332,7 +345,7 @@ def _decide(side: _LabelSide, upper: np.ndarray, tol: np.ndarray, mask: Pair, pa
                   unsure.size, int(unsure.sum()), n.size)
     if n.size:
         lower = _exact_lower(side, n, i, j, mask, patch, thres)
-        failed = (lower - upper[n, i, j]) <= tol[n]
+        failed = ~beats(lower, gap[n, i, j], thres)
         refuted[n[failed]] = True
     return ~refuted
 
@@ -368,6 +381,6 @@ def _exact_lower(side: _LabelSide, n: np.ndarray, i: np.ndarray, j: np.ndarray,
         overlap = (padded[n3, i3 + out_r, j3 + out_c] - inside).max(axis=(1, 2))
         best = np.maximum(side.no_overlap[nn, ii, jj], overlap)
         t = side.t[nn, ii, jj]
-        uses_m0 = (thres == 0.0) | (best > thres * t)
+        uses_m0 = _uses_m0(best, t, thres)
         lower[s : s + step] = np.where(uses_m0, t - best, t - overlap)
     return lower

@@ -10,25 +10,39 @@ from __future__ import annotations
 import operator
 from typing import Union
 
+import numpy as np
+
 from .errors import PatchGuardError
 
 Pair = tuple[int, int]
 IntOrPair = Union[int, tuple[int, int], list[int]]
 
 
+def count(value: object, name: str) -> int:
+    """A positive whole number of cells or pixels: a Python or numpy integer
+    (never a bool, a float or a string), at least 1."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < 1):
+        raise PatchGuardError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def as_pair(value: IntOrPair, name: str = "window") -> Pair:
-    """``6`` -> ``(6, 6)``; ``(3, 5)`` stays; anything else is an error."""
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    else:
-        try:
-            a, b = value  # type: ignore[misc]
-            pair = (int(a), int(b))
-        except (TypeError, ValueError):
-            raise PatchGuardError(f"{name} must be an int or a pair (a, b), got {value!r}") from None
-    if pair[0] < 1 or pair[1] < 1:
-        raise PatchGuardError(f"{name} must be at least 1 cell per axis, got {pair}")
-    return pair
+    """``6`` -> ``(6, 6)``; ``(3, 5)`` stays; anything else is one error.
+
+    Only Python and numpy integers of at least 1 are accepted, alone or as a
+    pair: a float is refused rather than truncated, a bool rather than read
+    as 0 or 1.
+    """
+    items = list(value) if isinstance(value, (tuple, list, np.ndarray)) else [value, value]
+    try:
+        if len(items) != 2:
+            raise PatchGuardError("not a pair")
+        return count(items[0], name), count(items[1], name)
+    except PatchGuardError:
+        raise PatchGuardError(
+            f"{name} must be a positive integer or a pair (a, b) of them, got {value!r}"
+        ) from None
 
 
 def parse_pair(text: str, name: str = "size") -> Pair:
@@ -47,11 +61,9 @@ def parse_pair(text: str, name: str = "size") -> Pair:
 
 def cells_touched(extent_px: int, receptive_field: int, stride: int) -> int:
     """Most cells along one axis that a run of ``extent_px`` pixels can touch."""
-    if extent_px < 1 or receptive_field < 1 or stride < 1:
-        raise PatchGuardError(
-            f"patch, receptive field and stride must be positive, got "
-            f"{extent_px}, {receptive_field}, {stride}"
-        )
+    extent_px = count(extent_px, "patch size")
+    receptive_field = count(receptive_field, "receptive field")
+    stride = count(stride, "stride")
     return -(-(extent_px + receptive_field - 1) // stride)
 
 

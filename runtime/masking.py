@@ -2,9 +2,11 @@
 
 Symbols follow DESIGN.md section 2: local logits ``u`` (B, H, W, C), clipped
 evidence ``v = clip(u, 0, c_h)``, class totals ``S_c`` (B, C), largest window
-sums ``M_c`` over (a, b) windows, detection threshold ``T``. Every bound is
-computed in float64 from one integral image (2-D cumulative sum), so the same
-window always gets the same sum wherever it is used.
+sums ``M_c`` over (a, b) windows, detection threshold ``T``. The evidence
+lives on the exact fixed-point grid of :mod:`.grid` (integers held in
+float64): every sum comes from one integral image of grid values and is
+exact, so decisions, ties and bounds are those of the math, for any finite
+input. Evidence returned to callers is converted back to logit units.
 
 Maps holding NaN or inf have no trustworthy evidence: :func:`robust_masking`
 returns :data:`NO_LABEL` (-1) and a NaN evidence row for them instead of a
@@ -25,6 +27,7 @@ import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair
+from .grid import Grid, exceeds_fraction, grid_for, to_grid
 
 #: Prediction given for a map that holds NaN or inf (no label can be trusted).
 NO_LABEL = -1
@@ -130,21 +133,17 @@ def chunks(u: np.ndarray) -> list[slice]:
 # Integral images and window sums.
 
 def clipped(u: np.ndarray, clip: Optional[float]) -> np.ndarray:
-    """``v = clip(u, 0, c_h)`` in float64 (a new array)."""
-    v = np.maximum(u, 0.0, dtype=np.float64)
-    if clip is not None:
-        np.minimum(v, clip, out=v)
-    return v
+    """``v = clip(u, 0, c_h)`` on the exact grid (:func:`.grid.to_grid`), a new
+    float64 array of integers in grid units."""
+    return to_grid(u, grid_for(u.shape, clip))
 
 
-def clipped_integral(
-    u: np.ndarray, clip: Optional[float], index: Optional[np.ndarray] = None
-) -> np.ndarray:
-    """Integral image of ``v = clip(u, 0, c_h)`` in float64: (B, H + 1, W + 1, K).
+def clipped_integral(u: np.ndarray, grid: Grid, index: Optional[np.ndarray] = None) -> np.ndarray:
+    """Integral image of the grid values of ``v = clip(u, 0, c_h)``: (B, H + 1, W + 1, K).
 
-    ``table[:, i, j, k]`` is the sum of ``v[:, :i, :j, k]``, so
-    ``table[:, H, W]`` is the total S. ``index`` (B, K) picks K classes per
-    map (default: all C). Clipping, the cast to float64 and the class gather
+    ``table[:, i, j, k]`` is the sum of ``v[:, :i, :j, k]`` (exact: grid
+    integers), so ``table[:, H, W]`` is the total S. ``index`` (B, K) picks
+    K classes per map (default: all C). The grid map and the class gather
     write straight into the table.
     """
     batch, height, width, classes = u.shape
@@ -157,9 +156,7 @@ def clipped_integral(
     table[:, 0] = 0.0
     table[:, 1:, 0] = 0.0
     inner = table[:, 1:, 1:]
-    np.maximum(source, 0.0, out=inner)
-    if clip is not None:
-        np.minimum(inner, clip, out=inner)
+    to_grid(source, grid, out=inner)
     _accumulate(inner)
     return table
 
@@ -236,46 +233,45 @@ def _along(axis: int, start: int, stop: int) -> tuple:
 # --------------------------------------------------------------------------
 # Class totals and gathering the classes that matter.
 
-def upper_class_totals(u: np.ndarray, clip: Optional[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Over-estimates of ``S_c`` (B, C) float64, and which maps are finite (B,).
+def upper_class_totals(u: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Over-estimates of the grid totals ``S_c`` (B, C) float64, and which
+    maps are finite (B,).
 
     The totals are never below the exact values and only rank and prune
-    classes, never serve as a bound. float64 input: the float64 totals,
-    inflated by a relative 1e-12 so that ties with integral-image totals stay
-    inside every candidate set. float32 input: a float32 pass, with c_h
-    rounded up and the total inflated by the float32 summation error bound.
-    Finiteness comes with it: NaN reaches the totals, -inf shows in the
-    map's minimum, +inf in the totals (or, under a ceiling, in the maximum).
+    classes, never serve as a bound. float64 input: the exact grid totals.
+    float32 input: a float32 pass over ``clip(u, 0, c_h)`` (c_h rounded up
+    to a float32), inflated by the float32 summation error bound and the
+    rounding of the grid map, capped at the largest possible total.
     """
     batch, height, width, classes = u.shape
     cells = height * width
-    lowest = u.reshape(batch, -1).min(axis=1)
+    flat = u.reshape(batch, -1)
+    finite = np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1))
     if u.dtype != np.float32:
-        totals = clipped(u, clip).reshape(batch, cells, classes).sum(axis=1) * (1.0 + 1e-12) + 1e-300
-    else:
-        ceiling = None
-        if clip is not None:
-            ceiling = np.float32(clip)
-            if float(ceiling) < clip:
-                ceiling = np.nextafter(ceiling, np.float32(np.inf))
-        if classes <= 64:
-            v = np.maximum(u, np.float32(0.0))
-            if ceiling is not None:
-                np.minimum(v, ceiling, out=v)
-            totals = v.sum(axis=(1, 2), dtype=np.float32).astype(np.float64)
-        else:  # one map at a time through a reused buffer: stays in cache
-            totals = np.empty((batch, classes), dtype=np.float64)
-            buffer = np.empty((cells, classes), dtype=np.float32)
-            for n in range(batch):
-                np.maximum(u[n].reshape(cells, classes), np.float32(0.0), out=buffer)
-                if ceiling is not None:
-                    np.minimum(buffer, ceiling, out=buffer)
-                totals[n] = buffer.sum(axis=0)
-        # Summing n non-negative float32 terms errs by at most (n - 1) * eps32 relative.
-        totals = totals * (1.0 + 2.0 * cells * _EPS32) + 1e-300
-    finite = np.isfinite(lowest) & np.isfinite(totals.sum(axis=1))
-    if clip is not None:  # c_h turns +inf into a finite value
-        finite &= np.isfinite(u.reshape(batch, -1).max(axis=1))
+        totals = clipped_integral(u, grid)[:, -1, -1]
+        return totals, finite
+    ceiling = np.float32(grid.ceiling)
+    if not np.isfinite(ceiling):
+        ceiling = np.float32(np.finfo(np.float32).max)
+    elif float(ceiling) < grid.ceiling:
+        ceiling = np.nextafter(ceiling, np.float32(np.inf))
+    if classes <= 64:
+        v = np.maximum(u, np.float32(0.0))
+        np.minimum(v, ceiling, out=v)
+        totals = v.sum(axis=(1, 2), dtype=np.float32).astype(np.float64)
+    else:  # one map at a time through a reused buffer: stays in cache
+        totals = np.empty((batch, classes), dtype=np.float64)
+        buffer = np.empty((cells, classes), dtype=np.float32)
+        for n in range(batch):
+            np.maximum(u[n].reshape(cells, classes), np.float32(0.0), out=buffer)
+            np.minimum(buffer, ceiling, out=buffer)
+            totals[n] = buffer.sum(axis=0, dtype=np.float32)
+    # Summing n non-negative float32 terms errs by at most (n - 1) * eps32
+    # relative; the grid map rounds unit / c_h by at most 2^-52 relative.
+    with np.errstate(over="ignore", invalid="ignore"):
+        totals = totals * ((1.0 + 2.0 * cells * _EPS32) * (grid.unit / grid.ceiling) * (1.0 + 1e-12)) + 1.0
+    np.minimum(totals, float(cells * grid.unit), out=totals)
+    totals[np.isnan(totals)] = float(cells * grid.unit)
     return totals, finite
 
 
@@ -288,8 +284,9 @@ def ranked_classes(totals: np.ndarray) -> np.ndarray:
 # Algorithm 1.
 
 def evidence_from(total: np.ndarray, largest: np.ndarray, thres: float) -> np.ndarray:
-    """Masked evidence: ``S - M`` where ``S > 0`` and ``M > T * S``, else ``S``."""
-    masked = (total > 0) & (largest > thres * total)
+    """Masked evidence on the grid: ``S - M`` where ``S > 0`` and ``M > T * S``
+    (decided exactly), else ``S``."""
+    masked = (total > 0) & exceeds_fraction(largest, total, thres)
     return np.where(masked, total - largest, total)
 
 
@@ -310,20 +307,24 @@ def robust_masking(
     ``local_logits`` u is (B, H, W, C); ``window`` the mask (a, b) in cells (an
     int for a square); ``thres`` T; ``clip`` the ceiling c_h (None: no
     ceiling). Evidence of class c is ``S_c - M_c`` when ``S_c > 0`` and
-    ``M_c > T * S_c``, else ``S_c``; the prediction is its argmax, ties to
-    the lowest class index. A map holding NaN or inf gets :data:`NO_LABEL`
+    ``M_c > T * S_c``, else ``S_c``; the prediction is its argmax on the
+    exact grid (:mod:`.grid`), ties to the lowest class index. The evidence
+    returned is in logit units (grid values times the resolution; exact ties
+    on the grid stay ties). A map holding NaN or inf gets :data:`NO_LABEL`
     and a row of NaN evidence.
     """
     u = check_logits(local_logits)
     thres, clip = check_params(thres, clip)
     a, b = check_window(window, u.shape)
+    grid = grid_for(u.shape, clip)
     evidence = np.empty((u.shape[0], u.shape[3]), dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            evidence[part] = _evidence(clipped_integral(u[part], clip), a, b, thres)
+            evidence[part] = _evidence(clipped_integral(u[part], grid), a, b, thres)
     finite = finite_maps(u)
-    evidence[~finite] = np.nan
     predictions = np.where(finite, evidence.argmax(axis=1), NO_LABEL)
+    evidence = grid.to_logits(evidence)
+    evidence[~finite] = np.nan
     return predictions.astype(np.int64), evidence
 
 
@@ -350,9 +351,9 @@ class MaskEvidence:
     """What Algorithm 1 and 2 need of a chunk of maps u (B, H, W, C) under one
     (a, b) mask, each piece computed once and only for the classes that matter.
 
-    ``totals`` over-estimate S_c (:func:`upper_class_totals`) and ``order``
-    ranks them; ``finite`` (B,) marks maps without NaN or inf, ``tol`` (B,)
-    is the certification margin. Exact totals and mask window sums come from
+    ``grid`` is the exact grid (:mod:`.grid`) every sum lives on; ``totals``
+    over-estimate the grid totals S_c (:func:`upper_class_totals`) and
+    ``order`` ranks them; ``finite`` (B,) marks maps without NaN or inf. Exact totals and mask window sums come from
     :meth:`ranked`, for a prefix of the ranking that grows on demand (by
     doubling, or straight to all classes once a quarter of many classes is
     asked for: one contiguous pass then beats gathering them). Every class's sums
@@ -361,9 +362,9 @@ class MaskEvidence:
 
     def __init__(self, u: np.ndarray, mask: Pair, thres: float, clip: Optional[float]) -> None:
         self.u, self.mask, self.thres, self.clip = u, mask, thres, clip
-        self.totals, self.finite = upper_class_totals(u, clip)
+        self.grid = grid_for(u.shape, clip)
+        self.totals, self.finite = upper_class_totals(u, self.grid)
         self.order = ranked_classes(self.totals)
-        self.tol = tolerance(self.totals)
         self.known = 0  # ranked classes covered by the sums below
         self.index = self.exact = self.windows = np.empty(0)
         self._label: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
@@ -372,7 +373,7 @@ class MaskEvidence:
         """The same evidence for the maps ``maps`` (an index or bool array) only."""
         part = object.__new__(MaskEvidence)
         part.__dict__.update(self.__dict__)
-        for name in ("u", "totals", "finite", "order", "tol"):
+        for name in ("u", "totals", "finite", "order"):
             setattr(part, name, getattr(self, name)[maps])
         if self.known:
             part.index, part.exact, part.windows = (
@@ -392,7 +393,7 @@ class MaskEvidence:
                 k, index = classes, None
             else:
                 index = self.order[:, :k]
-            table = clipped_integral(self.u, self.clip, index)
+            table = clipped_integral(self.u, self.grid, index)
             if index is None:
                 index = np.broadcast_to(np.arange(classes), (batch, classes))
             self.index = index
@@ -403,7 +404,7 @@ class MaskEvidence:
     def label(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Integral image (B, H + 1, W + 1) and mask window sums of v[..., y], y (B,)."""
         if self._label is None or not np.array_equal(self._label[0], y):
-            table = clipped_integral(self.u, self.clip, y[:, None])[..., 0]
+            table = clipped_integral(self.u, self.grid, y[:, None])[..., 0]
             self._label = (y.copy(), table, box_sums(table, *self.mask))
         return self._label[1], self._label[2]
 
@@ -445,16 +446,3 @@ class MaskEvidence:
                 break
         winners = np.where(evidence == best[:, None], index, classes).min(axis=1)
         return np.where(self.finite & (winners < classes), winners, NO_LABEL).astype(np.int64)
-
-
-def tolerance(totals: np.ndarray) -> np.ndarray:
-    """Certification margin (B,): 1e-9 * max(1, max_c S_c).
-
-    Exact ties (a window as large as the map makes every bound 0) must never
-    become certificates through rounding; float64 rounding of sums of a few
-    thousand terms stays far below this.
-    """
-    if totals.shape[1] == 0:
-        return np.full(totals.shape[0], 1e-9)
-    return 1e-9 * np.maximum(1.0, totals.max(axis=1))
-

@@ -36,6 +36,7 @@ from .footprint import (
     Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side,
 )
 from .geometry import IntOrPair, Pair
+from .grid import exceeds_fraction
 from .masking import NO_LABEL, MaskEvidence, check_logits, check_params, chunks
 from .metadata import ModelRecord
 from .preprocess import check_color, check_value_range, normalize, resize_plan, to_model_image
@@ -157,7 +158,8 @@ def strongest_windows(evidence: MaskEvidence) -> list[Optional[tuple[int, int, i
     for n in range(sums.shape[0]):
         flat = int(np.argmax(sums[n]))
         total, m = float(totals[n]), float(sums[n].flat[flat])
-        if not (np.isfinite(m) and total > 0 and m > evidence.thres * total):
+        if not (np.isfinite(m) and total > 0 and exceeds_fraction(np.array(m), np.array(total),
+                                                                  evidence.thres)):
             found.append(None)
             continue
         top, left = np.unravel_index(flat, sums.shape[1:3])

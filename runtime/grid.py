@@ -6,9 +6,9 @@ float64, of any magnitude. Float sums cannot promise that (``S - M`` cancels
 catastrophically, 1e308 overflows, a one-ulp difference breaks an exact
 tie), so every defense decides on integers:
 
-1. **One cell-wise map onto the grid** (:func:`to_grid`): ``v = clip(u, 0,
-   c_h)`` and then ``q = floor(v * unit / c_h)``, an integer in
-   ``[0, unit]``. Without a ceiling c_h the grid's own ceiling
+1. **One cell-wise map onto the grid** (:func:`to_grid`): ``q =
+   floor(clip(u * unit / c_h, 0, unit))``, i.e. ``v = clip(u, 0, c_h)`` in
+   grid steps rounded down, an integer in ``[0, unit]``. Without a ceiling c_h the grid's own ceiling
    :data:`DEFAULT_CEILING` (2^20) applies: cells above it saturate. The map
    depends on the cell's value, the map's (H, W) and c_h only, never on the
    other cells, so the clean map and any attacked map (the same map with one
@@ -49,7 +49,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional
 
 import numpy as np
 
@@ -81,31 +80,31 @@ def unit_for(cells: int) -> int:
     return 2 ** (GRID_BITS - max(0, math.ceil(math.log2(max(1, cells)))))
 
 
-def grid_for(shape: tuple[int, ...], clip: Optional[float]) -> Grid:
+def grid_for(shape: tuple[int, ...], clip: float | None) -> Grid:
     """The grid of maps of ``shape`` (B, H, W, C) under the ceiling c_h ``clip``."""
     ceiling = DEFAULT_CEILING if clip is None else float(clip)
     return Grid(ceiling, unit_for(shape[1] * shape[2]))
 
 
-def to_grid(u: np.ndarray, grid: Grid, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """``floor(clip(u, 0, c_h) * unit / c_h)`` cell by cell, float64 integers in [0, unit].
+def to_grid(u: np.ndarray, grid: Grid, out: np.ndarray | None = None) -> np.ndarray:
+    """``floor(clip(u * unit / c_h, 0, unit))`` cell by cell: float64 integers in [0, unit].
 
-    ``out`` (float64, the shape of ``u``) receives the result; the default
-    is a new array. NaN stays NaN (such maps are never decided); +inf
-    saturates at ``unit``, -inf gives 0.
+    That is ``v = clip(u, 0, c_h)`` in grid steps, rounded down. ``out``
+    (float64, the shape of ``u``) receives the result; the default is a new
+    array. NaN stays NaN (such maps are never decided); +inf saturates at
+    ``unit``, -inf gives 0. Each cell's value depends on that cell alone
+    (IEEE operations, rounded the same wherever the cell sits).
     """
     if out is None:
         out = np.empty(u.shape, dtype=np.float64)
-    np.maximum(u, 0.0, out=out)  # widens float32 exactly
-    np.minimum(out, grid.ceiling, out=out)
     scale = grid.unit / grid.ceiling
     if math.isfinite(scale) and scale > 0.0:
-        np.multiply(out, scale, out=out)
+        np.multiply(u, scale, out=out, dtype=np.float64)  # float32 input widens exactly
     else:  # c_h so small (or large) that unit / c_h over- or underflows
-        np.divide(out, grid.ceiling, out=out)
+        np.divide(u, grid.ceiling, out=out, dtype=np.float64)
         np.multiply(out, float(grid.unit), out=out)
+    np.clip(out, 0.0, float(grid.unit), out=out)
     np.floor(out, out=out)
-    # v <= c_h, and rounding of unit / c_h can add at most 2^-52 relative: still <= unit.
     return out
 
 

@@ -21,13 +21,14 @@ prediction, the certificate and the certified-patch-size search of a map).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair
-from .grid import Grid, exceeds_fraction, grid_for, to_grid
+from .grid import DEFAULT_CEILING, Grid, exceeds_fraction, grid_for, to_grid
 
 #: Prediction given for a map that holds NaN or inf (no label can be trusted).
 NO_LABEL = -1
@@ -40,6 +41,9 @@ _EPS32 = float(np.finfo(np.float32).eps)
 # With this many classes or more, a quarter of them costs about as much to
 # gather as all of them in one contiguous pass.
 _GATHER_CLASSES = 64
+# Up to this many classes, one integral image of all of them serves every
+# step (no float32 pre-pass, no pruning): cheaper than gathering a few.
+_WHOLE_CLASSES = 16
 # Integral images at least this large are accumulated row by row (see _accumulate).
 _ROWWISE_ELEMENTS = 1 << 14
 
@@ -174,12 +178,21 @@ def integral(v: np.ndarray) -> np.ndarray:
 def _accumulate(inner: np.ndarray) -> None:
     """In-place running sums over axes 1 then 2 of (B, H, W, ...).
 
-    Large arrays go row by row rather than through ``np.cumsum``: the same
-    additions in the same order (bit-equal results), but whole rows per
-    step, about three times faster than cumsum along a non-last axis; small
-    ones pay less for one cumsum call than for a call per row.
+    Every caller sums integers (grid values, votes) whose running sums stay
+    below 2^53, so any order of additions gives the same, exact result; the
+    order is picked for speed. Large arrays go row by row (whole rows per
+    step, about three times faster than cumsum along a non-last axis); a
+    small single float map goes through two small matrix products with triangular
+    matrices of ones (numpy's cumsum loops element by element, several times
+    slower at that size); other small ones through cumsum.
     """
-    if inner.size < _ROWWISE_ELEMENTS:
+    small = inner.size < _ROWWISE_ELEMENTS
+    if small and inner.shape[0] == 1 and inner.dtype == np.float64 and inner.ndim == 4:
+        height, width = inner.shape[1], inner.shape[2]
+        rows = np.matmul(_ones_below(height), inner[0].reshape(height, -1))
+        inner[0] = np.matmul(_ones_below(width), rows.reshape(inner.shape[1:]))
+        return
+    if small:
         np.cumsum(inner, axis=1, out=inner)
         np.cumsum(inner, axis=2, out=inner)
         return
@@ -187,6 +200,14 @@ def _accumulate(inner: np.ndarray) -> None:
         np.add(inner[:, i - 1], inner[:, i], out=inner[:, i])
     for j in range(1, inner.shape[2]):
         np.add(inner[:, :, j - 1], inner[:, :, j], out=inner[:, :, j])
+
+
+@functools.lru_cache(maxsize=16)
+def _ones_below(n: int) -> np.ndarray:
+    """(n, n) lower-triangular ones (diagonal included): ``L @ x`` is the running sum of x."""
+    ones = np.tril(np.ones((n, n)))
+    ones.setflags(write=False)
+    return ones
 
 
 def box_sums(table: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -239,35 +260,46 @@ def upper_class_totals(u: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarra
 
     The totals are never below the exact values and only rank and prune
     classes, never serve as a bound. float64 input: the exact grid totals.
-    float32 input: a float32 pass over ``clip(u, 0, c_h)`` (c_h rounded up
-    to a float32), inflated by the float32 summation error bound and the
-    rounding of the grid map, capped at the largest possible total.
+    float32 input: a float32 pass over ``max(u, 0)`` (and ``min(., c_h)``
+    under a user's ceiling, rounded up to a float32), inflated by the float32
+    summation error bound and the grid's rounding, capped at the largest
+    possible total. Finiteness comes with it: NaN and +inf reach the pass's
+    totals (or, under a ceiling, the map's maximum), -inf its minimum; a
+    float32 total that overflowed is rechecked cell by cell.
     """
     batch, height, width, classes = u.shape
     cells = height * width
-    flat = u.reshape(batch, -1)
-    finite = np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1))
     if u.dtype != np.float32:
-        totals = clipped_integral(u, grid)[:, -1, -1]
-        return totals, finite
-    ceiling = np.float32(grid.ceiling)
-    if not np.isfinite(ceiling):
-        ceiling = np.float32(np.finfo(np.float32).max)
-    elif float(ceiling) < grid.ceiling:
-        ceiling = np.nextafter(ceiling, np.float32(np.inf))
+        return clipped_integral(u, grid)[:, -1, -1], finite_maps(u)
+    lowest = u.reshape(batch, -1).min(axis=1)
+    ceiling = None
+    if grid.ceiling != DEFAULT_CEILING:
+        ceiling = np.float32(grid.ceiling)
+        if not np.isfinite(ceiling):
+            ceiling = None
+        elif float(ceiling) < grid.ceiling:
+            ceiling = np.nextafter(ceiling, np.float32(np.inf))
     if classes <= 64:
         v = np.maximum(u, np.float32(0.0))
-        np.minimum(v, ceiling, out=v)
+        if ceiling is not None:
+            np.minimum(v, ceiling, out=v)
         totals = v.sum(axis=(1, 2), dtype=np.float32).astype(np.float64)
     else:  # one map at a time through a reused buffer: stays in cache
         totals = np.empty((batch, classes), dtype=np.float64)
         buffer = np.empty((cells, classes), dtype=np.float32)
         for n in range(batch):
             np.maximum(u[n].reshape(cells, classes), np.float32(0.0), out=buffer)
-            np.minimum(buffer, ceiling, out=buffer)
-            totals[n] = buffer.sum(axis=0, dtype=np.float32)
+            if ceiling is not None:
+                np.minimum(buffer, ceiling, out=buffer)
+            totals[n] = buffer.sum(axis=0)
+    finite = np.isfinite(lowest) & np.isfinite(totals.sum(axis=1))
+    if ceiling is not None:  # c_h turns +inf into a finite value
+        finite &= np.isfinite(u.reshape(batch, -1).max(axis=1))
+    else:  # a huge finite map can overflow the float32 totals: look again
+        for n in np.flatnonzero(~finite & np.isfinite(lowest)):
+            finite[n] = bool(np.isfinite(u[n]).all())
     # Summing n non-negative float32 terms errs by at most (n - 1) * eps32
-    # relative; the grid map rounds unit / c_h by at most 2^-52 relative.
+    # relative; the grid map rounds down, and unit / c_h by at most 2^-52.
     with np.errstate(over="ignore", invalid="ignore"):
         totals = totals * ((1.0 + 2.0 * cells * _EPS32) * (grid.unit / grid.ceiling) * (1.0 + 1e-12)) + 1.0
     np.minimum(totals, float(cells * grid.unit), out=totals)
@@ -363,11 +395,20 @@ class MaskEvidence:
     def __init__(self, u: np.ndarray, mask: Pair, thres: float, clip: Optional[float]) -> None:
         self.u, self.mask, self.thres, self.clip = u, mask, thres, clip
         self.grid = grid_for(u.shape, clip)
-        self.totals, self.finite = upper_class_totals(u, self.grid)
-        self.order = ranked_classes(self.totals)
         self.known = 0  # ranked classes covered by the sums below
         self.index = self.exact = self.windows = np.empty(0)
         self._label: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+        self._table: Optional[np.ndarray] = None  # all classes' integral image, when kept
+        batch, classes = u.shape[0], u.shape[3]
+        if classes <= _WHOLE_CLASSES:
+            self._table = clipped_integral(u, self.grid)
+            self.totals, self.finite = self._table[:, -1, -1], finite_maps(u)
+            self.index = np.broadcast_to(np.arange(classes), (batch, classes))
+            self.exact, self.windows = self.totals, box_sums(self._table, *mask)
+            self.known = classes
+        else:
+            self.totals, self.finite = upper_class_totals(u, self.grid)
+        self.order = ranked_classes(self.totals)
 
     def subset(self, maps: np.ndarray) -> "MaskEvidence":
         """The same evidence for the maps ``maps`` (an index or bool array) only."""
@@ -378,6 +419,8 @@ class MaskEvidence:
         if self.known:
             part.index, part.exact, part.windows = (
                 self.index[maps], self.exact[maps], self.windows[maps])
+        if self._table is not None:
+            part._table = self._table[maps]
         if self._label is not None:
             part._label = tuple(x[maps] for x in self._label)
         return part
@@ -404,7 +447,10 @@ class MaskEvidence:
     def label(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Integral image (B, H + 1, W + 1) and mask window sums of v[..., y], y (B,)."""
         if self._label is None or not np.array_equal(self._label[0], y):
-            table = clipped_integral(self.u, self.grid, y[:, None])[..., 0]
+            if self._table is not None:
+                table = self._table[np.arange(y.shape[0]), :, :, y]
+            else:
+                table = clipped_integral(self.u, self.grid, y[:, None])[..., 0]
             self._label = (y.copy(), table, box_sums(table, *self.mask))
         return self._label[1], self._label[2]
 

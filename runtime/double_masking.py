@@ -39,6 +39,7 @@ import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, mask_starts
+from .grid import grid_for
 from .masking import (
     NO_LABEL,
     check_labels,
@@ -163,13 +164,15 @@ class DoubleMaskEvidence:
     finite: np.ndarray      # (B,) maps without NaN or inf
     tol: np.ndarray         # (B,) certification tolerance
     cells: int              # H * W, to put scores in per-cell (mean logit) units
+    resolution: float = 1.0  # logits per grid unit of the scores (runtime/grid.py)
 
     @classmethod
     def of(cls, u: np.ndarray, masks: MaskSet, clip: Optional[float]) -> "DoubleMaskEvidence":
         table = clipped_integral(u, clip)
         with np.errstate(invalid="ignore", over="ignore"):
             scores = two_mask_scores(table, masks)
-        return cls(scores, finite_maps(u), tolerance(table[:, -1, -1]), u.shape[1] * u.shape[2])
+        return cls(scores, finite_maps(u), tolerance(table[:, -1, -1]), u.shape[1] * u.shape[2],
+                   grid_for(u.shape, clip).resolution)
 
     def predictions(self) -> np.ndarray:
         return self.decision()[0]

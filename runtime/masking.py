@@ -22,7 +22,7 @@ prediction, the certificate and the certified-patch-size search of a map).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -142,14 +142,19 @@ def clipped(u: np.ndarray, clip: Optional[float]) -> np.ndarray:
     return to_grid(u, grid_for(u.shape, clip))
 
 
-def clipped_integral(u: np.ndarray, grid: Grid, index: Optional[np.ndarray] = None) -> np.ndarray:
+def clipped_integral(
+    u: np.ndarray, grid: Union[Grid, float, None], index: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Integral image of the grid values of ``v = clip(u, 0, c_h)``: (B, H + 1, W + 1, K).
 
     ``table[:, i, j, k]`` is the sum of ``v[:, :i, :j, k]`` (exact: grid
     integers), so ``table[:, H, W]`` is the total S. ``index`` (B, K) picks
     K classes per map (default: all C). The grid map and the class gather
-    write straight into the table.
+    write straight into the table. ``grid`` may also be the ceiling c_h
+    (None: none), meaning that ceiling's grid for u's shape.
     """
+    if not isinstance(grid, Grid):
+        grid = grid_for(u.shape, grid)
     batch, height, width, classes = u.shape
     if index is None:
         source = u
@@ -410,6 +415,16 @@ class MaskEvidence:
             self.totals, self.finite = upper_class_totals(u, self.grid)
         self.order = ranked_classes(self.totals)
 
+    @property
+    def tol(self) -> np.ndarray:
+        """Margin (B,) for code that divides by (1 - T) in floats (top-k bounds):
+        0 when T = 0 (every bound is then an exact grid integer), else
+        :func:`tolerance`, far above that division's rounding. The
+        certificate itself compares exactly and needs none."""
+        if self.thres == 0.0:
+            return np.zeros(self.totals.shape[0])
+        return tolerance(self.totals)
+
     def subset(self, maps: np.ndarray) -> "MaskEvidence":
         """The same evidence for the maps ``maps`` (an index or bool array) only."""
         part = object.__new__(MaskEvidence)
@@ -492,3 +507,12 @@ class MaskEvidence:
                 break
         winners = np.where(evidence == best[:, None], index, classes).min(axis=1)
         return np.where(self.finite & (winners < classes), winners, NO_LABEL).astype(np.int64)
+
+
+def tolerance(totals: np.ndarray) -> np.ndarray:
+    """A relative margin (B,), 1e-9 * max(1, max_c S_c), for code that still
+    divides or sums in floats (see :mod:`.grid` for the exact way). Exact
+    integer comparisons on the grid need none."""
+    if totals.shape[1] == 0:
+        return np.full(totals.shape[0], 1e-9)
+    return 1e-9 * np.maximum(1.0, totals.max(axis=1))

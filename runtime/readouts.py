@@ -168,8 +168,8 @@ def read_mask(u: np.ndarray, evidence: MaskEvidence, labels: np.ndarray, window:
         top_ok = None
         if k > 1:
             top_ok = (top_k_margins(evidence, safe, window, k) > evidence.tol) & evidence.finite
-        scores = masked_scores(evidence)
-    margin = np.where(labels >= 0, margin, np.nan)
+        scores = evidence.grid.to_logits(masked_scores(evidence))  # grid units -> logits
+    margin = np.where(labels >= 0, evidence.grid.to_logits(margin), np.nan)
     return _finish(u, labels, scores, margin, top_ok, window, tau, k, evidence.finite)
 
 
@@ -178,8 +178,8 @@ def read_double(u: np.ndarray, evidence: DoubleMaskEvidence, labels: np.ndarray,
     """Readouts of double masking: scores are the one-mask scores behind the
     label, the margin the smallest two-mask margin; no top-k bound."""
     safe = np.maximum(labels, 0)
-    margin = np.where(labels >= 0, evidence.margins(safe), np.nan)
-    scores = evidence.label_scores(safe)
+    margin = np.where(labels >= 0, evidence.margins(safe) * evidence.resolution, np.nan)
+    scores = evidence.label_scores(safe) * evidence.resolution  # grid units -> logits
     return _finish(u, labels, scores, margin, None, window, tau, k, evidence.finite)
 
 

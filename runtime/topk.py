@@ -120,7 +120,8 @@ def certification_margin(
     clip: Optional[float] = None,
     labels: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Margins (B,) float64 in evidence units (see the module docstring);
+    """Margins (B,) float64 in evidence units (logits; computed on the exact
+    grid of :mod:`.grid`, see the module docstring);
     NaN for maps with NaN or inf. Divide by H * W for mean-logit units."""
     k = check_top_k(top_k)
     u, mask, patch, thres, clip, y = _prepare(local_logits, window, patch_window, thres, clip, labels)
@@ -129,5 +130,5 @@ def certification_margin(
         for part in chunks(u):
             evidence = MaskEvidence(u[part], mask, thres, clip)
             ys = own_labels(evidence) if y is None else y[part]
-            out[part] = top_k_margins(evidence, ys, patch, k)
+            out[part] = evidence.grid.to_logits(top_k_margins(evidence, ys, patch, k))
     return out

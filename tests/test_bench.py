@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from _pipeline_fixtures import default_onnx  # noqa: F401 (fixture)
 from patchguard.runtime.cli.bench import main
 
-STAGES = {"preprocess", "masking", "certificate", "certified_patch_size", "certify_stage"}
+STAGES = {"preprocess", "masking", "certificate", "certified_patch_size", "certify_stage", "readouts"}
 
 
 def test_bench_on_an_exported_model(default_onnx: Path, tmp_path: Path) -> None:
@@ -33,6 +33,18 @@ def test_bench_synthetic_maps_skip_inference(tmp_path: Path) -> None:
     assert set(report["ms_per_batch"]) == STAGES
     assert report["map"] == [26, 26, 10]
     assert report["overhead_ms_per_frame"] > 0
+
+
+def test_bench_times_double_masking_and_top_k(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["--synthetic-map", "12x12x5", "--iterations", "2", "--frame",
+                                       "64x48", "--defense", "double", "--top-k", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["defense"] == "double" and report["top_k"] == 2 and "readouts" not in report["ms_per_batch"]
+    assert "double, alert, top-2" in result.output
+    bad = CliRunner().invoke(main, ["--synthetic-map", "12x12x5", "--top-k", "0"])
+    assert bad.exit_code != 0 and "top_k" in bad.output
 
 
 def test_bench_needs_exactly_one_model() -> None:

@@ -181,15 +181,23 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
 @click.option("--budget-ms", type=float, default=None,
               help="Frame budget in ms (e.g. 33.3 for 30 FPS): say whether p99 fits.")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
+@click.option("--defense", type=click.Choice(["mask", "double"]), default="mask", show_default=True,
+              help="Robust masking or feature-space double masking.")
+@click.option("--top-k", type=int, default=1, show_default=True,
+              help="Per-frame top-k (and, for mask, its certificate) as pg-run --top-k.")
+@click.option("--tau", type=float, default=None, help="Alert threshold of provable detection (default 0.8).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures to this JSON file ('-' for stdout only).")
 def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max_frames: Optional[int],
          batch: int, threads: Optional[int], frame: str, synthetic_map: Optional[str],
          patch_size: Optional[int], iterations: int, budget_ms: Optional[float],
-         provider: Optional[str], json_out: Optional[str]) -> None:
+         provider: Optional[str], defense: str, top_k: int, tau: Optional[float],
+         json_out: Optional[str]) -> None:
     """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
     from ..files import write_text_atomic
+    from ..readouts import frame_settings
 
+    settings = frame_settings(defense, None, *(() if tau is None else (tau,)), top_k=top_k)
     if (engine is None) == (synthetic_map is None):
         raise PatchGuardError("give exactly one of --engine M or --synthetic-map HxWxC")
     if source is not None and engine is None:
@@ -204,10 +212,10 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
         raise PatchGuardError(f"--budget-ms must be positive, got {budget_ms}")
     if source is not None:
         report, lines = _bench_real(engine or "", source, topic, max_frames, batch, threads,
-                                    patch_size, provider, budget_ms)
+                                    patch_size, provider, budget_ms, settings)
     else:
         report, lines = _bench_stages(engine, synthetic_map, batch, threads, frame, patch_size,
-                                      iterations, provider, budget_ms)
+                                      iterations, provider, budget_ms, settings)
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
@@ -218,14 +226,15 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
 
 def _bench_real(engine: str, source: str, topic: Optional[str], max_frames: Optional[int], batch: int,
                 threads: Optional[int], patch_size: Optional[int], provider: Optional[str],
-                budget_ms: Optional[float]) -> tuple[dict[str, Any], list[str]]:
+                budget_ms: Optional[float], settings: Any) -> tuple[dict[str, Any], list[str]]:
     from ..backends import open_backend
     from ..pipeline import Pipeline
     from ..sources import open_source
 
     backend = open_backend(engine, provider=provider, threads=threads)
     try:
-        pipeline = Pipeline(backend, patch_size=patch_size)
+        pipeline = Pipeline(backend, patch_size=patch_size, defense=settings.defense,
+                            tau=settings.tau, top_k=settings.top_k)
         with open_source(source, topic=topic) as frames:
             found = bench_source(pipeline, frames, batch, max_frames)
             description = frames.description
@@ -250,13 +259,14 @@ def _bench_real(engine: str, source: str, topic: Optional[str], max_frames: Opti
 
 def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: int, threads: Optional[int],
                   frame: str, patch_size: Optional[int], iterations: int, provider: Optional[str],
-                  budget_ms: Optional[float]) -> tuple[dict[str, Any], list[str]]:
+                  budget_ms: Optional[float], settings: Any) -> tuple[dict[str, Any], list[str]]:
     from ..certificate import largest_certified
     from ..defenses import certify, predict
     from ..footprint import camera_threat, patch_side
     from ..geometry import parse_pair
     from ..pipeline import certify_maps
     from ..preprocess import normalize, resize_plan, to_model_image
+    from ..readouts import double_verdicts, mask_readouts
 
     fw, fh = parse_pair(frame, "--frame")
     backend: Any = None
@@ -294,8 +304,19 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
         samples["certificate"] = timed(lambda p: certify(p[0], window, labels=p[1]), labelled, rounds)
         samples["certified_patch_size"] = timed(
             lambda p: largest_certified(p[0], window, windows, labels=p[1]), labelled, rounds)
-        samples["certify_stage"] = timed(lambda u: certify_maps(u, threat, record, 0.0, None), maps, rounds)
-        verdicts = [certify_maps(u, threat, record, 0.0, None) for u in maps]
+        if settings.defense == "double":
+            samples["certify_stage"] = timed(lambda u: double_verdicts(u, window, settings, None),
+                                             maps, rounds)
+            verdicts = [double_verdicts(u, window, settings, None) for u in maps]
+            found = [(v.certified, np.where(v.certified, threat.patch_px, 0)) for v in verdicts]
+        else:
+            samples["certify_stage"] = timed(lambda u: certify_maps(u, threat, record, 0.0, None),
+                                             maps, rounds)
+            checked = [(u, certify_maps(u, threat, record, 0.0, None)) for u in maps]
+            # alert, top-k, margin, confidence, spread: what pg-run adds to every frame
+            samples["readouts"] = timed(
+                lambda p: mask_readouts(p[0], window, settings, 0.0, None, p[1].labels), checked, rounds)
+            found = [(v.certified, v.certified_patch_px) for _, v in checked]
         u = maps[0]
     finally:
         if backend is not None:
@@ -304,21 +325,23 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     stats = {k: percentiles(v) for k, v in samples.items()}
     ms = {k: s["mean"] for k, s in stats.items()}
     per_frame = {k: v / batch for k, v in ms.items()}
-    overhead = per_frame["preprocess"] + per_frame["certify_stage"]
+    overhead = per_frame["preprocess"] + per_frame["certify_stage"] + per_frame.get("readouts", 0.0)
     frame_ms = overhead + per_frame.get("inference", 0.0)
     report = {
         "model": engine or f"synthetic {synthetic_map}", "frames": "random",
         "backend": getattr(backend, "name", None), "provider": getattr(backend, "provider", None),
         "threads": threads, "batch": batch, "frame": [fw, fh], "map": list(u.shape[1:]),
         "patch_px": threat.patch_px, "window": [a, b], "patch_sizes_scanned": len(windows),
-        "certified_fraction": float(np.mean([v.certified for v in verdicts])),
-        "certified_patch_px": sorted({int(p) for v in verdicts for p in v.certified_patch_px}),
+        "defense": settings.defense, "top_k": settings.top_k, "tau": settings.tau,
+        "certified_fraction": float(np.mean([ok for ok, _ in found])),
+        "certified_patch_px": sorted({int(p) for _, px in found for p in px}),
         "ms_per_batch": {k: round(v, 4) for k, v in ms.items()},
         "ms_per_frame": {k: round(v, 4) for k, v in per_frame.items()},
         "percentiles_ms_per_batch": stats,
         "overhead_ms_per_frame": round(overhead, 4),
         "frames_per_second": round(1e3 / frame_ms, 1) if frame_ms > 0 else None,
-        "certify_share": round(per_frame["certify_stage"] / frame_ms, 4) if frame_ms > 0 else None,
+        "certify_share": round((overhead - per_frame["preprocess"]) / frame_ms, 4)
+        if frame_ms > 0 else None,
         "budget_ms": budget_ms,
     }
     lines = [f"{report['model']}  batch {batch}, random {fw}x{fh} frames, map "
@@ -326,7 +349,8 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
              f"({len(windows)} sizes scanned), certified {100 * report['certified_fraction']:.0f}% "
              f"(certified sizes seen: {report['certified_patch_px']} px)"]
     lines += _table(stats, "ms/batch")
-    lines.append(f"  overhead (all but inference): {overhead:.3f} ms/frame (mean)")
+    lines.append(f"  overhead (all but inference; {settings.defense}, alert, top-{settings.top_k}, "
+                 f"margin, confidence): {overhead:.3f} ms/frame (mean)")
     if "inference" in per_frame:
         lines.append(f"  frame time {frame_ms:.3f} ms ({report['frames_per_second']} FPS); "
                      f"certification share {100 * report['certify_share']:.1f}%")

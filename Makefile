@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,export,dev
 
-.PHONY: install demo test test-fast bench device-check clean
+.PHONY: install demo test test-fast lint bench device-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# ruff on the whole tree, mypy on the library. The library's folders install as
+# patchguard.<stage> (pyproject's package-dir), so mypy reads them through a
+# folder of links named the way they import.
+TYPECHECK := build/typecheck
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	mkdir -p $(TYPECHECK)/patchguard
+	for stage in models export calibration runtime; do ln -sfn ../../../$$stage $(TYPECHECK)/patchguard/$$stage; done
+	MYPYPATH=$(TYPECHECK) $(BIN)/python -m mypy
 
 # Speed figures, printed (CI runs them with --short).
 bench: $(STAMP)

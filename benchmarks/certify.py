@@ -78,8 +78,8 @@ def loop_certify(u: np.ndarray, window: int, thres: float = 0.0,
                 vp = v[:, :, y].copy()
                 vp[i : i + window, j : j + window] = 0
                 t = vp.sum()
-                zs = np.array([[vp[k : k + window, l : l + window].sum()
-                                for l in range(w - window + 1)] for k in range(h - window + 1)])
+                zs = np.array([[vp[k : k + window, col : col + window].sum()
+                                for col in range(w - window + 1)] for k in range(h - window + 1)])
                 m0 = zs.max()
                 ov = zs[max(0, i - window + 1) : i + window, max(0, j - window + 1) : j + window].max()
                 lower = t - m0 if (thres == 0 or m0 > thres * t) else t - ov

@@ -87,7 +87,7 @@ def main() -> int:
         sink.close()
         summary.finish()
         end_rss = rss_mib()
-        rows = sum(1 for _ in open(folder / "frames.jsonl"))
+        rows = len((folder / "frames.jsonl").read_text().splitlines())
     print(summary.text())
     print(f"rows written: {rows}")
     print(f"RSS after {args.warmup} warm-up frames: {start_rss:.1f} MiB; at the end: {end_rss:.1f} MiB; "

@@ -49,7 +49,7 @@ def list_images(folder: Path) -> list[Path]:
     if not os.access(folder, os.R_OK | os.X_OK):
         raise PatchGuardError(f"calibration folder {folder} is not readable")
     problems: list[OSError] = []
-    found = []
+    found: list[Path] = []
     for root, dirs, files in os.walk(folder, onerror=problems.append):
         dirs.sort()
         found.extend(Path(root) / name for name in files
@@ -83,13 +83,13 @@ class CalibrationSource:
 
     def identity(self) -> dict[str, Any]:
         """What the calibration result depends on: file names, sizes, mtimes (or the dataset)."""
+        files: list[list[Any]] = []
         if self.name == FASHION_MNIST:
             idx = fashion_mnist_dir() / "train-images-idx3-ubyte.gz"
             stat = idx.stat() if idx.exists() else None
             files = [[str(idx), stat.st_size, stat.st_mtime_ns]] if stat else [[str(idx)]]
         else:
             root = Path(self.name)
-            files = []
             for path in self.files:
                 try:
                     stat = path.stat()

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..runtime.console import progress
-from ..runtime.errors import PatchGuardError, lazy_import
+from ..runtime.errors import PatchGuardError, first_line, lazy_import
 from ..runtime.files import atomic_path, write_text_atomic
 from ..runtime.metadata import METADATA_KEY, ModelRecord
 from .data import DEFAULT_SEED, CalibrationReader, open_source
@@ -184,9 +184,7 @@ def _onnxruntime_says(what: str) -> Iterator[None]:
     except PatchGuardError:
         raise
     except Exception as exc:  # onnxruntime raises many kinds (ValueError, KeyError, its own)
-        text = str(exc).strip()
-        first = text.splitlines()[0][:300] if text else type(exc).__name__
-        raise PatchGuardError(f"{what} failed: {first}") from None
+        raise PatchGuardError(f"{what} failed: {first_line(exc)}") from None
     finally:
         logger.setLevel(level)
 
@@ -238,8 +236,7 @@ def quantize_int8(
     try:
         fp32 = onnx.load_from_string(model_bytes)
     except Exception as exc:  # protobuf's DecodeError and friends
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise PatchGuardError(f"{fp32_onnx} is not an ONNX model: {first}") from None
+        raise PatchGuardError(f"{fp32_onnx} is not an ONNX model: {first_line(exc, 200)}") from None
     source = open_source(calib_data, calib_size, DEFAULT_SEED)
     key = calibration_key(model_bytes, source.identity(), chosen.name)
     cache = cache_path(out, chosen.name, Path(cache_dir))

@@ -67,7 +67,7 @@ def int8_agreement(
     cert32 = certify(fp32, window, thres=thres, clip=clip)
     cert8 = certify(int8, window, thres=thres, clip=clip)
     report: dict[str, Any] = {
-        "images": int(len(fp32)),
+        "images": len(fp32),
         "window": list(window),
         "prediction_agreement": float(np.mean(pred32 == pred8)),
         "certificate_agreement": float(np.mean(cert32 == cert8)),

@@ -48,7 +48,7 @@ def _attribute(node: Any, name: str, default: Any) -> Any:
 
 def _fold_one(conv: Any, bn: Any, arrays: dict[str, np.ndarray]) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """New (weights, bias) of ``conv`` with ``bn`` folded in, or None when it does not fold exactly."""
-    if _attribute(bn, "training_mode", 0) or len(bn.output) > 1 and any(bn.output[1:]):
+    if _attribute(bn, "training_mode", 0) or (len(bn.output) > 1 and any(bn.output[1:])):
         return None  # training-mode statistics are computed from the batch: not affine
     names = list(bn.input[1:5])
     if len(names) != 4 or any(n not in arrays for n in names) or conv.input[1] not in arrays:

@@ -142,7 +142,7 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         reason = engine_unavailable_reason()
         if reason:
             raise PatchGuardError(f"--engine: cannot build a TensorRT engine: {reason}")
-    common = dict(fp16=fp16, int8=int8, calib_data=calib_data, calib_size=calib_size,
+    common: dict[str, Any] = dict(fp16=fp16, int8=int8, calib_data=calib_data, calib_size=calib_size,
                   int8_flavor=int8_flavor, max_batch=max_batch, engine=engine, tf32=tf32,
                   parity_data=parity_data, parity_n=parity_n, allow_parity_drift=allow_parity_drift)
 

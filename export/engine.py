@@ -29,15 +29,19 @@ mixed-precision BatchNormalization.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from ..runtime.backends.tensorrt import (
-    EngineInfo, cuda_unavailable_reason, device_facts, sidecar_path, sidecar_text, tensorrt_module,
+    EngineInfo,
+    cuda_unavailable_reason,
+    device_facts,
+    sidecar_path,
+    sidecar_text,
+    tensorrt_module,
 )
 from ..runtime.errors import MissingDependencyError, PatchGuardError
-from ..runtime.files import atomic_path, write_text_atomic
+from ..runtime.files import PathText, atomic_path, write_text_atomic
 from ..runtime.metadata import ModelRecord
 from .bnfold import fold_batchnorm
 from .onnxfile import get_record, load_onnx, precision_of
@@ -96,8 +100,8 @@ def _parse(trt: Any, builder: Any, logger: Any, data: bytes, name: str) -> Any:
 
 
 def build_engine(
-    onnx_path: os.PathLike,
-    plan_path: os.PathLike,
+    onnx_path: PathText,
+    plan_path: PathText,
     max_batch: int = 8,
     record: Optional[ModelRecord] = None,
     tf32: bool = True,

@@ -72,6 +72,8 @@ def _dynamo_export(model: nn.Module, example: torch.Tensor, opset: int, output: 
         model, (example,), None, input_names=[INPUT_NAME], output_names=[output],
         dynamic_shapes=({0: batch},), dynamo=True, opset_version=opset, verbose=False,
     )
+    if program is None:  # only with dynamo=False
+        raise RuntimeError("torch.onnx.export returned no program")
     return program.model_proto
 
 
@@ -81,7 +83,8 @@ def _torchscript_export(model: nn.Module, example: torch.Tensor, opset: int, out
     onnx = onnx_module()
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, (example,), buffer, input_names=[INPUT_NAME], output_names=[output],
+        model, (example,), buffer,  # type: ignore[arg-type]  # a file object works; the annotation is narrower
+        input_names=[INPUT_NAME], output_names=[output],
         dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}},
         dynamo=False, opset_version=opset,
     )
@@ -121,7 +124,7 @@ def export_onnx(model: nn.Module, record: ModelRecord, opset: int = DEFAULT_OPSE
     proto = fold_batchnorm(proto)
     proto.doc_string = (f"{record.arch}: local logits (B, H, W, C) of a BagNet, PatchGuard-ready"
                         if record.is_local else
-                        f"{record.arch}: logits (B, C) of a classifier for the {record.defense.kind} defense")
+                        f"{record.arch}: logits (B, C) of a classifier for the {record.defense_kind} defense")
     check_layout(proto, record)
     return set_record(proto, record)
 

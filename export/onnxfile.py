@@ -9,12 +9,11 @@ classifier run by a view defense (DESIGN section 9).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from ..runtime.errors import PatchGuardError, lazy_import
-from ..runtime.files import atomic_path
+from ..runtime.errors import PatchGuardError, first_line, lazy_import
+from ..runtime.files import PathText, atomic_path
 from ..runtime.metadata import METADATA_KEY, ModelRecord
 
 INPUT_NAME = "input"
@@ -29,7 +28,7 @@ def onnx_module() -> Any:
     return lazy_import("onnx", "onnx")
 
 
-def load_onnx(path: os.PathLike) -> Any:
+def load_onnx(path: PathText) -> Any:
     """``onnx.ModelProto`` of ``path``, or a one-line error (missing, not ONNX)."""
     onnx = onnx_module()
     path = Path(path)
@@ -38,8 +37,7 @@ def load_onnx(path: os.PathLike) -> Any:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and friends
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PatchGuardError(f"{path} is not an ONNX model: {first}") from None
+        raise PatchGuardError(f"{path} is not an ONNX model: {first_line(exc)}") from None
     if not model.graph.node:
         raise PatchGuardError(f"{path} is not an ONNX model: its graph is empty")
     return model
@@ -111,14 +109,13 @@ def check_layout(model: Any, record: ModelRecord) -> None:
         raise PatchGuardError(f"model output is {shape_out}, expected {what}")
 
 
-def save_onnx(model: Any, path: os.PathLike) -> Path:
+def save_onnx(model: Any, path: PathText) -> Path:
     """onnx.checker the model, then write it atomically."""
     onnx = onnx_module()
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise PatchGuardError(f"exported model fails onnx.checker: {first}") from None
+        raise PatchGuardError(f"exported model fails onnx.checker: {first_line(exc)}") from None
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return Path(path)

@@ -20,7 +20,6 @@ Torch-free: the caller passes reference logits and backends.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
 
@@ -29,11 +28,10 @@ import numpy as np
 from ..runtime import certify, robust_masking
 from ..runtime.backends.base import Backend
 from ..runtime.errors import PatchGuardError
-from ..runtime.files import write_text_atomic
+from ..runtime.files import PathText, write_text_atomic
 from ..runtime.geometry import window_size
 from ..runtime.metadata import ModelRecord
 from ..runtime.views import ViewRunner, score_views, view_runner
-
 
 # Largest max_rel each precision may show; fp32 beyond it fails the export.
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "int8": None}
@@ -95,7 +93,7 @@ def compare(
     agree_cert = float(np.mean(c_ref == c_art))
     cert_ref, cert_art = float(c_ref.mean()), float(c_art.mean())
     within = None if tolerance is None else bool(max_rel <= tolerance)
-    return ParityRow(artifact, precision, backend_name, int(len(reference)), max_abs, max_rel,
+    return ParityRow(artifact, precision, backend_name, len(reference), max_abs, max_rel,
                      tolerance, within, agree_pred, agree_cert, cert_ref, cert_art)
 
 
@@ -127,7 +125,7 @@ def compare_views(artifact: str, precision: str, backend_name: str, record: Mode
     pred_ref, c_ref = runner.from_logits(reference)
     pred_art, c_art = runner.from_logits(candidate)
     within = None if tolerance is None else bool(max_rel <= tolerance)
-    return ParityRow(artifact, precision, backend_name, int(len(reference)), max_abs, max_rel, tolerance,
+    return ParityRow(artifact, precision, backend_name, len(reference), max_abs, max_rel, tolerance,
                      within, float(np.mean(pred_ref == pred_art)), float(np.mean(c_ref == c_art)),
                      float(c_ref.mean()), float(c_art.mean()))
 
@@ -157,7 +155,7 @@ def format_table(rows: Sequence[ParityRow]) -> str:
 
 
 def write_report(
-    path: os.PathLike, rows: Sequence[ParityRow], record: ModelRecord, reference: str,
+    path: PathText, rows: Sequence[ParityRow], record: ModelRecord, reference: str,
     inputs: str, window: int,
 ) -> None:
     """``NAME.parity.json``: the rows plus what they were measured against."""

@@ -19,9 +19,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..calibration.parity import MAX_CERTIFIED_DROP, MIN_AGREEMENT
+from ..runtime.artifacts import Staging, manifest_name
 from ..runtime.backends.base import Backend
 from ..runtime.backends.onnxrt import OnnxRuntimeBackend
-from ..runtime.artifacts import Staging, manifest_name
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
 from . import parity as parity_mod
@@ -240,7 +240,7 @@ def finish_export(
     result = ExportResult(record)
     checks = reference is not None or _has_onnxruntime()
     if checks and not record.is_local:
-        result.notes.append(f"{record.defense.kind} defense: an ordinary classifier, any receptive field "
+        result.notes.append(f"{record.defense_kind} defense: an ordinary classifier, any receptive field "
                             "(no locality probe)")
     elif checks:
         result.probe = probe_locality(fp32_onnx, record)
@@ -281,7 +281,7 @@ def finish_export(
 def run_export(
     options: ExportOptions,
     record: ModelRecord,
-    write_fp32: Optional[Callable[[Path], None]] = None,
+    write_fp32: Optional[Callable[[Path], object]] = None,
     onnx_path: Optional[Path] = None,
     reference: Optional[Reference] = None,
     reference_label: str = "",
@@ -299,6 +299,7 @@ def run_export(
             fp32 = staging.path(artifact_names(options.name)["fp32"])
             write_fp32(fp32)
         else:
+            assert onnx_path is not None  # checked above: exactly one of the two is given
             fp32 = Path(onnx_path)
         return finish_export(fp32, record, options, staging, reference, reference_label,
                              fresh_weights=write_fp32 is not None)

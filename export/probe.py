@@ -14,14 +14,14 @@ exporter never writes metadata the model contradicts.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.backends.onnxrt import load_session
-from ..runtime.errors import PatchGuardError
+from ..runtime.errors import PatchGuardError, first_line
+from ..runtime.files import PathText
 from ..runtime.metadata import ModelRecord
 
 # Changes below this fraction of the logit scale are float32 rounding (e.g.
@@ -73,7 +73,7 @@ def _block_corners(height: int, width: int, block: int, stride: int, count: int,
 
 
 def probe_locality(
-    onnx_path: os.PathLike,
+    onnx_path: PathText,
     record: ModelRecord,
     blocks: int = 7,
     block_px: int = 2,
@@ -96,8 +96,7 @@ def probe_locality(
     try:
         out = session.run(None, {input_name: batch})[0]
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LocalityError(f"probe could not run the model on {batch.shape} inputs: {first}") from None
+        raise LocalityError(f"probe could not run the model on {batch.shape} inputs: {first_line(exc)}") from None
     got = tuple(out.shape[1:3]) if out.ndim == 4 else tuple(out.shape)
     if out.ndim != 4 or got != (rows, cols) or out.shape[3] != record.num_classes:
         raise LocalityError(

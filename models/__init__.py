@@ -15,7 +15,7 @@ _EXPORTS = {
     "DEFAULT_CHECKPOINT": "checkpoints", "CLEANSER_CHECKPOINT": "checkpoints", "load_checkpoint": "checkpoints",
     "save_checkpoint": "checkpoints",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (a list, built from the lazy table)
 
 
 def __getattr__(name: str) -> Any:

@@ -327,7 +327,8 @@ class PatchAttack:
             images, u_clean, labels, owner, positions, self._random_patches(len(owner)), alive
         )
         if self.config.refine and stride > 1 and bool(alive.any()):
-            more = self._neighbours(margin.reshape(n, k), grid_positions, patches.reshape(n, k, *patches.shape[1:]), alive)
+            more = self._neighbours(margin.reshape(n, k), grid_positions,
+                                    patches.reshape(n, k, *patches.shape[1:]), alive)
             if more is not None:
                 r_owner, r_positions, r_start = more
                 r_margin, r_patches = self.pgd(images, u_clean, labels, r_owner, r_positions, r_start, alive)
@@ -389,7 +390,8 @@ class PatchAttack:
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         expected = (self.record.in_channels, *self.record.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise PatchGuardError(f"images must be (N, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}")
+            raise PatchGuardError(
+                f"images must be (N, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}")
         if len(x) == 0:
             raise PatchGuardError("no images to attack")
         # Only the patch needs gradients; skipping the weights' halves the backward pass.

@@ -66,6 +66,12 @@ class Bottleneck(nn.Module):
 class BagNet(nn.Module):
     """ResNet-50-shaped BagNet; ``kernel3`` sets the receptive field."""
 
+    # Built by setattr in __init__ (the official names); declared for the type checker.
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, kernel3: tuple[int, int, int, int], num_classes: int = 1000) -> None:
         super().__init__()
         self.inplanes = 64

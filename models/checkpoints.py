@@ -10,7 +10,6 @@ pickle can run code; anything beyond tensors and plain containers is refused.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..runtime.errors import PatchGuardError
-from ..runtime.files import atomic_path
+from ..runtime.errors import PatchGuardError, first_line
+from ..runtime.files import PathText, atomic_path
 from ..runtime.geometry import IntOrPair
 from ..runtime.metadata import ModelRecord
 from .records import BAGNET_RF, build_model, record_for, with_overrides
@@ -37,7 +36,7 @@ class CheckpointError(PatchGuardError):
     """A checkpoint cannot be read or does not fit the architecture."""
 
 
-def read_checkpoint(path: os.PathLike) -> Any:
+def read_checkpoint(path: PathText) -> Any:
     """``torch.load`` with ``weights_only=True`` and one-line errors."""
     path = Path(path)
     if not path.is_file():
@@ -47,8 +46,7 @@ def read_checkpoint(path: os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         raise _unpickling_error(path, str(exc)) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {first}") from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {first_line(exc)}") from None
 
 
 def _unpickling_error(path: Path, text: str) -> CheckpointError:
@@ -126,7 +124,7 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
 
 
 def load_checkpoint(
-    path: os.PathLike,
+    path: PathText,
     arch: Optional[str] = None,
     num_classes: Optional[int] = None,
     input_size: Optional[IntOrPair] = None,
@@ -155,7 +153,7 @@ def load_checkpoint(
 def save_checkpoint(
     model: nn.Module,
     record: ModelRecord,
-    path: os.PathLike,
+    path: PathText,
     layout: str = "project",
     extra: Optional[dict[str, Any]] = None,
 ) -> Path:

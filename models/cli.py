@@ -171,12 +171,7 @@ def _train_views(record, images, labels, evaluation, out: Path, init_state, *, e
     from ..runtime.preprocess import normalize
     from ..runtime.views import ViewDefense
     from .train import TrainConfig
-    from .train_views import (
-        cleanser_augment,
-        cleanser_evaluate,
-        cleanser_masks,
-        train_classifier,
-    )
+    from .train_views import cleanser_augment, cleanser_evaluate, cleanser_masks, train_classifier
 
     defense = ViewDefense(kind="cleanser", masks_per_axis=(masks_per_axis, masks_per_axis), fill=fill)
     record = record.replace(defense=defense, default_patch_px=patch_px)
@@ -294,7 +289,10 @@ def attack_main(checkpoint: str | None, data: str, split: str, limit: int | None
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=2) + "\n")
     cert, unc = report["certified"], report["uncertified"]
-    rate = lambda g: "n/a" if g["success_rate"] is None else f"{100 * g['success_rate']:.1f}%"
+
+    def rate(g: dict) -> str:
+        return "n/a" if g["success_rate"] is None else f"{100 * g['success_rate']:.1f}%"
+
     click.echo(
         f"{report['n']} images, {patch}x{patch} patch (window {report['window'][0]}x{report['window'][1]}): "
         f"clean {100 * report['clean_accuracy']:.1f}%, certified {100 * report['certified_accuracy']:.1f}%, "

@@ -7,7 +7,7 @@ configuration (:func:`receptive_field`), never from a constant.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class SmallBagNet(nn.Module):
         pointwise: Sequence[int] = (128, 128),
     ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "in_channels": in_channels,
             "num_classes": num_classes,
             "spatial": [list(map(int, layer)) for layer in spatial],

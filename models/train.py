@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -25,12 +25,7 @@ from ..runtime.metadata import ModelRecord
 from ..runtime.preprocess import normalize
 from .checkpoints import read_checkpoint, save_checkpoint, unwrap
 from .records import build_model
-from .reference import (
-    certify,
-    double_masked_training_logits,
-    masked_training_logits,
-    robust_masking,
-)
+from .reference import certify, double_masked_training_logits, masked_training_logits, robust_masking
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +91,7 @@ def train(
     init_state: Optional[dict] = None,
     resume: bool = False,
     on_epoch: Optional[Callable[[EpochReport], None]] = None,
-    progress: Optional[Callable[[int], object]] = None,
+    progress: Optional[Callable[[int], Any]] = None,
 ) -> Path:
     """Train ``record``'s architecture; returns the path of ``model.pt``.
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def train_classifier(
     init_state: dict | None = None,
     resume: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
-    progress: Callable[[int], object] | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> Path:
     """Train ``record``'s classifier on ablated views; returns the path of ``model.pt``."""
     torch.manual_seed(config.seed)

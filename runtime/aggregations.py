@@ -24,9 +24,7 @@ import numpy as np
 
 from .geometry import IntOrPair
 from .grid import scores_to_grid
-from .masking import (
-    NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral,
-)
+from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral
 
 
 def cbn_scores(u: np.ndarray) -> np.ndarray:

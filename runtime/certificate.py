@@ -30,6 +30,7 @@ every patch size tried on the same maps.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -40,8 +41,15 @@ from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, window_shape
 from .grid import beats, exceeds_fraction
 from .masking import (
-    NO_LABEL, MaskEvidence, box_sums, check_labels, check_logits, check_params, check_window,
-    chunks, containing_max,
+    NO_LABEL,
+    MaskEvidence,
+    box_sums,
+    check_labels,
+    check_logits,
+    check_params,
+    check_window,
+    chunks,
+    containing_max,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +125,7 @@ def largest_certified(
     thres, clip = check_params(thres, clip)
     a, b = check_window(window, u.shape)
     pairs = [check_patch_window(p, (a, b)) if p is not None else (a, b) for p in patch_windows]
-    for before, after in zip(pairs, pairs[1:]):
+    for before, after in itertools.pairwise(pairs):
         if after[0] < before[0] or after[1] < before[1]:
             raise PatchGuardError(
                 f"patch windows must grow, each containing the one before; got {before} then {after}"
@@ -336,7 +344,7 @@ def _uses_m0(best: np.ndarray, t: np.ndarray, thres: float) -> np.ndarray:
 def _decide(side: _LabelSide, gap: np.ndarray, mask: Pair, patch: Pair,
             thres: float) -> np.ndarray:
     """Certificates (B,): cheap tests first, the exact lower bound where they disagree."""
-    refuted = (~beats(side.cap, gap, thres)).any(axis=(1, 2))
+    refuted = np.asarray((~beats(side.cap, gap, thres)).any(axis=(1, 2)))
     unsure = ~beats(side.cheap, gap, thres)
     undecided = unsure & ~refuted[:, None, None]
     n, i, j = np.nonzero(undecided)

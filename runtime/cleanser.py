@@ -96,8 +96,8 @@ class MaskSet:
     def covering(self, top: int, left: int) -> int:
         """Index of a mask containing the patch whose corner is (top, left); -1 if none."""
         ph, pw = self.rows.patch, self.cols.patch
-        for index, (t, l, b, r) in enumerate(self.boxes):
-            if t <= top and top + ph <= b and l <= left and left + pw <= r:
+        for index, (t, lft, b, r) in enumerate(self.boxes):
+            if t <= top and top + ph <= b and lft <= left and left + pw <= r:
                 return index
         return -1
 

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import PatchGuardError
+from .files import PathText
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -26,12 +27,12 @@ FASHION_MNIST_STD = (0.3530,)
 _PREFIX = {"train": "train", "test": "t10k"}
 
 
-def fashion_mnist_dir(root: Optional[os.PathLike] = None) -> Path:
+def fashion_mnist_dir(root: Optional[PathText] = None) -> Path:
     """Where the idx files are: ``root``, ``$PATCHGUARD_FASHION_MNIST`` or Debian's path."""
     return Path(root or os.environ.get("PATCHGUARD_FASHION_MNIST") or FASHION_MNIST_DIR)
 
 
-def fashion_mnist_available(root: Optional[os.PathLike] = None) -> bool:
+def fashion_mnist_available(root: Optional[PathText] = None) -> bool:
     folder = fashion_mnist_dir(root)
     return any((folder / f"t10k-images-idx3-ubyte{ext}").exists() for ext in (".gz", ""))
 
@@ -54,7 +55,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def load_fashion_mnist(
-    split: str = "test", root: Optional[os.PathLike] = None
+    split: str = "test", root: Optional[PathText] = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of ``split`` ("train" or "test")."""
     if split not in _PREFIX:

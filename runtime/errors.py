@@ -29,8 +29,8 @@ EXIT_CODES_HELP = (
     "Exit status: 0 the source ended normally; 1 a usage or input error before the first "
     "frame; 3 the source was lost or ended early (camera or stream dropped, video truncated); "
     "4 an output could not be written; 5 an alert with --on-alert exit (provable detection saw "
-    "a patch-like disagreement: the last row written is the alerting frame); 130 / 143 on SIGINT / SIGTERM (after the summary, "
-    "with the outputs finalised)."
+    "a patch-like disagreement: the last row written is the alerting frame); 130 / 143 on "
+    "SIGINT / SIGTERM (after the summary, with the outputs finalised)."
 )
 
 
@@ -61,6 +61,13 @@ class Terminated(BaseException):
 
     A BaseException so that no ``except Exception`` on the way swallows it.
     """
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """What a one-line ``Error:`` quotes of a third-party exception: the first line
+    of its message, or its class name when it has none, at most ``limit`` characters."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 def lazy_import(module: str, extra: str) -> ModuleType:

@@ -39,16 +39,7 @@ from .detection import WindowReadout, check_tau
 from .double_masking import DEFAULT_MASKS_PER_AXIS, double_masking_certified
 from .errors import PatchGuardError
 from .geometry import IntOrPair, as_pair, window_shape
-from .masking import (
-    MaskEvidence,
-    check_labels,
-    check_logits,
-    check_params,
-    chunks,
-    clipped,
-    finite_maps,
-    masked_labels,
-)
+from .masking import MaskEvidence, check_labels, check_logits, check_params, chunks, clipped, finite_maps, masked_labels
 from .readouts import masked_scores
 from .topk import certify_top_k, check_top_k
 

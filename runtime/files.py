@@ -14,10 +14,11 @@ from typing import Iterator, Mapping, Optional, Union
 
 from .errors import OutputError, PatchGuardError
 
+# What every function taking a file or folder accepts.
 PathText = Union[str, "os.PathLike[str]"]
 
 
-def ensure_dir(folder: os.PathLike) -> Path:
+def ensure_dir(folder: PathText) -> Path:
     """Create ``folder`` (and parents) or fail with one clear line."""
     path = Path(folder)
     try:
@@ -30,7 +31,7 @@ def ensure_dir(folder: os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target: os.PathLike) -> Iterator[Path]:
+def atomic_path(target: PathText) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; move it into place on success.
 
     On any exception the temporary file is removed and ``target`` keeps its
@@ -59,7 +60,7 @@ def atomic_path(target: os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_text_atomic(target: os.PathLike, text: str) -> Path:
+def write_text_atomic(target: PathText, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
     return Path(target)
@@ -202,7 +203,7 @@ class LineFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-def sha256_file(path: os.PathLike) -> str:
+def sha256_file(path: PathText) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks (engines are hundreds of MB)."""
     import hashlib
 

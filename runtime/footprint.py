@@ -49,7 +49,7 @@ _FLOAT32_SLACK = 1e-3
 def support(src: int, dst: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) int64 arrays (dst,): the frame pixels each model pixel reads."""
     x = np.arange(dst, dtype=np.int64)
-    if interpolation == "none" or src == dst and interpolation == "area":
+    if interpolation == "none" or (src == dst and interpolation == "area"):
         lo, hi = x.copy(), x.copy()
     elif interpolation == "area":
         lo = (x * src) // dst
@@ -134,7 +134,8 @@ def camera_threat(plan: ResizePlan, record: ModelRecord, patch_px: int) -> Camer
     rows = footprints(ch, h, plan.interpolation, patch_px)
     cols = footprints(cw, w, plan.interpolation, patch_px)
     windows = [(cells_touched(int(a), r, s), cells_touched(int(b), r, s)) for a, b in zip(rows, cols)]
-    sizes, patch_windows = [], []
+    sizes: list[int] = []
+    patch_windows: list[Pair] = []
     for side, window in enumerate(windows, start=1):
         if patch_windows and patch_windows[-1] == window:
             sizes[-1] = side  # keep the largest side that shares this window

@@ -155,7 +155,7 @@ def clipped_integral(
     """
     if not isinstance(grid, Grid):
         grid = grid_for(u.shape, grid)
-    batch, height, width, classes = u.shape
+    batch, height, width, _ = u.shape
     if index is None:
         source = u
     else:
@@ -301,8 +301,8 @@ def upper_class_totals(u: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarra
     if ceiling is not None:  # c_h turns +inf into a finite value
         finite &= np.isfinite(u.reshape(batch, -1).max(axis=1))
     else:  # a huge finite map can overflow the float32 totals: look again
-        for n in np.flatnonzero(~finite & np.isfinite(lowest)):
-            finite[n] = bool(np.isfinite(u[n]).all())
+        for k in np.flatnonzero(~finite & np.isfinite(lowest)):
+            finite[k] = bool(np.isfinite(u[k]).all())
     # Summing n non-negative float32 terms errs by at most (n - 1) * eps32
     # relative; the grid map rounds down, and unit / c_h by at most 2^-52.
     with np.errstate(over="ignore", invalid="ignore"):

@@ -76,6 +76,11 @@ class ModelRecord:
         return self.defense is None
 
     @property
+    def defense_kind(self) -> str:
+        """The record's ``defense.kind``; "local" for the BagNet family."""
+        return "local" if self.defense is None else self.defense.kind
+
+    @property
     def model_channels(self) -> int:
         """Channels of the model input: the image's, doubled by an (x, 1 - x) view encoding."""
         factor = self.defense.in_channels_factor if self.defense is not None else 1

@@ -21,7 +21,6 @@ their own lock).
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,9 +31,8 @@ import numpy as np
 from .certificate import certify_evidence
 from .detection import DEFAULT_TAU
 from .errors import PatchGuardError
-from .footprint import (
-    Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side,
-)
+from .files import PathText
+from .footprint import Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side
 from .geometry import IntOrPair, Pair
 from .grid import exceeds_fraction
 from .masking import NO_LABEL, MaskEvidence, check_logits, check_params, chunks
@@ -297,7 +295,7 @@ class Pipeline:
     @classmethod
     def from_engine(
         cls,
-        path: "os.PathLike[str] | str",
+        path: PathText,
         patch_size: Optional[int] = None,
         patch_frac: Optional[float] = None,
         thres: float = 0.0,
@@ -477,12 +475,10 @@ def stream(
     if max_frames is not None and max_frames < 1:
         return
     forced = check_color(color) if color is not None else None
-    count = 0
-    for item in frames:
+    for count, item in enumerate(frames, start=1):
         stamp = time.time()
         order = forced or item.color
         yield StreamItem(item.index, item.name, stamp, item.image, pipeline(item.image, color=order),
                          order, item.stamp_ns, item.frame_id)
-        count += 1
         if max_frames is not None and count >= max_frames:
             return

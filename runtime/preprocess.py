@@ -79,9 +79,9 @@ def resize_plan(frame_size: Sequence[int], record: ModelRecord) -> ResizePlan:
         # Centre square of side short * crop_fraction: "resize the short side to
         # input / crop_fraction, then centre-crop input", done in one resize.
         short = min(h, w)
-        side = max(1, int(round(short * record.crop_fraction)))
-        top = int(round((h - short * record.crop_fraction) / 2))
-        left = int(round((w - short * record.crop_fraction) / 2))
+        side = max(1, round(short * record.crop_fraction))
+        top = round((h - short * record.crop_fraction) / 2)
+        left = round((w - short * record.crop_fraction) / 2)
         ch, cw = side, side
     out_h, out_w = record.input_size
     if (ch, cw) == (out_h, out_w):

@@ -229,7 +229,8 @@ def double_verdicts(u: np.ndarray, window: Pair, settings: FrameSettings,
     from .double_masking import _chunks, mask_set
 
     masks = mask_set(u.shape[1:3], window, settings.masks_per_axis)
-    labels, certified, found, parts = [], [], [], []
+    labels, certified, parts = [], [], []
+    found: list[Optional[tuple[int, int, Pair]]] = []
     for part in _chunks(u, masks):
         evidence = DoubleMaskEvidence.of(u[part], masks, clip)
         y, deciding = evidence.decision()

@@ -12,13 +12,12 @@ views) are documented there as optional keys.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .console import DISTRIBUTION, tool_version
-from .files import sha256_file
+from .files import PathText, sha256_file
 
 SCHEMA = "patchguard-edge/result/1"
 SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
@@ -48,7 +47,7 @@ def defense_entry(pipeline: Any) -> dict[str, Any]:
     return found
 
 
-def header_row(pipeline: Any, model_path: "os.PathLike[str] | str", command: str,
+def header_row(pipeline: Any, model_path: PathText, command: str,
                settings: dict[str, Any], started: Optional[float] = None) -> dict[str, Any]:
     """The first line of a result stream (see the module docstring)."""
     path = Path(model_path)

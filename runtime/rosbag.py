@@ -18,15 +18,22 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from .errors import PatchGuardError, lazy_import
-from .files import ensure_dir
+from .errors import PatchGuardError, first_line, lazy_import
+from .files import PathText, ensure_dir
 from .rosmsg import (
-    COMPRESSED, IMAGE_TYPES, OVERLAY_TOPIC, RESULT_TOPIC, STRING, message_to_frame,
-    result_messages, rosbags_types, stamp_to_ns,
+    COMPRESSED,
+    IMAGE_TYPES,
+    OVERLAY_TOPIC,
+    RESULT_TOPIC,
+    STRING,
+    message_to_frame,
+    result_messages,
+    rosbags_types,
+    stamp_to_ns,
 )
 from .sources import FrameSource, SourceFrame
 
@@ -35,7 +42,7 @@ log = logging.getLogger(__name__)
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
 
 
-def is_bag(path: Union[str, os.PathLike]) -> bool:
+def is_bag(path: PathText) -> bool:
     """A bag file by suffix, or a rosbag2 folder (it holds ``metadata.yaml``)."""
     p = Path(path)
     if p.is_dir():
@@ -44,7 +51,7 @@ def is_bag(path: Union[str, os.PathLike]) -> bool:
 
 
 def _rosbag_error(path: Path, exc: BaseException) -> PatchGuardError:
-    return PatchGuardError(f"{path} cannot be read as a ROS bag: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    return PatchGuardError(f"{path} cannot be read as a ROS bag: {first_line(exc)}")
 
 
 class BagSource(FrameSource):
@@ -56,7 +63,7 @@ class BagSource(FrameSource):
     stamp is zero); ``color`` is its encoding's order (rgb8: "rgb").
     """
 
-    def __init__(self, path: Union[str, os.PathLike], topic: Optional[str] = None) -> None:
+    def __init__(self, path: PathText, topic: Optional[str] = None) -> None:
         highlevel = lazy_import("rosbags.highlevel", "ros")
         typesys = lazy_import("rosbags.typesys", "ros")
         self.path = Path(path)
@@ -111,7 +118,7 @@ class BagSource(FrameSource):
         except PatchGuardError:
             raise
         except Exception as exc:  # a truncated or corrupt bag ends like a dropped stream (exit 3)
-            self.lost = f"bag ended with an error after {index} frames: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            self.lost = f"bag ended with an error after {index} frames: {first_line(exc)}"
 
     def close(self) -> None:
         if self._reader is not None:
@@ -119,7 +126,7 @@ class BagSource(FrameSource):
             self._reader = None
 
 
-def open_bag(path: Union[str, os.PathLike], topic: Optional[str] = None) -> BagSource:
+def open_bag(path: PathText, topic: Optional[str] = None) -> BagSource:
     return BagSource(path, topic)
 
 
@@ -133,7 +140,7 @@ class BagSink:
     nothing. An existing folder is never replaced.
     """
 
-    def __init__(self, target: Union[str, os.PathLike], overlay_topic: str = OVERLAY_TOPIC,
+    def __init__(self, target: PathText, overlay_topic: str = OVERLAY_TOPIC,
                  result_topic: str = RESULT_TOPIC, typestore: Any = None) -> None:
         rosbag2 = lazy_import("rosbags.rosbag2", "ros")
         typesys = lazy_import("rosbags.typesys", "ros")

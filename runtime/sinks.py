@@ -15,12 +15,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
 from .errors import PatchGuardError
-from .files import LineFile, ensure_dir
+from .files import LineFile, PathText, ensure_dir
 from .pipeline import FrameResult
 from .sources import opencv
 
@@ -52,7 +52,7 @@ class JsonlSink:
     first row, so every run in the file starts with its header line.
     """
 
-    def __init__(self, target: Union[str, os.PathLike], append: bool = False,
+    def __init__(self, target: PathText, append: bool = False,
                  header: Optional[dict[str, Any]] = None) -> None:
         self.target = str(target)
         self._file = LineFile(target, append=append, flag="--jsonl")
@@ -85,7 +85,7 @@ def draw_overlay(frame: np.ndarray, result: FrameResult) -> np.ndarray:
         canvas = frame.copy()
     h, w = canvas.shape[:2]
     scale = max(0.35, min(h, w) / 480.0)
-    thick = max(1, int(round(scale * 2)))
+    thick = max(1, round(scale * 2))
     if result.masked_box is not None:
         x0, y0, x1, y1 = result.masked_box
         cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), AMBER, thick)
@@ -116,9 +116,9 @@ class VideoSink:
     the size is fixed by the first frame; later frames of another size are resized.
     """
 
-    CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG", ".mov": "mp4v"}
+    CODECS: ClassVar[dict[str, str]] = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG", ".mov": "mp4v"}
 
-    def __init__(self, target: Union[str, os.PathLike], fps: Optional[float]) -> None:
+    def __init__(self, target: PathText, fps: Optional[float]) -> None:
         self.path = Path(target)
         if self.path.suffix.lower() not in self.CODECS:
             raise PatchGuardError(

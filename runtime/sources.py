@@ -15,6 +15,7 @@ Also the image readers the calibration and training stages share:
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -24,7 +25,8 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from .errors import PatchGuardError, lazy_import
+from .errors import PatchGuardError, first_line, lazy_import
+from .files import PathText
 from .metadata import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,8 @@ def opencv() -> Any:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     cv2 = lazy_import("cv2", "cpu")
-    try:
+    with contextlib.suppress(AttributeError):  # very old OpenCV builds lack cv2.utils.logging
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:  # very old OpenCV builds lack the utils.logging module
-        pass
     return cv2
 
 
@@ -89,7 +89,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def list_images(folder: Union[str, os.PathLike], recursive: bool = True) -> list[Path]:
+def list_images(folder: PathText, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (by suffix), sorted by path; others ignored."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -98,7 +98,7 @@ def list_images(folder: Union[str, os.PathLike], recursive: bool = True) -> list
     return sorted(p for p in found if is_image_file(p))
 
 
-def read_image(path: Union[str, os.PathLike]) -> Optional[np.ndarray]:
+def read_image(path: PathText) -> Optional[np.ndarray]:
     """uint8 BGR (H, W, 3) image, or None when the file is unreadable or corrupt."""
     cv2 = opencv()
     try:
@@ -115,7 +115,7 @@ def read_image(path: Union[str, os.PathLike]) -> Optional[np.ndarray]:
 
 
 def read_image_folder(
-    folder: Union[str, os.PathLike], record: ModelRecord
+    folder: PathText, record: ModelRecord
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A class-per-sub-folder image set at model size.
 
@@ -208,7 +208,7 @@ class VideoStream(FrameSource):
             try:
                 ok, frame = self.capture.read()
             except Exception as exc:  # cv2.error from a backend that lost its stream
-                self.lost = f"stream error after {index} frames: {str(exc).strip().splitlines()[0]}"
+                self.lost = f"stream error after {index} frames: {first_line(exc)}"
                 return
             if not ok or frame is None:
                 # End of file, or the stream dropped: stop cleanly, and say which.

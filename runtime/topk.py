@@ -24,15 +24,7 @@ import numpy as np
 from .certificate import _exact_lower, _label_side, check_patch_window, own_labels
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
-from .masking import (
-    MaskEvidence,
-    check_labels,
-    check_logits,
-    check_params,
-    check_window,
-    chunks,
-    containing_max,
-)
+from .masking import MaskEvidence, check_labels, check_logits, check_params, check_window, chunks, containing_max
 
 
 def check_top_k(top_k: int) -> int:

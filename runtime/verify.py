@@ -497,9 +497,8 @@ class _Prover:
             role = source.roles[int(axis) % rank]
             begin, end = int(pads[k]), int(pads[k + count])
             if role not in _SPATIAL:
-                if begin or end:
-                    if role == BATCH:
-                        raise self.fail(node, "pads the batch axis")
+                if (begin or end) and role == BATCH:
+                    raise self.fail(node, "pads the batch axis")
                 continue
             if begin < 0 or end < 0:
                 raise self.fail(node, "crops by negative padding")

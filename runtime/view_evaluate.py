@@ -65,7 +65,7 @@ def evaluate_views(
                 on_progress(len(x))
         seconds = time.perf_counter() - began
         n = max(1, len(images))
-        row = {"patch_size": int(size), "accuracy": correct / n, "certified": certified / n,
+        row: dict[str, Any] = {"patch_size": int(size), "accuracy": correct / n, "certified": certified / n,
                "views_per_image": views / n, "ms_per_image": 1e3 * seconds / n,
                "second_round": second / n}
         masks = getattr(runner, "masks", None)

@@ -1,24 +1,13 @@
-"""Real fixtures for the calibration tests: the bundled model exported, image folders."""
+"""Helpers for the calibration tests: the bundled sample images, random image folders.
+
+The exported bundled model is conftest.py's ``default_onnx`` fixture."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 SAMPLES = Path(__file__).resolve().parents[1] / "models" / "samples" / "fashion-mnist-test"
-
-
-
-def export_default(path: Path) -> Path:
-    """The bundled default checkpoint, exported by the project's exporter to ``path``."""
-    pytest.importorskip("torch", reason="exporting a test model needs torch (the [export] extra)")
-    from patchguard.export.onnx import export_onnx
-    from patchguard.export.onnxfile import save_onnx
-    from patchguard.models import DEFAULT_CHECKPOINT, load_checkpoint
-
-    model, record = load_checkpoint(DEFAULT_CHECKPOINT)
-    return save_onnx(export_onnx(model, record), path)
 
 
 def write_images(folder: Path, count: int, size: int = 28, seed: int = 0) -> list[Path]:

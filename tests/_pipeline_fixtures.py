@@ -1,21 +1,15 @@
-"""Real fixtures for the runtime pipeline tests: an exported model, videos, image folders.
+"""Helpers for the runtime pipeline tests: the bundled model exported, Fashion-MNIST frames, videos.
 
-Import the fixtures into a test module (``from _pipeline_fixtures import ...``);
-kept out of conftest.py so several areas can add fixtures without collisions.
+The session fixtures built from them (``default_onnx``, ``fashion_video``) live in conftest.py.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from patchguard.runtime.datasets import fashion_mnist_available, load_fashion_mnist
-
-# CI sets PATCHGUARD_REQUIRE_DATA=1: a missing dataset then fails instead of skipping.
-_SKIP_WITHOUT_DATA = not fashion_mnist_available() and os.environ.get("PATCHGUARD_REQUIRE_DATA") != "1"
-_NO_DATA = "Fashion-MNIST idx files not found (apt-get install dataset-fashion-mnist)"
+from patchguard.runtime.datasets import load_fashion_mnist
 
 
 def export_default_model(path: Path) -> Path:
@@ -27,15 +21,6 @@ def export_default_model(path: Path) -> Path:
 
     model, record = load_checkpoint(DEFAULT_CHECKPOINT)
     return save_onnx(export_onnx(model, record), path)
-
-
-@pytest.fixture(scope="session")
-def default_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled default, exported; ``$PATCHGUARD_TEST_ONNX`` names another exported model."""
-    given = os.environ.get("PATCHGUARD_TEST_ONNX")
-    if given:
-        return Path(given)
-    return export_default_model(tmp_path_factory.mktemp("model") / "fashion.onnx")
 
 
 def fashion_frames(count: int, size: tuple[int, int], start: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
@@ -61,12 +46,3 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path
         writer.write(frame)
     writer.release()
     return path
-
-
-@pytest.fixture(scope="session")
-def fashion_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
-    """120 Fashion-MNIST test images upscaled to 112x112, as a video, with their labels."""
-    if _SKIP_WITHOUT_DATA:
-        pytest.skip(_NO_DATA)
-    frames, labels = fashion_frames(120, (112, 112))
-    return write_video(tmp_path_factory.mktemp("video") / "fashion.avi", frames), labels

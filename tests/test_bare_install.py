@@ -16,6 +16,9 @@ COMMANDS = {
     "pg-bench": "patchguard.runtime.cli.bench:main",
 }
 # What a base install lacks: the heavy extras are blocked in the child process.
+# Each case starts a fresh interpreter.
+pytestmark = pytest.mark.slow
+
 BLOCK = "import sys\nfor m in ('torch', 'onnx', 'onnxruntime', 'cv2', 'tensorrt'): sys.modules[m] = None\n"
 
 

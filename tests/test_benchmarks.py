@@ -15,6 +15,14 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.parametrize("script", ["int8.py", "int8_agreement.py"])
+def test_benchmark_scripts_have_help(script: str) -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout and "python benchmarks/" in result.stdout
+
+
 def run(script: str, *args: str) -> str:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True,
                           text=True, timeout=1200)
@@ -23,6 +31,7 @@ def run(script: str, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_certify_benchmark_short() -> None:
     out = run("certify.py", "--short")
     assert re.search(r"26x26x10 batch \d+", out) and re.search(r"26x26x1000 batch \d+", out)
@@ -37,6 +46,7 @@ def test_int8_benchmark_short() -> None:
     assert re.search(r"\d+(\.\d+)?x", out), out
 
 
+@pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_pipeline_memory_short() -> None:
     pytest.importorskip("torch")

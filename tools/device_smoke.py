@@ -354,7 +354,7 @@ def print_table(report: Report) -> None:
         cells = []
         for key in keys:
             value = row.get(key, "")
-            cells.append(f"{value:>18.3g}" if isinstance(value, float) else f"{str(value):>18}")
+            cells.append(f"{value:>18.3g}" if isinstance(value, float) else f"{value!s:>18}")
         print("  ".join(cells))
 
 

@@ -35,9 +35,7 @@ from std_msgs.msg import Header, String
 
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.pipeline import Pipeline
-from patchguard.runtime.rosmsg import (
-    COMPRESSED, IMAGE, OVERLAY_TOPIC, RESULT_TOPIC, MessageTypes, run_on_message,
-)
+from patchguard.runtime.rosmsg import COMPRESSED, IMAGE, OVERLAY_TOPIC, RESULT_TOPIC, MessageTypes, run_on_message
 
 TYPES = MessageTypes(Header=Header, Time=Time, Image=Image, CompressedImage=CompressedImage,
                      String=String, pack=lambda data: array.array("B", data))
@@ -70,7 +68,7 @@ class PatchGuardNode(Node):
 
     def on_image(self, msg: object) -> None:
         try:
-            row, overlay, result = run_on_message(self.pipeline, msg, TYPES, self.count, self.source,
+            _, overlay, result = run_on_message(self.pipeline, msg, TYPES, self.count, self.source,
                                                   self.msgtype, self.color)
         except PatchGuardError as exc:  # one bad frame (unsupported encoding, ...): say so, go on
             self.get_logger().warning(str(exc), throttle_duration_sec=5.0)

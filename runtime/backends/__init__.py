@@ -7,18 +7,18 @@ a model is opened.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 from ..errors import PatchGuardError
+from ..files import PathText
 from .base import Backend
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
-def open_backend(path: os.PathLike, provider: Optional[str] = None,
+def open_backend(path: PathText, provider: Optional[str] = None,
                  threads: Optional[int] = None) -> Backend:
     """Open ``path`` with the backend its suffix names.
 

@@ -59,7 +59,7 @@ class Backend(abc.ABC):
         if len(dims) != len(expected) + 1:
             what = "local logits (B, H, W, C)" if self.record.is_local else "logits (B, C)"
             raise PatchGuardError(f"{self.path.name}: output has {len(dims)} axes, expected {what}")
-        for axis, (got, want) in enumerate(zip(dims[1:], expected), start=1):
+        for got, want in zip(dims[1:], expected):
             if isinstance(got, (int, np.integer)) and got >= 0 and int(got) != want:
                 raise PatchGuardError(self._map_mismatch(dims[1:]))
 
@@ -110,7 +110,7 @@ class Backend(abc.ABC):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Run the checked, contiguous batch; return (B, *record.output_shape) outputs."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 (an optional hook: most backends hold nothing)
         """Free what the model holds (device buffers, streams); runs once, under the lock."""
 
     def close(self) -> None:

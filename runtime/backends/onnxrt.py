@@ -23,13 +23,13 @@ threads at once; ``InferenceSession.run`` is thread-safe.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import PatchGuardError, lazy_import
+from ..errors import PatchGuardError, first_line, lazy_import
+from ..files import PathText
 from ..metadata import METADATA_KEY, ModelRecord
 from .base import Backend
 
@@ -68,11 +68,6 @@ def resolve_provider(provider: Optional[str]) -> str:
             f"{', '.join(available)} (GPU providers need pip install 'patchguard-edge[gpu]')"
         )
     return wanted
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def precision_from_name(path: Path) -> str:
@@ -138,7 +133,7 @@ def provider_chain(
 
 
 def load_session(
-    path: os.PathLike,
+    path: PathText,
     provider: str,
     threads: Optional[int] = None,
     precision: Optional[str] = None,
@@ -170,7 +165,7 @@ def load_session(
                                     providers=[name for name, _ in chain],
                                     provider_options=[opts for _, opts in chain])
     except Exception as exc:  # onnxruntime raises its own classes for corrupt files
-        raise PatchGuardError(f"cannot load {path} as an ONNX model: {_first_line(exc)}") from None
+        raise PatchGuardError(f"cannot load {path} as an ONNX model: {first_line(exc)}") from None
 
 
 def session_record(session: Any, path: Path) -> ModelRecord:
@@ -190,7 +185,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(
         self,
-        path: os.PathLike,
+        path: PathText,
         provider: Optional[str] = None,
         threads: Optional[int] = None,
         record: Optional[ModelRecord] = None,

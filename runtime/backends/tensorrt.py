@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import MissingDependencyError, PatchGuardError, lazy_import
+from ..files import PathText
 from ..metadata import ModelRecord
 from .base import Backend
 
@@ -220,7 +220,7 @@ def device_facts(device: int = 0) -> tuple[str, str]:
     return name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}"
 
 
-def sidecar_path(plan: os.PathLike) -> Path:
+def sidecar_path(plan: PathText) -> Path:
     """``NAME.plan`` -> ``NAME.plan.json``."""
     return Path(str(plan) + SIDECAR_SUFFIX)
 
@@ -232,7 +232,7 @@ def sidecar_text(record: ModelRecord, info: EngineInfo) -> str:
     return json.dumps(data, indent=2, sort_keys=True)
 
 
-def read_sidecar(plan: os.PathLike) -> tuple[ModelRecord, EngineInfo]:
+def read_sidecar(plan: PathText) -> tuple[ModelRecord, EngineInfo]:
     path = sidecar_path(plan)
     if not path.is_file():
         raise PatchGuardError(f"{path} is missing; a .plan needs the sidecar pg-export wrote with it")
@@ -303,7 +303,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     serial = True  # one execution context and one set of device buffers
 
-    def __init__(self, path: os.PathLike, provider: Optional[str] = None) -> None:
+    def __init__(self, path: PathText, provider: Optional[str] = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise PatchGuardError(f"engine {path} does not exist")

@@ -194,10 +194,11 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
          provider: Optional[str], defense: str, top_k: int, tau: Optional[float],
          json_out: Optional[str]) -> None:
     """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
+    from ..detection import DEFAULT_TAU
     from ..files import write_text_atomic
     from ..readouts import frame_settings
 
-    settings = frame_settings(defense, None, *(() if tau is None else (tau,)), top_k=top_k)
+    settings = frame_settings(defense, None, DEFAULT_TAU if tau is None else tau, top_k=top_k)
     if (engine is None) == (synthetic_map is None):
         raise PatchGuardError("give exactly one of --engine M or --synthetic-map HxWxC")
     if source is not None and engine is None:
@@ -296,7 +297,8 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
             samples["inference"] = timed(backend.infer, [x], iterations)
             maps = [backend.infer(x)]
         else:
-            maps = synthetic_logits(16, batch, *record.map_size, record.num_classes)
+            h, w = record.map_size
+            maps = synthetic_logits(16, batch, h, w, record.num_classes)
         rounds = max(1, iterations // len(maps))
         window, windows = threat.window, list(threat.patch_windows)
         labelled = [(u, predict(u, window)) for u in maps]
@@ -327,7 +329,7 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     per_frame = {k: v / batch for k, v in ms.items()}
     overhead = per_frame["preprocess"] + per_frame["certify_stage"] + per_frame.get("readouts", 0.0)
     frame_ms = overhead + per_frame.get("inference", 0.0)
-    report = {
+    report: dict[str, Any] = {
         "model": engine or f"synthetic {synthetic_map}", "frames": "random",
         "backend": getattr(backend, "name", None), "provider": getattr(backend, "provider", None),
         "threads": threads, "batch": batch, "frame": [fw, fh], "map": list(u.shape[1:]),

@@ -298,7 +298,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
             for flag, value in (("--save-logits", save_logits), ("--plot", plot)):
                 if value is not None:
                     raise PatchGuardError(f"{flag} applies to BagNets; {engine} is a "
-                                          f"{record.defense.kind} classifier")
+                                          f"{record.defense_kind} classifier")
             images, labels = _load_data(data, split, record)
             if limit is not None:
                 images, labels = images[:limit], labels[:limit]
@@ -320,12 +320,10 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
         u = _infer_all(backend, images, record)
     if save_logits:
         np_path = Path(save_logits)
-        with atomic_path(np_path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, u)
-        with atomic_path(np_path.with_suffix(".labels.npy")) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, labels)
+        with atomic_path(np_path) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, u)
+        with atomic_path(np_path.with_suffix(".labels.npy")) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, labels)
     report = evaluate(u, labels, sizes, receptive_field=record.receptive_field,
                       stride=record.stride, thres=thres, clip=clip, **extras)
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
@@ -353,9 +351,11 @@ def _views_mode(backend: Any, engine: str, data: str, split: str, images: np.nda
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
               **report}
     if dump is not None:
-        arrays = {f"tables_{size}": table.astype(np.int16) for size, table in tables.items()}
+        arrays: dict[str, np.ndarray] = {f"tables_{size}": table.astype(np.int16)
+                                         for size, table in tables.items()}
         with atomic_path(dump) as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, labels=labels.astype(np.int64), **arrays)
+            arrays["labels"] = labels.astype(np.int64)
+            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub takes allow_pickle
         report["dump"] = str(dump)
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")

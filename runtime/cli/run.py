@@ -103,18 +103,20 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
          camera_fps: Optional[float], reconnect: int, source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
          provider: Optional[str], jsonl: Optional[str], append: bool, jsonl_header: Optional[str],
-         save_video: Optional[str], show: bool, max_frames: Optional[int], topic: Optional[str], save_bag: Optional[str],
+         save_video: Optional[str], show: bool, max_frames: Optional[int], topic: Optional[str],
+         save_bag: Optional[str],
          color: Optional[str],
          value_range: Optional[tuple[float, float]], defense: str, masks_per_axis: Optional[int],
          tau: Optional[float], on_alert: str, top_k: int, abstain_below: Optional[float],
          abstain_spread: Optional[float]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
+    from ..camera import open_camera
+    from ..detection import DEFAULT_TAU
     from ..files import check_outputs, write_text_atomic
     from ..pipeline import Pipeline, stream
     from ..preprocess import to_bgr8
     from ..resultstream import header_row
     from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
-    from ..camera import open_camera
     from ..sources import open_source
 
     if (camera is None) == (source is None):
@@ -138,7 +140,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None, defense=defense,
             masks_per_axis=masks_per_axis, top_k=top_k, abstain_below=abstain_below,
-            abstain_spread=abstain_spread, **({} if tau is None else {"tau": tau})))
+            abstain_spread=abstain_spread, tau=DEFAULT_TAU if tau is None else tau))
         frames = stack.enter_context(
             open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None
             else open_source(source or "", topic=topic))
@@ -181,17 +183,17 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
                 row = frame_row(item.index, item.source, item.time, item.result, item.capture_time)
                 if jsonl_sink:
                     jsonl_sink.write(row)
-                view = to_bgr8(item.frame, item.color, pipeline.value_range) \
-                    if video or display or bag else None
-                if bag:
-                    bag.write(draw_overlay(view, item.result), row, item.stamp_ns, item.frame_id)
-                if video:
-                    video.write(view, item.result)
-                if display:
-                    display.write(view, item.result)
-                    if display.stopped:
-                        summary.finish("closed by the user")
-                        break
+                if video or display or bag:
+                    view = to_bgr8(item.frame, item.color, pipeline.value_range)
+                    if bag:
+                        bag.write(draw_overlay(view, item.result), row, item.stamp_ns, item.frame_id)
+                    if video:
+                        video.write(view, item.result)
+                    if display:
+                        display.write(view, item.result)
+                        if display.stopped:
+                            summary.finish("closed by the user")
+                            break
                 bar.update(1)
                 if item.result.alert and on_alert == "exit":
                     summary.finish(f"alert at frame {item.index} (--on-alert exit)")

@@ -1,0 +1,123 @@
+"""Provable detection (PatchGuard++): agreement with naive loops (ties and the
+exact-tau boundary included) and brute-force soundness: a certified map under
+any patch gives its label or an alert."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _certify_fixtures import biased_maps, survives
+from _feature_fixtures import integer_maps, naive_certify_detection, naive_detect
+
+from patchguard.runtime import PatchGuardError
+from patchguard.runtime.detection import WindowReadout, certify_detection, detect
+
+
+def _case(rng: np.random.Generator) -> tuple:
+    h, w = (int(v) for v in rng.integers(3, 8, size=2))
+    classes = int(rng.integers(1, 5))
+    window = (int(rng.integers(1, min(3, h) + 1)), int(rng.integers(1, min(3, w) + 1)))
+    tau = float(rng.choice([0.0, 0.3, 0.5, 0.7, 0.9]))
+    return h, w, classes, window, tau
+
+
+def test_detection_agrees_with_naive_loops_including_ties() -> None:
+    rng = np.random.default_rng(142)
+    maps = ties = certified = alerts = 0
+    while maps < 1200:
+        h, w, classes, window, tau = _case(rng)
+        kind = rng.random()
+        if kind < 0.4:
+            u = integer_maps(rng, 6, h, w, classes, low=0, high=2, bias=1)
+        else:
+            u, _ = biased_maps(rng, 6, h, w, classes, strength=3.0 if kind < 0.7 else 0.5)
+        found = detect(u, window, tau=tau)
+        own = certify_detection(u, window, tau=tau)
+        y = rng.integers(0, classes, size=u.shape[0])
+        given = certify_detection(u, window, tau=tau, labels=y)
+        for n in range(u.shape[0]):
+            label, alert = naive_detect(u[n], *window, tau)
+            assert (found.labels[n], found.alerts[n]) == (label, alert), (n, window, tau)
+            assert own[n] == naive_certify_detection(u[n], *window, tau, label)
+            assert given[n] == naive_certify_detection(u[n], *window, tau, int(y[n]))
+            scores = WindowReadout.of(u[n : n + 1], window).scores
+            ties += int(((scores == scores.max(axis=-1, keepdims=True)).sum(axis=-1) > 1).any())
+            certified += int(own[n])
+            alerts += int(alert)
+            maps += 1
+    print(f"{maps} maps, {ties} with an exact tie at the top of some window's scores, "
+          f"{certified} certified, {alerts} alerts")
+    assert ties > 100 and certified > 100 and alerts > 50
+
+
+def test_exactly_tau_neither_alerts_nor_certifies() -> None:
+    """One convention, ``> tau``, in both places."""
+    u = np.zeros((1, 4, 4, 2))
+    u[0, :, :, 1] = 1.0
+    u[0, 0, 0, 0] = 30.0  # the windows off cell (0, 0) predict class 0
+    readout = WindowReadout.of(u, (2, 2))
+    label = int(readout.labels[0])
+    away = readout.predictions[0] != label
+    assert away.any()
+    tau = float(readout.confidence[0][away].max())
+    assert not detect(u, 2, tau=tau).alerts[0]
+    assert detect(u, 2, tau=np.nextafter(tau, 0)).alerts[0]
+    # Certified detection: the smallest window confidence in the label is the boundary.
+    v = np.zeros((1, 4, 4, 2))
+    v[0, :, :, 1] = 1.0
+    sure = WindowReadout.of(v, (2, 2))
+    edge = float(sure.confidence[0].min())
+    assert not certify_detection(v, 2, tau=edge)[0]
+    assert certify_detection(v, 2, tau=np.nextafter(edge, 0))[0]
+
+
+def test_bad_tau_is_one_error() -> None:
+    for tau in (-0.1, 1.0, "x"):
+        with pytest.raises(PatchGuardError, match="tau"):
+            detect(np.zeros((1, 3, 3, 2)), 1, tau=tau)  # type: ignore[arg-type]
+
+
+def test_nan_maps_alert_and_are_never_certified() -> None:
+    u = np.ones((2, 4, 4, 2))
+    u[1, :, :, 1] += 1
+    u[0, 2, 2, 0] = np.inf
+    found = detect(u, 1, tau=0.5)
+    assert found.labels.tolist() == [-1, 1] and found.alerts.tolist() == [True, False]
+    assert certify_detection(u, 1, tau=0.5).tolist() == [False, True]
+
+
+def test_certified_detection_survives_brute_force() -> None:
+    rng = np.random.default_rng(143)
+    certified = broken = tried = uncertified = flipped = 0
+    while certified < 500:
+        tried += 1
+        assert tried < 400, f"only {certified} certified cases after {tried} batches"
+        h, w, classes, window, tau = _case(rng)
+        classes = max(classes, 2)
+        u, _ = biased_maps(rng, 8, h, w, classes, strength=4.0)
+        verdict = certify_detection(u, window, tau=tau)
+        labels = detect(u, window, tau=tau).labels
+
+        for n in np.flatnonzero(verdict):
+            y = int(labels[n])
+
+            def label_or_alert(x: np.ndarray, y: int = y, window: tuple = window,
+                               tau: float = tau) -> np.ndarray:
+                found = detect(x, window, tau=tau)
+                return np.where(found.alerts, y, found.labels)
+
+            certified += 1
+            if not survives(u[n], y, *window, label_or_alert, rng):
+                broken += 1
+        for n in np.flatnonzero(~verdict)[:1]:
+            y = int(labels[n])
+
+            def silent(x: np.ndarray, y: int = y, window: tuple = window, tau: float = tau) -> np.ndarray:
+                found = detect(x, window, tau=tau)
+                return np.where(found.alerts, y, found.labels)
+
+            uncertified += 1
+            flipped += not survives(u[n], y, *window, silent, rng)
+    print(f"detection: {certified} certified cases attacked, {broken} broken (wrong label, no "
+          f"alert); the same adversary did that to {flipped} of {uncertified} uncertified ones")
+    assert broken == 0
+    assert flipped > 0

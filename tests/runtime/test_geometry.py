@@ -1,0 +1,82 @@
+"""Patch -> window geometry (PatchGuard Lemma 1), torch-free."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from patchguard.runtime import PatchGuardError, map_size, window_shape, window_size
+from patchguard.runtime.geometry import as_pair, parse_pair
+
+
+@pytest.mark.parametrize(
+    "patch_px, r, s, expected",
+    [(32, 17, 8, 6), (32, 9, 8, 5), (32, 33, 8, 8), (42, 17, 8, 8), (5, 7, 1, 11)],
+)
+def test_window_size_examples(patch_px, r, s, expected):
+    assert window_size(patch_px, r, s) == expected
+
+
+@pytest.mark.parametrize("p", range(1, 40))
+@pytest.mark.parametrize("r, s", [(9, 8), (17, 8), (33, 8), (5, 1), (3, 2), (1, 1)])
+def test_window_size_is_most_cells_any_patch_touches(p, r, s):
+    # Brute force over every patch offset: cell k sees pixels [k s, k s + r).
+    most = 0
+    for start in range(0, 4 * s + 1):
+        touched = [k for k in range(0, (start + p) // s + 2)
+                   if k * s < start + p and k * s + r > start]
+        most = max(most, len(touched))
+    assert window_size(p, r, s) == most == math.ceil((p + r - 1) / s)
+
+
+def test_window_shape_is_per_axis():
+    assert window_shape(32, 17, 8) == (6, 6)
+    assert window_shape((32, 5), 17, 8) == (6, 3)  # ceil(21 / 8) = 3 columns
+    assert window_shape((42, 32), 17, 8) == (8, 6)
+    assert window_shape([5, 2], 7, 1) == (11, 8)
+
+
+def test_map_size():
+    assert [map_size(224, r, 8) for r in (9, 17, 33)] == [27, 26, 24]
+    assert [map_size(192, r, 8) for r in (9, 17, 33)] == [23, 22, 20]
+    assert map_size(28, 5, 1) == 24
+    with pytest.raises(PatchGuardError, match="smaller than the receptive field"):
+        map_size(8, 9, 8)
+
+
+@pytest.mark.parametrize("bad", [(0, 17, 8), (32, 0, 8), (32, 17, 0), (-3, 17, 8)])
+def test_window_size_rejects_non_positive(bad):
+    with pytest.raises(PatchGuardError):
+        window_size(*bad)
+
+
+def test_pairs():
+    assert as_pair(6) == (6, 6)
+    assert as_pair((3, 5)) == (3, 5)
+    assert parse_pair("6x4") == (6, 4)
+    assert parse_pair("7") == (7, 7)
+    for bad in ((0, 3), "abc", (1, 2, 3), True):
+        with pytest.raises(PatchGuardError):
+            as_pair(bad)
+    with pytest.raises(PatchGuardError, match="6x4"):
+        parse_pair("6x4x2")
+
+
+def test_runtime_import_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "import patchguard.runtime as rt\n"
+        "assert 'torch' not in sys.modules, 'import patchguard.runtime imported torch'\n"
+        "for info in pkgutil.walk_packages(rt.__path__, 'patchguard.runtime.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "    assert 'torch' not in sys.modules, info.name + ' imported torch'\n"
+        "import numpy as np\n"
+        "rt.certify(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), 3)\n"
+        "assert 'torch' not in sys.modules, 'certify imported torch'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -1,0 +1,99 @@
+"""Top-k certificates and certification margins for robust masking: agreement
+with a naive loop (ties included), k = 1 equals the ordinary certificate, the
+margin decides the certificate, and brute-force soundness of top-k."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _certify_fixtures import biased_maps, survives
+from _feature_fixtures import integer_maps, naive_top_k_certify
+
+from patchguard.runtime import PatchGuardError, certify, robust_masking
+from patchguard.runtime.masking import tolerance
+from patchguard.runtime.topk import certification_margin, certify_top_k
+
+
+def _case(rng: np.random.Generator) -> tuple:
+    h, w = (int(v) for v in rng.integers(3, 7, size=2))
+    classes = int(rng.integers(1, 6))
+    a, b = int(rng.integers(1, min(3, h) + 1)), int(rng.integers(1, min(3, w) + 1))
+    pa, pb = int(rng.integers(1, a + 1)), int(rng.integers(1, b + 1))
+    thres = float(rng.choice([0.0, 0.1, 0.3]))
+    clip = [None, 1.0, 3.0][int(rng.integers(3))]
+    k = int(rng.integers(1, 4))
+    return h, w, classes, (a, b), (pa, pb), thres, clip, k
+
+
+def test_top_k_agrees_with_naive_loop_and_k1_with_the_certificate() -> None:
+    rng = np.random.default_rng(144)
+    maps = certified = ties = 0
+    while maps < 1200:
+        h, w, classes, mask, patch, thres, clip, k = _case(rng)
+        if rng.random() < 0.5:
+            u = integer_maps(rng, 6, h, w, classes, low=0, high=2, bias=2)
+        else:
+            u, _ = biased_maps(rng, 6, h, w, classes, strength=1.5)
+        y = rng.integers(0, classes, size=u.shape[0])
+        got = certify_top_k(u, mask, k, patch_window=patch, thres=thres, clip=clip, labels=y)
+        margin = certification_margin(u, mask, top_k=k, patch_window=patch, thres=thres,
+                                      clip=clip, labels=y)
+        one = certify_top_k(u, mask, 1, patch_window=patch, thres=thres, clip=clip)
+        ordinary = certify(u, mask, patch_window=patch, thres=thres, clip=clip)
+        assert np.array_equal(one, ordinary)
+        v = np.clip(u, 0, clip if clip is not None else np.inf)
+        tol = tolerance(v.sum(axis=(1, 2)))
+        assert np.array_equal(got, margin > tol)
+        for n in range(u.shape[0]):
+            assert got[n] == naive_top_k_certify(u[n], *mask, *patch, thres, clip, int(y[n]), k), (
+                n, mask, patch, thres, clip, k)
+            ev = robust_masking(u[n : n + 1], mask, thres=thres, clip=clip)[1][0]
+            ties += int((ev == ev[y[n]]).sum() > 1)
+            certified += int(got[n])
+            maps += 1
+    print(f"{maps} maps, {ties} with the label's evidence tied, {certified} top-k certified")
+    assert certified > 100 and ties > 100
+
+
+def _in_top_k(evidence: np.ndarray, y: int, k: int) -> np.ndarray:
+    """(N,) y's rank (ties to the lowest index, as argmax) is below k."""
+    own = evidence[:, y][:, None]
+    index = np.arange(evidence.shape[1])[None, :]
+    ahead = (evidence > own) | ((evidence == own) & (index < y))
+    return ahead.sum(axis=1) < k
+
+
+def test_top_k_certificates_survive_brute_force() -> None:
+    rng = np.random.default_rng(145)
+    certified = broken = tried = uncertified = flipped = 0
+    while certified < 500:
+        tried += 1
+        assert tried < 400, f"only {certified} certified cases after {tried} batches"
+        h, w, classes, mask, patch, thres, clip, k = _case(rng)
+        classes, k = max(classes, k + 2), max(k, 2)
+        u, hot = biased_maps(rng, 8, h, w, classes, strength=0.7)
+        y = np.where(rng.random(u.shape[0]) < 0.7, hot, rng.integers(0, classes, size=u.shape[0]))
+        verdict = certify_top_k(u, mask, k, patch_window=patch, thres=thres, clip=clip, labels=y)
+        for n in range(u.shape[0]):
+            label = int(y[n])
+
+            def kept(x: np.ndarray, label: int = label, mask: tuple = mask, thres: float = thres,
+                     clip: object = clip, k: int = k) -> np.ndarray:
+                evidence = robust_masking(x, mask, thres=thres, clip=clip)[1]  # type: ignore[arg-type]
+                return np.where(_in_top_k(evidence, label, k), label, -1)
+
+            if verdict[n]:
+                certified += 1
+                broken += not survives(u[n], label, *patch, kept, rng, clip)
+            elif uncertified < 100 and kept(u[n : n + 1])[0] == label:
+                uncertified += 1
+                flipped += not survives(u[n], label, *patch, kept, rng, clip)
+    print(f"top-k: {certified} certified cases attacked, {broken} broken; the same adversary "
+          f"pushed {flipped} of {uncertified} uncertified labels out of the top k")
+    assert broken == 0
+    assert flipped > 0
+
+
+def test_bad_top_k_is_one_error() -> None:
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(PatchGuardError, match="top_k"):
+            certify_top_k(np.zeros((1, 3, 3, 2)), 1, k)  # type: ignore[arg-type]

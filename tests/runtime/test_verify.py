@@ -1,0 +1,209 @@
+"""Static receptive-field proofs of ONNX graphs (runtime/verify.py).
+
+Genuine exports prove with the exact r and s of their records (the bundled
+model, fp16 and INT8 variants, BagNet-9/17/33 at 224); models that keep the
+bundled model's metadata but mix positions are refused, naming the node; and
+on random conv/pool stacks every proved field is checked against the
+model's real dependencies, measured by changing one pixel at a time in
+onnxruntime.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _calibration_fixtures import write_images
+from _lying_models import build_lying_models
+
+from patchguard.runtime.verify import VerificationError, check_fits, prove, verify
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def bundled(default_onnx: Path) -> Path:
+    return default_onnx
+
+
+def _record(path: Path):
+    import onnx
+
+    from patchguard.export.onnxfile import get_record
+
+    return get_record(onnx.load(str(path), load_external_data=False))
+
+
+def test_bundled_model_and_its_fp16_and_int8_variants_prove(bundled: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from patchguard.calibration.int8 import quantize_int8
+    from patchguard.export.fp16 import to_fp16
+    from patchguard.export.onnxfile import save_onnx
+
+    record = _record(bundled)
+    fp16 = save_onnx(to_fp16(onnx.load(str(bundled))), tmp_path / "bundled.fp16.onnx")
+    images = tmp_path / "images"
+    write_images(images, 16)
+    variants = [bundled, fp16] + [
+        quantize_int8(bundled, tmp_path / f"bundled.{flavor}.onnx", record, str(images), 16, flavor,
+                      tmp_path / "cache")
+        for flavor in ("tensorrt", "cpu")]
+    for path in variants:
+        proof = verify(path, record)
+        for axis in (proof.rows, proof.cols):
+            assert (axis.receptive_field, axis.stride, axis.offset) == (record.receptive_field,
+                                                                         record.stride, 0)
+            assert axis.cells == record.map_size[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,r", [("bagnet9", 9), ("bagnet17", 17), ("bagnet33", 33)])
+def test_official_bagnets_prove(arch: str, r: int, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from patchguard.export.onnx import export_onnx
+    from patchguard.export.onnxfile import save_onnx
+    from patchguard.models import build_model, record_for
+
+    torch.manual_seed(0)
+    record = record_for(arch)
+    path = save_onnx(export_onnx(build_model(record).eval(), record), tmp_path / f"{arch}.onnx")
+    start = time.perf_counter()
+    proof = verify(path, record)
+    print(f"{arch}: proved {proof.describe()} in {time.perf_counter() - start:.2f} s")
+    assert (proof.rows.receptive_field, proof.rows.stride, proof.rows.offset) == (r, 8, 0)
+    assert proof.to_dict()["map_size"] == list(record.map_size)
+
+
+def test_lying_models_are_refused_naming_the_node(bundled: Path) -> None:
+    import onnxruntime as ort
+
+    record = _record(bundled)
+    models = build_lying_models(bundled)
+    assert len(models) >= 11
+    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    expected = {
+        "global-mean": "lie_mean", "padded-maxpool": "cell", "brightest-pixel": "lie_bright",
+        "global-pool-conv": "lie_gap", "padded-conv-stack": "cell", "resize": "lie_resize",
+        "reshape-across-cells": "lie_reshape", "custom-op": "lie_custom",
+        "reflect-pad": "lie_reflect", "softmax-over-rows": "lie_softmax",
+        "matmul-across-columns": "lie_matmul",
+    }
+    for name, model in models.items():
+        if name != "custom-op":  # a real model: it runs and keeps the 24x24x10 shape
+            session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            assert session.run(None, {"input": image})[0].shape == (1, 24, 24, 10), name
+        with pytest.raises(VerificationError) as caught:
+            verify(model, record)
+        message = str(caught.value)
+        assert expected[name] in message, (name, message)
+        assert "\n" not in message
+
+
+def test_padding_shifts_offsets_and_never_widens(bundled: Path) -> None:
+    models = build_lying_models(bundled)
+    pooled = prove(models["padded-maxpool"])
+    assert (pooled.rows.receptive_field, pooled.rows.offset, pooled.rows.cells) == (9, -2, 24)
+    stacked = prove(models["padded-conv-stack"])
+    assert (stacked.cols.receptive_field, stacked.cols.offset, stacked.cols.cells) == (9, -2, 24)
+
+
+# --------------------------------------------------------------------------
+# Proofs against measured dependencies.
+
+def _random_stack(rng: np.random.Generator, size: int):
+    """A random conv/pool stack on a (1, 1, size, size) image, output (1, H, W, 2)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes, inits = [], []
+    current, channels = "input", 1
+    for k in range(int(rng.integers(1, 4))):
+        kind = ["Conv", "MaxPool", "AveragePool"][int(rng.integers(3))]
+        kernel = [int(v) for v in rng.integers(1, 4, size=2)]
+        attrs = dict(kernel_shape=kernel, strides=[int(v) for v in rng.integers(1, 3, size=2)])
+        pad_mode = int(rng.integers(4))
+        if pad_mode == 1:
+            attrs["pads"] = [int(v) for v in rng.integers(0, 2, size=4)]
+            attrs["pads"] = [min(p, kernel[i % 2] - 1) for i, p in enumerate(attrs["pads"])]
+        elif pad_mode == 2:
+            attrs["auto_pad"] = ["SAME_UPPER", "SAME_LOWER"][int(rng.integers(2))]
+        if kind != "AveragePool" and rng.random() < 0.4:
+            attrs["dilations"] = [int(v) for v in rng.integers(1, 3, size=2)]
+        if kind != "Conv" and rng.random() < 0.4 and pad_mode != 2:
+            attrs["ceil_mode"] = 1
+        out = f"t{k}"
+        if kind == "Conv":
+            weight = rng.normal(size=(2, channels, *kernel)).astype(np.float32)
+            inits.append(numpy_helper.from_array(weight, f"w{k}"))
+            nodes.append(helper.make_node("Conv", [current, f"w{k}"], [out], name=f"conv{k}", **attrs))
+            channels = 2
+        else:
+            nodes.append(helper.make_node(kind, [current], [out], name=f"pool{k}", **attrs))
+        nodes.append(helper.make_node("Tanh", [out], [out + "a"], name=f"act{k}"))
+        current = out + "a"
+    if channels == 1:
+        inits.append(numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "wlast"))
+        nodes.append(helper.make_node("Conv", [current, "wlast"], ["tl"], name="convlast"))
+        current = "tl"
+    nodes.append(helper.make_node("Transpose", [current], ["local_logits"], name="nhwc", perm=[0, 2, 3, 1]))
+    graph = helper.make_graph(
+        nodes, "stack",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [None, 1, size, size])],
+        [helper.make_tensor_value_info("local_logits", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_proved_fields_contain_every_measured_dependency() -> None:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+    size, checked = 13, 0
+    for _ in range(40):
+        model = _random_stack(rng, size)
+        try:
+            proof = prove(model)
+        except VerificationError as exc:
+            assert "auto_pad SAME with dilation" in str(exc)
+            continue
+        base = rng.normal(size=(1, 1, size, size)).astype(np.float32)
+        # one image per pixel, that pixel changed
+        batch = np.repeat(base, size * size, axis=0)
+        batch.reshape(size * size, -1)[np.arange(size * size), np.arange(size * size)] += 5.0
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            ref = session.run(None, {"input": base})[0]
+        except Exception:  # an attribute mix onnxruntime refuses (e.g. pads it finds negative)
+            continue
+        out = session.run(None, {"input": batch})[0]
+        assert ref.shape[1:3] == (proof.rows.cells, proof.cols.cells)
+        changed = np.abs(out - ref).max(axis=3) > 1e-6  # (pixels, H, W)
+        for p, i, j in zip(*np.nonzero(changed)):
+            y, x = divmod(int(p), size)
+            for pixel, cell, axis in ((y, i, proof.rows), (x, j, proof.cols)):
+                lo = axis.offset + int(cell) * axis.stride
+                assert lo <= pixel <= lo + axis.receptive_field - 1
+        checked += 1
+    assert checked >= 20
+
+
+def test_check_fits_wants_the_records_stride_and_map() -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from patchguard.runtime.metadata import ModelRecord
+
+    weight = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], name="c3", strides=[2, 2]),
+         helper.make_node("Transpose", ["c"], ["out"], name="t", perm=[0, 2, 3, 1])], "g",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [None, 1, 11, 11])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proof = prove(model)
+    assert proof.describe() == "r=3x3, s=2x2, offset=0,0, map 5x5"
+    base = dict(arch="x", num_classes=2, input_size=(11, 11), mean=(0.0,), std=(1.0,), in_channels=1)
+    check_fits(proof, ModelRecord(receptive_field=3, stride=2, **base))
+    with pytest.raises(VerificationError, match="stride 2"):
+        check_fits(proof, ModelRecord(receptive_field=3, stride=1, **base))

@@ -50,6 +50,7 @@ from .masking import (
     check_window,
     chunks,
     containing_max,
+    wrapped,
 )
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,13 @@ def certify_mask(
     thres: float = 0.0,
     clip: Optional[float] = None,
     labels: Optional[np.ndarray] = None,
+    wrap: bool = False,
 ) -> np.ndarray:
     """Algorithm 2: bool (B,) -- is the label certified against every patch
     that fits in ``patch_window`` (default: the mask ``window``)?
 
     ``labels=None`` certifies each map's own robust-masking prediction.
+    ``wrap``: windows and patches wrap around the columns (Mask-DS).
     """
     u = check_logits(local_logits)
     thres, clip = check_params(thres, clip)
@@ -98,7 +101,7 @@ def certify_mask(
     certified = np.zeros(u.shape[0], dtype=bool)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            evidence = MaskEvidence(u[part], (a, b), thres, clip)
+            evidence = MaskEvidence(u[part], (a, b), thres, clip, wrap)
             ys = own_labels(evidence) if y is None else y[part]
             certified[part] = certify_evidence(evidence, ys, (pa, pb))
     return certified
@@ -112,6 +115,7 @@ def largest_certified(
     thres: float = 0.0,
     clip: Optional[float] = None,
     labels: Optional[np.ndarray] = None,
+    wrap: bool = False,
 ) -> np.ndarray:
     """Index (B,) into ``patch_windows`` of the largest patch window for which
     the label stays certified under the (a, b) mask ``window``; -1 when none.
@@ -120,6 +124,7 @@ def largest_certified(
     the mask. Certification is monotone in the patch, so a map drops out at
     the first window it fails (early stop). ``labels=None`` uses each map's
     robust-masking prediction, which does not depend on the patch.
+    ``wrap`` as in :func:`certify_mask`.
     """
     u = check_logits(local_logits)
     thres, clip = check_params(thres, clip)
@@ -134,7 +139,7 @@ def largest_certified(
     best = np.full(u.shape[0], -1, dtype=np.int64)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            evidence = MaskEvidence(u[part], (a, b), thres, clip)
+            evidence = MaskEvidence(u[part], (a, b), thres, clip, wrap)
             ys = own_labels(evidence) if y is None else y[part]
             found = best[part]  # a view: filled in place
             active = np.arange(found.size)
@@ -229,29 +234,35 @@ class _LabelSide:
     no_overlap: np.ndarray  # best mask window sum of v[..., y] not overlapping P
     cheap: np.ndarray      # t - M_y <= lower bound
     cap: np.ndarray        # >= lower bound
+    wrap: bool = False     # columns wrap around (``table`` then extends b - 1 columns past W)
 
 
 def _label_side(table: np.ndarray, windows: np.ndarray, mask: Pair, patch: Pair,
-                thres: float) -> _LabelSide:
+                thres: float, wrap: bool = False) -> _LabelSide:
     (a, b), (pa, pb) = mask, patch
     total = table[:, -1, -1]
-    t = total[:, None, None] - box_sums(table, pa, pb)
+    t = total[:, None, None] - box_sums(table, pa, pb, wrap)
     cheap = t - windows.max(axis=(1, 2))[:, None, None]
-    no_overlap = _no_overlap_max(windows, mask, patch)
+    no_overlap = _no_overlap_max(windows, mask, patch, wrap)
     # lower <= t - OV <= S_y - (best window containing P); and when M0 is
     # used (T = 0, or already the non-overlapping windows beat T t),
     # lower = t - M0 <= t - no_overlap.
-    cap = total[:, None, None] - containing_max(windows, a, b, pa, pb)
+    cap = total[:, None, None] - containing_max(windows, a, b, pa, pb, wrap)
+    if wrap:  # the exact lower bound reads corners up to b - 1 columns past the end
+        table = wrapped(table, b - 1)
     uses_m0 = _uses_m0(no_overlap, t, thres)
     cap = np.minimum(cap, np.where(uses_m0, t - no_overlap, np.inf))
-    return _LabelSide(table, windows, t, no_overlap, cheap, cap)
+    return _LabelSide(table, windows, t, no_overlap, cheap, cap, wrap)
 
 
-def _no_overlap_max(windows: np.ndarray, mask: Pair, patch: Pair) -> np.ndarray:
+def _no_overlap_max(windows: np.ndarray, mask: Pair, patch: Pair, wrap: bool = False) -> np.ndarray:
     """Best window sum (B, H-pa+1, W-pb+1) among mask windows not overlapping P.
 
     A window misses P iff it lies wholly above, below, left or right of it:
     prefix / suffix maxima of the window grid's row and column maxima.
+    ``wrap`` (columns wrap, W window columns and W patch columns): beside
+    P's columns j .. j + pb - 1 lie the windows starting at j + pb .. j + W - b
+    (mod W), a sliding maximum over the column maxima taken twice.
     """
     (a, b), (pa, pb) = mask, patch
     batch, rows, cols = windows.shape
@@ -265,6 +276,15 @@ def _no_overlap_max(windows: np.ndarray, mask: Pair, patch: Pair) -> np.ndarray:
     j = np.arange(cols + b - pb)
     vertical = np.maximum(above[:, np.maximum(i - a + 1, 0)], below[:, np.minimum(i + pa, rows)])
     horizontal = np.maximum(left[:, np.maximum(j - b + 1, 0)], right[:, np.minimum(j + pb, cols)])
+    if wrap:
+        beside = cols - b - pb + 1  # window starts clear of P
+        horizontal = np.full((batch, cols), -np.inf)
+        if beside > 0:
+            twice = np.concatenate([col_max, col_max], axis=1)
+            run = twice[:, : 2 * cols - beside + 1].copy()
+            for shift in range(1, beside):
+                np.maximum(run, twice[:, shift : shift + run.shape[1]], out=run)
+            horizontal = run[:, (np.arange(cols) + pb) % cols]
     return np.maximum(vertical[:, :, None], horizontal[:, None, :])
 
 
@@ -285,7 +305,7 @@ def certify_evidence(evidence: MaskEvidence, y: np.ndarray, patch: Pair) -> np.n
     never need the rest.
     """
     mask, thres = evidence.mask, evidence.thres
-    side = _label_side(*evidence.label(y), mask, patch, thres)
+    side = _label_side(*evidence.label(y), mask, patch, thres, evidence.wrap)
     count = _candidates(evidence, y, side.cheap.min(axis=(1, 2)))
     first = min(count, _FIRST_BOUNDED)
     certified = _decide(side, _rival_gaps(evidence, y, first, patch), mask, patch, thres)
@@ -318,7 +338,7 @@ def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) 
     batch, height, width, classes = evidence.u.shape
     (a, b), (pa, pb) = evidence.mask, patch
     if count == 0:
-        return np.full((batch, height - pa + 1, width - pb + 1), -np.inf)
+        return np.full((batch, height - pa + 1, width if evidence.wrap else width - pb + 1), -np.inf)
     k = count + 1  # y may be among them
     index, exact, windows = evidence.ranked(k)
     if index.shape[1] > 2 * k:  # bound only the ranked classes asked for
@@ -330,7 +350,7 @@ def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) 
             windows = np.take_along_axis(windows, index[:, None, None, :], axis=3)
     # y is no rival of itself: its gap becomes -inf at every position.
     others = np.where(index == y[:, None], -np.inf, exact)
-    gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb)
+    gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb, evidence.wrap)
     return gap.max(axis=3)
 
 
@@ -369,8 +389,15 @@ def _exact_lower(side: _LabelSide, n: np.ndarray, i: np.ndarray, j: np.ndarray,
     """
     (a, b), (pa, pb) = mask, patch
     # Overlapping windows start at rows i - a + 1 .. i + pa - 1 (columns
-    # alike): pad the window grid with -inf so every offset is an index.
-    padded = np.pad(side.windows, ((0, 0), (a - 1, a - 1), (b - 1, b - 1)),
+    # alike): pad the window grid with -inf so every offset is an index
+    # (wrapping columns: with the grid's own columns, so offsets go round).
+    # A window met at two offsets (b + pb - 1 > W, wrapping) is read at
+    # each with a part of its true overlap with P: OV only grows, the
+    # lower bound only falls.
+    padded = side.windows
+    if side.wrap:
+        padded = np.pad(padded, ((0, 0), (0, 0), (b - 1, b - 1)), mode="wrap")
+    padded = np.pad(padded, ((0, 0), (a - 1, a - 1), (0, 0) if side.wrap else (b - 1, b - 1)),
                     constant_values=-np.inf)
     dr = np.arange(a + pa - 1) - (a - 1)
     dc = np.arange(b + pb - 1) - (b - 1)

@@ -215,20 +215,36 @@ def _ones_below(n: int) -> np.ndarray:
     return ones
 
 
-def box_sums(table: np.ndarray, a: int, b: int) -> np.ndarray:
+def box_sums(table: np.ndarray, a: int, b: int, wrap: bool = False) -> np.ndarray:
     """Sum of every (a, b) window from an integral image.
 
     (B, H + 1, W + 1, ...) -> (B, H - a + 1, W - b + 1, ...); entry (i, j) is
     the window whose top-left cell is (i, j). Always the same four corners in
-    the same order, so equal windows get bit-equal sums.
+    the same order, so equal windows get bit-equal sums. ``wrap``: columns
+    wrap around (the window starting at column j covers j .. j + b - 1 mod W),
+    giving (B, H - a + 1, W, ...).
     """
+    if wrap:
+        table = wrapped(table, b - 1)
     out = np.subtract(table[:, a:, b:], table[:, :-a, b:])
     np.subtract(out, table[:, a:, :-b], out=out)
     np.add(out, table[:, :-a, :-b], out=out)
     return out
 
 
-def containing_max(sums: np.ndarray, a: int, b: int, pa: int, pb: int) -> np.ndarray:
+def wrapped(table: np.ndarray, extra: int) -> np.ndarray:
+    """The integral image (B, H + 1, W + 1, ...) of the map with its first
+    ``extra`` columns appended after the last, (B, H + 1, W + 1 + extra, ...):
+    column W + k holds column W plus column k (sums of whole columns, so
+    exact wherever the table is)."""
+    width = table.shape[2] - 1
+    if not 0 <= extra <= width:
+        raise PatchGuardError(f"cannot wrap {extra} columns around a map {width} columns wide")
+    tail = table[:, :, width : width + 1] + table[:, :, 1 : extra + 1]
+    return np.concatenate([table, tail], axis=2)
+
+
+def containing_max(sums: np.ndarray, a: int, b: int, pa: int, pb: int, wrap: bool = False) -> np.ndarray:
     """For each (pa, pb) patch position, the largest (a, b) window sum over the
     windows that contain it.
 
@@ -236,8 +252,15 @@ def containing_max(sums: np.ndarray, a: int, b: int, pa: int, pb: int) -> np.nda
     The windows containing the patch at (i, j) start at rows
     ``max(0, i + pa - a) .. min(i, H - a)``: a sliding maximum of length
     ``a - pa + 1``, one axis at a time (``sums`` itself when pa = a, pb = b).
+    ``wrap`` (columns wrap around, ``sums`` (B, H - a + 1, W, ...) from
+    :func:`box_sums`): the windows containing column j start at
+    ``j + pb - b .. j`` (mod W), so the window sums are first extended on
+    the left by their last ``b - pb`` columns, and W columns come out.
     """
     out = sums
+    if wrap and b > pb:
+        width = sums.shape[2]
+        out = np.concatenate([sums[:, :, width - (b - pb) :], sums], axis=2)
     for axis, extra in ((1, a - pa), (2, b - pb)):
         if extra == 0:
             continue
@@ -249,6 +272,8 @@ def containing_max(sums: np.ndarray, a: int, b: int, pa: int, pb: int) -> np.nda
             target = result[_along(axis, shift, shift + length)]
             np.maximum(target, out, out=target)
         out = result
+    if wrap and b > pb:
+        out = out[:, :, b - pb : b - pb + sums.shape[2]]
     return out
 
 
@@ -327,9 +352,9 @@ def evidence_from(total: np.ndarray, largest: np.ndarray, thres: float) -> np.nd
     return np.where(masked, total - largest, total)
 
 
-def _evidence(table: np.ndarray, a: int, b: int, thres: float) -> np.ndarray:
+def _evidence(table: np.ndarray, a: int, b: int, thres: float, wrap: bool = False) -> np.ndarray:
     """Masked evidence (B, K) from an integral image (B, H + 1, W + 1, K)."""
-    return evidence_from(table[:, -1, -1], box_sums(table, a, b).max(axis=(1, 2)), thres)
+    return evidence_from(table[:, -1, -1], box_sums(table, a, b, wrap).max(axis=(1, 2)), thres)
 
 
 def robust_masking(
@@ -338,6 +363,7 @@ def robust_masking(
     *,
     thres: float = 0.0,
     clip: Optional[float] = None,
+    wrap: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Algorithm 1 on a batch: predictions (B,) int64 and evidence (B, C) float64.
 
@@ -348,7 +374,8 @@ def robust_masking(
     exact grid (:mod:`.grid`), ties to the lowest class index. The evidence
     returned is in logit units (grid values times the resolution; exact ties
     on the grid stay ties). A map holding NaN or inf gets :data:`NO_LABEL`
-    and a row of NaN evidence.
+    and a row of NaN evidence. ``wrap``: windows wrap around the columns
+    (Mask-DS's band map, :mod:`.smoothing`).
     """
     u = check_logits(local_logits)
     thres, clip = check_params(thres, clip)
@@ -357,7 +384,7 @@ def robust_masking(
     evidence = np.empty((u.shape[0], u.shape[3]), dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            evidence[part] = _evidence(clipped_integral(u[part], grid), a, b, thres)
+            evidence[part] = _evidence(clipped_integral(u[part], grid), a, b, thres, wrap)
     finite = finite_maps(u)
     predictions = np.where(finite, evidence.argmax(axis=1), NO_LABEL)
     evidence = grid.to_logits(evidence)
@@ -371,6 +398,7 @@ def masked_labels(
     *,
     thres: float = 0.0,
     clip: Optional[float] = None,
+    wrap: bool = False,
 ) -> np.ndarray:
     """Algorithm 1's predictions (B,) int64, equal to :func:`robust_masking`'s,
     computing window sums only for the classes that can win."""
@@ -380,7 +408,7 @@ def masked_labels(
     predictions = np.empty(u.shape[0], dtype=np.int64)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            predictions[part] = MaskEvidence(u[part], mask, thres, clip).predictions()
+            predictions[part] = MaskEvidence(u[part], mask, thres, clip, wrap).predictions()
     return predictions
 
 
@@ -395,10 +423,12 @@ class MaskEvidence:
     doubling, or straight to all classes once a quarter of many classes is
     asked for: one contiguous pass then beats gathering them). Every class's sums
     come from its own integral image, bit-equal however classes are grouped.
+    ``wrap``: windows wrap around the columns (window sums then have W columns).
     """
 
-    def __init__(self, u: np.ndarray, mask: Pair, thres: float, clip: Optional[float]) -> None:
-        self.u, self.mask, self.thres, self.clip = u, mask, thres, clip
+    def __init__(self, u: np.ndarray, mask: Pair, thres: float, clip: Optional[float],
+                 wrap: bool = False) -> None:
+        self.u, self.mask, self.thres, self.clip, self.wrap = u, mask, thres, clip, wrap
         self.grid = grid_for(u.shape, clip)
         self.known = 0  # ranked classes covered by the sums below
         self.index = self.exact = self.windows = np.empty(0)
@@ -409,7 +439,7 @@ class MaskEvidence:
             self._table = clipped_integral(u, self.grid)
             self.totals, self.finite = self._table[:, -1, -1], finite_maps(u)
             self.index = np.broadcast_to(np.arange(classes), (batch, classes))
-            self.exact, self.windows = self.totals, box_sums(self._table, *mask)
+            self.exact, self.windows = self.totals, box_sums(self._table, *mask, wrap)
             self.known = classes
         else:
             self.totals, self.finite = upper_class_totals(u, self.grid)
@@ -455,7 +485,7 @@ class MaskEvidence:
             if index is None:
                 index = np.broadcast_to(np.arange(classes), (batch, classes))
             self.index = index
-            self.exact, self.windows = table[:, -1, -1], box_sums(table, *self.mask)
+            self.exact, self.windows = table[:, -1, -1], box_sums(table, *self.mask, self.wrap)
             self.known = k
         return self.index, self.exact, self.windows
 
@@ -466,7 +496,7 @@ class MaskEvidence:
                 table = self._table[np.arange(y.shape[0]), :, :, y]
             else:
                 table = clipped_integral(self.u, self.grid, y[:, None])[..., 0]
-            self._label = (y.copy(), table, box_sums(table, *self.mask))
+            self._label = (y.copy(), table, box_sums(table, *self.mask, self.wrap))
         return self._label[1], self._label[2]
 
     def strongest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

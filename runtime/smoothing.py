@@ -17,10 +17,11 @@ logits are (B, V, C). Ties always go to the lowest class index.
   exact largest number of crops one patch position meets, counted per axis
   (the grid is a product, so the largest count is the product of the axis
   maxima) (:func:`crop_delta`).
-- **Mask-DS** (PatchGuard): the band confidences, softmax (B, 1, V, C), are
-  a map of "local logits" for robust masking with a 1-D window of
-  ``min(p + b - 1, W)`` bands that wraps around (:func:`band_confidences`,
-  then :mod:`.masking` / :mod:`.certificate` with ``wrap=True``).
+- **Mask-DS** (PatchGuard): the band confidences, softmax (B, 1, V, C)
+  (those below ``theta`` zeroed), are a map of "local logits" for robust
+  masking with a 1-D window of ``min(p + b - 1, W)`` bands that wraps
+  around (:func:`band_confidences`, then :mod:`.masking` /
+  :mod:`.certificate` with ``wrap=True``).
 """
 from __future__ import annotations
 
@@ -161,10 +162,16 @@ def _axis_hits(length: int, crop: int, stride: int, p: int) -> int:
 # --------------------------------------------------------------------------
 # Mask-DS.
 
-def band_confidences(logits: np.ndarray) -> np.ndarray:
-    """The Mask-DS map (B, 1, V, C) float64: each band's softmax; a band with
-    NaN or inf logits contributes zeros (a value a patch could produce anyway)."""
+def band_confidences(logits: np.ndarray, theta: float = 0.0) -> np.ndarray:
+    """The Mask-DS map (B, 1, V, C) float64: each band's softmax, with
+    confidences below ``theta`` set to 0 (so rivals' small shares do not add
+    up over many bands); a band with NaN or inf logits contributes zeros. Each
+    entry depends on its own band only, as robust masking requires, and zeros
+    are a value a patch could produce anyway."""
     p, _ = softmax(check_view_logits(logits))
+    theta = check_theta(theta)
+    if theta > 0.0:
+        p = np.where(p >= theta, p, 0.0)
     return p[:, None, :, :]
 
 

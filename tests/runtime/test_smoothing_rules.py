@@ -126,6 +126,9 @@ def test_votes_follow_theta_ties_and_non_finite_views() -> None:
     conf = band_confidences(logits)
     assert conf.shape == (1, 1, 5, 3)
     assert np.all(conf[0, 0, 2:4] == 0) and np.allclose(conf[0, 0, [0, 1, 4]].sum(axis=1), 1)
+    floor = band_confidences(logits, theta=0.4)             # shares below theta dropped, band by band
+    assert np.array_equal(floor, np.where(conf >= 0.4, conf, 0.0))
+    assert floor[0, 0, 1].sum() == 0 and floor[0, 0, 0, :2].tolist() == conf[0, 0, 0, :2].tolist()
     with pytest.raises(PatchGuardError, match="theta"):
         ds_votes(logits, theta=1.5)
     with pytest.raises(PatchGuardError, match=r"\(B, V, C\)"):

@@ -118,7 +118,7 @@ def test_largest_certified_wraps_too() -> None:
     conf = band_confidences(rng.normal(0, 2, (50, 10, 3)))
     sizes = [(1, 2), (1, 3), (1, 4)]
     index = largest_certified(conf, (1, 4), sizes, wrap=True)
-    for k, (n, best) in enumerate(zip(range(50), index)):
+    for n, best in enumerate(index):
         for s, size in enumerate(sizes):
             expect = bool(certify_mask(conf[n : n + 1], (1, 4), patch_window=size, wrap=True)[0])
             assert expect == (s <= best)

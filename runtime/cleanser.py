@@ -27,6 +27,7 @@ the first disagreeing view batch.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,8 +130,9 @@ def majority(labels: np.ndarray, num_classes: int) -> int:
     return int(np.argmax(np.bincount(valid, minlength=num_classes)))
 
 
-def decide(table: np.ndarray, num_classes: int) -> tuple[int, bool, list[int]]:
-    """Algorithm 1 on one frame's two-mask table (|M|, |M|): (label, second round ran, rows used).
+def decide(table: np.ndarray, num_classes: int) -> tuple[int, bool, int | None]:
+    """Algorithm 1 on one frame's two-mask table (|M|, |M|): (label, second round ran,
+    the mask whose second round decided, or None).
 
     Reads only the entries it needs; an :data:`UNSCORED` entry where one is
     needed is a bug in the caller. (The whole-batch twin on full tables of
@@ -139,17 +141,15 @@ def decide(table: np.ndarray, num_classes: int) -> tuple[int, bool, list[int]]:
     """
     first = np.diagonal(table)
     if (first == first[0]).all() and first[0] >= 0:
-        return int(first[0]), False, []
+        return int(first[0]), False, None
     y_maj = majority(first, num_classes)
-    used = []
     for i in np.flatnonzero(first != y_maj):
-        used.append(int(i))
         row = table[i]
         if (row == UNSCORED).any():
             raise PatchGuardError("internal: double masking read an unscored two-mask prediction")
         if first[i] >= 0 and (row == first[i]).all():
-            return int(first[i]), True, used
-    return y_maj, True, used
+            return int(first[i]), True, int(i)
+    return y_maj, True, None
 
 
 def certified(table: np.ndarray, label: int) -> bool:
@@ -162,9 +162,10 @@ class CleanserResult:
     """Per frame: the double-masking label and what it took."""
 
     label: int
-    certified: bool | None      # None: not asked
+    certified: bool | None         # None: not asked
     views: int                     # views scored for this frame (both rounds and certification)
     second_round: bool
+    deciding_mask: int | None = None  # the mask whose second round decided the label
 
 
 class DoubleMasking:
@@ -213,6 +214,9 @@ class DoubleMasking:
         """
         x = np.asarray(x, dtype=np.float32)
         b, count = len(x), self.masks.count
+        self.certify_seconds = 0.0
+        wanted = np.ones(b, dtype=bool) if labels is not None else np.broadcast_to(
+            np.asarray(certify, dtype=bool), (b,))
         tables = np.full((b, count, count), UNSCORED, dtype=np.int64)
         first = self.first_round(x)
         idx = np.arange(count)
@@ -230,16 +234,19 @@ class DoubleMasking:
         for f in range(b):
             if not unanimous[f] and not full:
                 views[f] += self._second_round(x[f], tables[f])
-            label, second, _ = decide(tables[f], self.num_classes)
-            results.append(CleanserResult(label, None, int(views[f]), second))
-        if certify or labels is not None:
+            label, second, deciding = decide(tables[f], self.num_classes)
+            results.append(CleanserResult(label, None, int(views[f]), second, deciding))
+        if wanted.any():
+            began = time.perf_counter()
             targets = np.array([r.label for r in results]) if labels is None else np.asarray(labels)
-            alive = [f for f in range(b) if unanimous[f] and first[f, 0] == targets[f]]
+            alive = [f for f in range(b) if wanted[f] and unanimous[f] and first[f, 0] == targets[f]]
             if not full:
                 views += self._certify_pairs(x, tables, alive, targets)
             for f, result in enumerate(results):
-                result.certified = certified(tables[f], int(targets[f]))
+                if wanted[f]:
+                    result.certified = certified(tables[f], int(targets[f]))
                 result.views = int(views[f])
+            self.certify_seconds = time.perf_counter() - began
         return results, tables
 
     def _pair_labels(self, x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -301,17 +308,20 @@ class CleanserRunner(ViewRunner):
         upper = np.triu_indices(self.masks.count)
         self._upper = (upper[0], upper[1])
 
-    def run(self, x: np.ndarray, certify: bool = False,
+    @property
+    def certify_seconds(self) -> float:
+        """Time the last :meth:`run` spent certifying (the pipeline's latency split)."""
+        return float(getattr(self.engine, "certify_seconds", 0.0))
+
+    def run(self, x: np.ndarray, certify: bool | np.ndarray = False,
             labels: np.ndarray | None = None) -> list[ViewResult]:
         results, _ = self.engine.run(x, certify=certify, labels=labels)
-        return [ViewResult(r.label, r.certified, r.views, {"second_round": r.second_round})
-                for r in results]
+        return [_result(r) for r in results]
 
     def run_full(self, x: np.ndarray, labels: np.ndarray | None = None) -> tuple[list[ViewResult], np.ndarray]:
         """:meth:`run` scoring every two-mask view (no early exit); also the tables (B, M, M)."""
         results, tables = self.engine.run(x, certify=True, full=True, labels=labels)
-        return ([ViewResult(r.label, r.certified, r.views, {"second_round": r.second_round})
-                 for r in results], tables)
+        return [_result(r) for r in results], tables
 
     @property
     def views_per_frame(self) -> int:
@@ -336,3 +346,8 @@ class CleanserRunner(ViewRunner):
         labels = np.array([decide(t, self.record.num_classes)[0] for t in tables], dtype=np.int64)
         ok = np.array([certified(t, int(y)) for t, y in zip(tables, labels)], dtype=bool)
         return labels, ok
+
+
+def _result(r: CleanserResult) -> ViewResult:
+    return ViewResult(r.label, r.certified, r.views,
+                      {"second_round": r.second_round, "deciding_mask": r.deciding_mask})

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -71,7 +71,11 @@ class FrameResult:
     pipeline's threshold, so ``label`` is -1 and nothing is certified.
     ``defense``: "mask" (robust masking) or "double" (feature-space double
     masking; its ``masked_box`` is the mask whose second round decided the
-    label, None when the first round did).
+    label, None when the first round did), or a view defense's kind
+    ("cleanser", ...), whose ``views`` says how many views were scored,
+    whether the certificate was checked (``--certify``) and the rule's own
+    facts (PatchCleanser: ``second_round``); its ``window`` is the mask side
+    in model pixels.
     """
 
     label: int
@@ -93,6 +97,7 @@ class FrameResult:
     spread: Optional[float] = None
     abstained: bool = False
     defense: str = "mask"
+    views: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (lists for tuples)."""
@@ -109,6 +114,8 @@ class FrameResult:
         }
         if self.defense != "mask":
             extra["defense"] = self.defense
+        if self.views is not None:
+            extra["views"] = dict(self.views)
         return {
             "label": self.label,
             "class_name": self.class_name,
@@ -274,6 +281,7 @@ class Pipeline:
         top_k: int = 1,
         abstain_below: Optional[float] = None,
         abstain_spread: Optional[float] = None,
+        certify: Optional[Union[str, int]] = None,
     ) -> None:
         # Every option is checked here, so a bad one fails before the first frame.
         self.thres, self.clip = check_params(thres, clip)
@@ -291,6 +299,28 @@ class Pipeline:
         self._infer_lock = threading.Lock()
         self._threat_lock = threading.Lock()
         self._threats: dict[Pair, CameraThreat] = {}
+        self._views = self._view_frames(certify, defense, tau, top_k, abstain_below, abstain_spread)
+
+    def _view_frames(self, certify: Optional[Union[str, int]], defense: str, tau: float, top_k: int,
+                     abstain_below: Optional[float], abstain_spread: Optional[float]) -> Any:
+        """The view-defense path (:mod:`.view_pipeline`) when the model is an ordinary classifier."""
+        from .view_pipeline import ViewFrames, parse_certify
+
+        every = parse_certify(certify)
+        if self.record.is_local:
+            if every != 1:
+                raise PatchGuardError("--certify applies to view defenses (PatchCleanser, DS, crops); "
+                                      "a BagNet certifies every frame")
+            return None
+        local_only = {"defense": defense != "mask", "thres": bool(self.thres), "clip": self.clip is not None,
+                      "tau": tau != DEFAULT_TAU, "top_k": top_k != 1,
+                      "abstain_below": abstain_below is not None, "abstain_spread": abstain_spread is not None}
+        given = [name for name, used in local_only.items() if used]
+        if given:
+            raise PatchGuardError(f"{', '.join(given)} apply to BagNets; {self.record.arch} runs the "
+                                  f"{self.record.defense.kind} defense")
+        return ViewFrames(self.backend, self.patch_size, self.patch_frac, every, self.value_range,
+                          self._infer_lock)
 
     @classmethod
     def from_engine(
@@ -318,8 +348,11 @@ class Pipeline:
             backend.close()
             raise
 
-    def threat(self, frame_size: Sequence[int]) -> CameraThreat:
-        """The threat model for frames of ``frame_size`` (h, w), computed once per size."""
+    def threat(self, frame_size: Sequence[int]) -> Any:
+        """The threat model for frames of ``frame_size`` (h, w), computed once per size
+        (a :class:`~.view_pipeline.ViewThreat` for a view defense)."""
+        if self._views is not None:
+            return self._views.threat(frame_size)
         key = (int(frame_size[0]), int(frame_size[1]))
         with self._threat_lock:
             found = self._threats.get(key)
@@ -348,6 +381,8 @@ class Pipeline:
         order = self.color if color is None else check_color(color)
         if len(frames) == 0:
             return []
+        if self._views is not None:
+            return self._views.run_batch(frames, order)
         start = time.perf_counter()
         sizes = [(int(np.shape(f)[0]), int(np.shape(f)[1])) for f in frames]
         groups: dict[Pair, list[int]] = {}

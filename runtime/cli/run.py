@@ -19,6 +19,7 @@ Examples:
   pg-run --engine model.onnx --source photos/ --patch-frac 0.02 --jsonl -
   pg-run --engine model.onnx --camera 0 --on-alert exit --abstain-below 0.4 --abstain-spread 4
   pg-run --engine model.onnx --source clip.avi --defense double --top-k 3 --jsonl out.jsonl
+  pg-run --engine cleanser.int8.onnx --source clip.avi --certify 10 --jsonl out.jsonl  # PatchCleanser
   pg-run --engine model.plan --source "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,\\
 height=720 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink"
 \b
@@ -99,6 +100,9 @@ def _log_through(bar: Any) -> Any:
 @click.option("--abstain-spread", type=float, default=None,
               help="Abstain when the cell-to-cell spread of the local logits is below S "
                    "(a uniform frame has 0).")
+@click.option("--certify", "certify", default="every", show_default=True, metavar="every|N|none",
+              help="View defenses (PatchCleanser: up to |M|(|M|+1)/2 views per frame): certify every "
+                   "frame, every N-th, or none; the label never depends on it. BagNets: every.")
 def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Optional[str],
          camera_fps: Optional[float], reconnect: int, source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
@@ -108,7 +112,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
          color: Optional[str],
          value_range: Optional[tuple[float, float]], defense: str, masks_per_axis: Optional[int],
          tau: Optional[float], on_alert: str, top_k: int, abstain_below: Optional[float],
-         abstain_spread: Optional[float]) -> None:
+         abstain_spread: Optional[float], certify: str) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
     from ..camera import open_camera
     from ..detection import DEFAULT_TAU
@@ -140,7 +144,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None, defense=defense,
             masks_per_axis=masks_per_axis, top_k=top_k, abstain_below=abstain_below,
-            abstain_spread=abstain_spread, tau=DEFAULT_TAU if tau is None else tau))
+            abstain_spread=abstain_spread, certify=certify, tau=DEFAULT_TAU if tau is None else tau))
         frames = stack.enter_context(
             open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None
             else open_source(source or "", topic=topic))
@@ -150,7 +154,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
             settings = {"source": frames.description, "topic": topic, "camera": camera,
                         "color": color, "value_range": list(value_range) if value_range else None,
                         "provider": getattr(pipeline.backend, "provider", provider),
-                        "max_frames": max_frames}
+                        "max_frames": max_frames, "certify": certify}
             header = header_row(pipeline, engine, "pg-run", settings)
         if jsonl_header and header is not None:
             write_text_atomic(jsonl_header, json.dumps(header) + "\n")

@@ -14,10 +14,14 @@ removed), its prediction ``argmax g_w`` and softmax confidence
   y with confidence > tau (its cells are gone), so any other output alerts.
 
 Both use the same strict inequality ``> tau`` (PatchGuard++'s public code
-differs at exactly tau). A window's prediction in the certificate must beat
-every other class by more than :func:`masking.tolerance` so rounding never
-decides a tie. Maps with NaN or inf get :data:`masking.NO_LABEL`, an alert
-and no certificate: nothing they say can be trusted.
+differs at exactly tau). Exactness: u is mapped cell by cell onto a signed
+version of the grid of :mod:`.grid` (``floor`` of the positive part minus
+``floor`` of the negative part, saturated at +-2^20 logits), so every S and
+``S - W(w)`` is an exact integer: predictions and ties are decided on them,
+and a window whose cells a patch cannot reach has the same integers, hence
+bit for bit the same softmax confidence, in the clean and the attacked map.
+Maps with NaN or inf get :data:`masking.NO_LABEL`, an alert and no
+certificate: nothing they say can be trusted.
 """
 from __future__ import annotations
 
@@ -28,17 +32,8 @@ import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair
-from .masking import (
-    NO_LABEL,
-    box_sums,
-    check_labels,
-    check_logits,
-    check_window,
-    chunks,
-    finite_maps,
-    integral,
-    tolerance,
-)
+from .grid import Grid, grid_for, to_grid
+from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral
 
 #: A default alert threshold (confidence of a window's prediction).
 DEFAULT_TAU = 0.8
@@ -55,6 +50,11 @@ def check_tau(tau: float) -> float:
     return tau
 
 
+def signed_grid(u: np.ndarray, grid: Grid) -> np.ndarray:
+    """u cell by cell on the grid, sign kept: integers in [-unit, unit] (float64)."""
+    return to_grid(u, grid) - to_grid(np.negative(u), grid)
+
+
 def softmax_top(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Argmax (ties: lowest index) and its softmax probability over the last axis."""
     top = scores.argmax(axis=-1)
@@ -69,24 +69,25 @@ class WindowReadout:
     """Every window's view of a chunk of maps: position arrays (B, H-a+1, W-b+1)."""
 
     labels: np.ndarray       # (B,) argmax g, NO_LABEL for maps with NaN/inf
-    predictions: np.ndarray  # argmax g_w
+    predictions: np.ndarray  # argmax g_w (exact, on the grid)
     confidence: np.ndarray   # max softmax(g_w)
-    scores: np.ndarray       # g_w, (B, H-a+1, W-b+1, C)
+    scores: np.ndarray       # g_w in logits, (B, H-a+1, W-b+1, C)
     finite: np.ndarray       # (B,)
-    tol: np.ndarray          # (B,) tolerance in g units
 
     @classmethod
     def of(cls, u: np.ndarray, window: tuple[int, int]) -> "WindowReadout":
         cells = u.shape[1] * u.shape[2]
+        grid = grid_for(u.shape, None)
         with np.errstate(invalid="ignore", over="ignore"):
-            table = integral(np.asarray(u, dtype=np.float64))
-            total = table[:, -1, -1]                                        # S (B, C)
-            scores = (total[:, None, None, :] - box_sums(table, *window)) / cells
-        predictions, confidence = softmax_top(scores)
+            table = integral(signed_grid(u, grid))
+            total = table[:, -1, -1]                                        # S (B, C), exact
+            kept = total[:, None, None, :] - box_sums(table, *window)       # exact
+            predictions = np.nan_to_num(kept).argmax(axis=-1)
+            scores = grid.to_logits(kept) / cells
+            _, confidence = softmax_top(scores)
         finite = finite_maps(u)
         labels = np.where(finite, np.nan_to_num(total).argmax(axis=1), NO_LABEL)
-        tol = tolerance(np.abs(np.nan_to_num(total))) / cells
-        return cls(labels.astype(np.int64), predictions, confidence, scores, finite, tol)
+        return cls(labels.astype(np.int64), predictions, confidence, scores, finite)
 
     def alerts(self, tau: float) -> np.ndarray:
         """(B,): some window predicts another class than the output with confidence > tau."""
@@ -94,17 +95,8 @@ class WindowReadout:
         return other.any(axis=(1, 2)) | ~self.finite
 
     def certified(self, y: np.ndarray, tau: float) -> np.ndarray:
-        """(B,): output y, and every window predicts y (by more than the
-        tolerance) with confidence > tau."""
-        batch, classes = self.scores.shape[0], self.scores.shape[-1]
-        rows = np.arange(batch)
-        own = self.scores[rows, :, :, y]
-        if classes > 1:
-            others = self.scores.copy()
-            others[rows, :, :, y] = -np.inf
-            wins = (own - others.max(axis=-1)) > self.tol[:, None, None]
-        else:
-            wins = np.ones(own.shape, dtype=bool)
+        """(B,): output y, and every window predicts y with confidence > tau."""
+        wins = self.predictions == y[:, None, None]
         sure = (wins & (self.confidence > tau)).all(axis=(1, 2))
         return sure & (self.labels == y) & self.finite
 

@@ -23,12 +23,12 @@ whether the round is unanimous, a disagreeing mask whose second round agrees
 (its pair with k says y) wins, or none does (mask k would have won, being a
 disagreer whose every pair says y, unless an earlier winner, also y, did).
 
-Every sum comes from one integral image (the rectangle of an intersection,
-empty or not, is four corners of it). Predictions break ties toward the
-lowest class index; a certified pair needs y to beat every other class by
-more than :func:`masking.tolerance`, so rounding never turns a tie into a
-certificate. Maps with NaN or inf get :data:`masking.NO_LABEL` and no
-certificate.
+Every sum comes from one integral image of the exact grid of :mod:`.grid`
+(the rectangle of an intersection, empty or not, is four corners of it), so
+every score is an exact integer: predictions break ties toward the lowest
+class index literally, and the certificate asks exactly that every pair's
+argmax is y (no tolerance). Maps with NaN or inf get :data:`masking.NO_LABEL`
+and no certificate.
 """
 from __future__ import annotations
 
@@ -39,17 +39,8 @@ import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, mask_starts
-from .grid import grid_for
-from .masking import (
-    NO_LABEL,
-    check_labels,
-    check_logits,
-    check_params,
-    check_window,
-    clipped_integral,
-    finite_maps,
-    tolerance,
-)
+from .grid import Grid, grid_for
+from .masking import NO_LABEL, check_labels, check_logits, check_params, check_window, clipped_integral, finite_maps
 
 #: PatchCleanser's default: 6 masks per axis (36 masks, 666 pairs).
 DEFAULT_MASKS_PER_AXIS = 6
@@ -158,21 +149,20 @@ def pair_margins(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
 @dataclass
 class DoubleMaskEvidence:
     """Two-mask scores of a chunk of maps, shared by the prediction, the
-    certificate and the per-frame readouts."""
+    certificate and the per-frame readouts. Scores are exact grid integers
+    (:mod:`.grid`); ``grid.to_logits`` reports them in logit units."""
 
-    scores: np.ndarray      # (B, M, M, C)
+    scores: np.ndarray      # (B, M, M, C), grid units
     finite: np.ndarray      # (B,) maps without NaN or inf
-    tol: np.ndarray         # (B,) certification tolerance
-    cells: int              # H * W, to put scores in per-cell (mean logit) units
-    resolution: float = 1.0  # logits per grid unit of the scores (runtime/grid.py)
+    grid: Grid
 
     @classmethod
     def of(cls, u: np.ndarray, masks: MaskSet, clip: Optional[float]) -> "DoubleMaskEvidence":
-        table = clipped_integral(u, clip)
+        grid = grid_for(u.shape, clip)
+        table = clipped_integral(u, grid)
         with np.errstate(invalid="ignore", over="ignore"):
             scores = two_mask_scores(table, masks)
-        return cls(scores, finite_maps(u), tolerance(table[:, -1, -1]), u.shape[1] * u.shape[2],
-                   grid_for(u.shape, clip).resolution)
+        return cls(scores, finite_maps(u), grid)
 
     def predictions(self) -> np.ndarray:
         return self.decision()[0]
@@ -185,21 +175,26 @@ class DoubleMaskEvidence:
         return labels, np.where(self.finite, mask, -1)
 
     def margins(self, y: np.ndarray) -> np.ndarray:
-        """Smallest two-mask margin of y (B,), evidence units (NaN for maps with NaN/inf)."""
+        """Smallest two-mask margin of y over the best other class (B,), in
+        logit units of evidence (NaN for maps with NaN/inf). For reports: a
+        margin of exactly 0 is certified when every tied rival has a higher
+        class index; :meth:`certified` decides on the integers."""
         with np.errstate(invalid="ignore"):
             margin = pair_margins(self.scores, np.maximum(y, 0))
-        return np.where(self.finite, margin, np.nan)
+        return np.where(self.finite, self.grid.to_logits(margin), np.nan)
 
     def certified(self, y: np.ndarray) -> np.ndarray:
-        return self.finite & (y >= 0) & (self.margins(y) > self.tol)
+        """(B,): every two-mask prediction (exact argmax, ties to the lowest index) is y."""
+        pair = self.scores.argmax(axis=3)
+        return self.finite & (y >= 0) & (pair == y[:, None, None]).all(axis=(1, 2))
 
     def label_scores(self, y: np.ndarray) -> np.ndarray:
-        """One-mask scores (B, C) behind label y: those of the first mask whose
-        first-round prediction is y (the mask set's first when none is)."""
+        """One-mask scores (B, C) behind label y, logit units: those of the first
+        mask whose first-round prediction is y (the mask set's first when none is)."""
         first = np.diagonal(self.scores.argmax(axis=3), axis1=1, axis2=2)
         index = (first == y[:, None]).argmax(axis=1)
         rows = np.arange(self.scores.shape[0])
-        return self.scores[rows, index, index]
+        return self.grid.to_logits(self.scores[rows, index, index])
 
 
 def _chunks(u: np.ndarray, masks: MaskSet) -> list[slice]:

@@ -35,7 +35,7 @@ from .double_masking import DEFAULT_MASKS_PER_AXIS, DoubleMaskEvidence
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair
 from .masking import MaskEvidence, evidence_from
-from .topk import check_top_k, top_k_margins
+from .topk import check_top_k, top_k_certified, top_k_margins
 
 #: Defenses a frame pipeline runs on the local logits.
 FRAME_DEFENSES = ("mask", "double")
@@ -138,7 +138,8 @@ def spread(u: np.ndarray) -> np.ndarray:
 
 
 def masked_scores(evidence: MaskEvidence) -> np.ndarray:
-    """Robust-masking evidence of every class (B, C), in class order."""
+    """Robust-masking evidence of every class (B, C), in class order, exact
+    grid units (``evidence.grid.to_logits`` for logits)."""
     classes = evidence.totals.shape[1]
     _, exact, windows = evidence.ranked(classes)
     return evidence_from(exact, windows.max(axis=(1, 2)), evidence.thres)
@@ -165,11 +166,9 @@ def read_mask(u: np.ndarray, evidence: MaskEvidence, labels: np.ndarray, window:
     safe = np.maximum(labels, 0)
     with np.errstate(invalid="ignore", over="ignore"):
         margin = top_k_margins(evidence, safe, window, 1)
-        top_ok = None
-        if k > 1:
-            top_ok = (top_k_margins(evidence, safe, window, k) > evidence.tol) & evidence.finite
-        scores = evidence.grid.to_logits(masked_scores(evidence))  # grid units -> logits
-    margin = np.where(labels >= 0, evidence.grid.to_logits(margin), np.nan)
+        top_ok = top_k_certified(evidence, safe, window, k) if k > 1 else None
+        scores = evidence.grid.to_logits(masked_scores(evidence))
+    margin = np.where(labels >= 0, margin, np.nan)
     return _finish(u, labels, scores, margin, top_ok, window, tau, k, evidence.finite)
 
 
@@ -178,8 +177,8 @@ def read_double(u: np.ndarray, evidence: DoubleMaskEvidence, labels: np.ndarray,
     """Readouts of double masking: scores are the one-mask scores behind the
     label, the margin the smallest two-mask margin; no top-k bound."""
     safe = np.maximum(labels, 0)
-    margin = np.where(labels >= 0, evidence.margins(safe) * evidence.resolution, np.nan)
-    scores = evidence.label_scores(safe) * evidence.resolution  # grid units -> logits
+    margin = np.where(labels >= 0, evidence.margins(safe), np.nan)  # logits
+    scores = evidence.label_scores(safe)  # logits
     return _finish(u, labels, scores, margin, None, window, tau, k, evidence.finite)
 
 

@@ -7,13 +7,14 @@ under the (a, b) mask: ``lower(P)`` of label y (exact, every position) and
 - **top-k**: y stays among the k highest masked scores under every patch iff
   at every P, ``lower(P)`` beats the k-th largest ``upper_c(P)`` (fewer than
   k classes can then reach y's score); k = 1 is the ordinary certificate;
-- **margin**: ``min_P (lower(P) - k-th largest upper_c(P))`` in evidence
-  units: how far the worst patch is from pushing y out (negative: it can).
-  The certificate holds iff the margin exceeds :func:`masking.tolerance`.
+- **margin**: ``min_P (lower(P) - k-th largest upper_c(P))`` in logit
+  units of evidence: how far the worst patch is from pushing y out
+  (negative: it can). For reports only.
 
-The ordinary certificate (:mod:`.certificate`) decides with cheap tests and
-early stops; these functions need every bound at every position, so they
-compute them all (cheap at a frame's scale, and the same sums).
+The certificate is decided exactly, as the ordinary one (:mod:`.certificate`,
+whose decision it reuses with the k-th largest rival gap in place of the
+largest): on the integers of the grid, T through exact rational comparisons,
+and an exact tie is never a certificate; k = 1 gives the same verdicts.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .certificate import _exact_lower, _label_side, check_patch_window, own_labels
+from .certificate import _decide, _exact_lower, _label_side, check_patch_window, own_labels
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
 from .masking import MaskEvidence, check_labels, check_logits, check_params, check_window, chunks, containing_max
@@ -34,23 +35,33 @@ def check_top_k(top_k: int) -> int:
     return int(top_k)
 
 
-def _kth_upper(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.ndarray:
-    """The k-th largest upper bound (B, P1, P2) among the classes c != y at
-    every (pa, pb) position; -inf where fewer than k other classes exist."""
-    (a, b), (pa, pb), thres = evidence.mask, patch, evidence.thres
+def _kth_gap(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.ndarray:
+    """The k-th largest rival gap ``S_c - max_{W >= P} sum v[W, c]`` (the upper
+    bound times 1 - T; exact grid integers) among the classes c != y at every
+    (pa, pb) position, (B, P1, P2); -inf where fewer than k other classes exist."""
+    (a, b), (pa, pb) = evidence.mask, patch
     classes = evidence.totals.shape[1]
     _, exact, windows = evidence.ranked(classes)  # all classes, in class order
-    upper = (exact[:, None, None, :] - containing_max(windows, a, b, pa, pb)) / (1.0 - thres)
-    upper[np.arange(y.shape[0]), :, :, y] = -np.inf
+    gap = exact[:, None, None, :] - containing_max(windows, a, b, pa, pb)
+    gap[np.arange(y.shape[0]), :, :, y] = -np.inf
     if k >= classes:
-        return np.full(upper.shape[:3], -np.inf)
+        return np.full(gap.shape[:3], -np.inf)
     # y's own entry is -inf, so the k-th largest of all C is that of the others.
-    return np.partition(upper, classes - k, axis=-1)[..., classes - k]
+    return np.partition(gap, classes - k, axis=-1)[..., classes - k]
+
+
+def top_k_certified(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.ndarray:
+    """(B,): at every position y's lower bound beats the k-th largest rival
+    upper bound, exactly (then fewer than k classes can reach y's score)."""
+    side = _label_side(*evidence.label(y), evidence.mask, patch, evidence.thres)
+    gap = _kth_gap(evidence, y, patch, k)
+    return _decide(side, gap, evidence.mask, patch, evidence.thres) & evidence.finite
 
 
 def top_k_margins(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int = 1) -> np.ndarray:
-    """Smallest ``lower - k-th largest other upper`` over positions (B,);
-    +inf when fewer than k other classes exist; NaN for maps with NaN/inf.
+    """Smallest ``lower - k-th largest other upper`` over positions (B,), in
+    logit units; +inf when fewer than k other classes exist; NaN for maps
+    with NaN/inf. A report: decisions come from :func:`top_k_certified`.
 
     The exact lower bound is computed only where it can be the minimum: the
     cheap bounds ``cheap <= lower <= cap`` of :mod:`.certificate` bracket the
@@ -58,14 +69,14 @@ def top_k_margins(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int = 1
     smallest bracket end cannot hold the minimum.
     """
     side = _label_side(*evidence.label(y), evidence.mask, patch, evidence.thres)
-    kth = _kth_upper(evidence, y, patch, k)
+    kth = _kth_gap(evidence, y, patch, k) / (1.0 - evidence.thres)
     low, high = side.cheap - kth, side.cap - kth
     margin = high.min(axis=(1, 2))
     n, i, j = np.nonzero(low < margin[:, None, None])
     if n.size:
         exact = _exact_lower(side, n, i, j, evidence.mask, patch, evidence.thres) - kth[n, i, j]
         np.minimum.at(margin, n, exact)
-    return np.where(evidence.finite, margin, np.nan)
+    return np.where(evidence.finite, evidence.grid.to_logits(margin), np.nan)
 
 
 def _prepare(local_logits: np.ndarray, window: IntOrPair, patch_window: Optional[IntOrPair],
@@ -98,7 +109,7 @@ def certify_top_k(
         for part in chunks(u):
             evidence = MaskEvidence(u[part], mask, thres, clip)
             ys = own_labels(evidence) if y is None else y[part]
-            out[part] = evidence.finite & (top_k_margins(evidence, ys, patch, k) > evidence.tol)
+            out[part] = top_k_certified(evidence, ys, patch, k)
     return out
 
 
@@ -112,9 +123,8 @@ def certification_margin(
     clip: Optional[float] = None,
     labels: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Margins (B,) float64 in evidence units (logits; computed on the exact
-    grid of :mod:`.grid`, see the module docstring);
-    NaN for maps with NaN or inf. Divide by H * W for mean-logit units."""
+    """Margins (B,) float64 in logit units of evidence (see the module
+    docstring); NaN for maps with NaN or inf. Divide by H * W for mean-logit units."""
     k = check_top_k(top_k)
     u, mask, patch, thres, clip, y = _prepare(local_logits, window, patch_window, thres, clip, labels)
     out = np.empty(u.shape[0], dtype=np.float64)
@@ -122,5 +132,5 @@ def certification_margin(
         for part in chunks(u):
             evidence = MaskEvidence(u[part], mask, thres, clip)
             ys = own_labels(evidence) if y is None else y[part]
-            out[part] = evidence.grid.to_logits(top_k_margins(evidence, ys, patch, k))
+            out[part] = top_k_margins(evidence, ys, patch, k)
     return out

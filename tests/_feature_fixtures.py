@@ -1,14 +1,32 @@
 """Naive loop implementations of the defenses read from one BagNet pass beyond
 robust masking (DESIGN.md section 8), written straight from the math, one map
 at a time, with explicit cell masks and no integral images. Deliberately slow
-and plain: the vectorized code in patchguard.runtime must agree with them."""
+and plain: the vectorized code in patchguard.runtime must agree with them.
+
+They decide on the same exact grid values as the runtime (patchguard.runtime.grid:
+each cell mapped on its own), with plain sums (exact: grid integers) and
+exact rational comparisons where T enters, so ties are ties here too."""
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 from typing import Optional
 
 import numpy as np
-from _certify_fixtures import naive_clip
+
+from patchguard.runtime.grid import grid_for, to_grid
+
+
+def grid_values(u: np.ndarray, clip: Optional[float]) -> np.ndarray:
+    """``clip(u, 0, c_h)`` of one (H, W, C) map on the exact grid (integers)."""
+    return to_grid(np.asarray(u, dtype=np.float64)[None], grid_for((1,) + u.shape, clip))[0]
+
+
+def signed_grid_values(u: np.ndarray) -> tuple[np.ndarray, float]:
+    """u of one map on the signed grid (integers) and the grid's logits per step."""
+    grid = grid_for((1,) + u.shape, None)
+    x = np.asarray(u, dtype=np.float64)[None]
+    return (to_grid(x, grid) - to_grid(-x, grid))[0], grid.resolution
 
 
 def naive_mask_starts(size: int, patch: int, per_axis: int) -> tuple[list[int], int]:
@@ -39,7 +57,7 @@ def _outside_scores(v: np.ndarray, removed: np.ndarray) -> np.ndarray:
 
 def naive_double(u: np.ndarray, pa: int, pb: int, k: int, clip: Optional[float]) -> int:
     """PatchCleanser Algorithm 1 on one (H, W, C) map, masks applied to cells."""
-    v = naive_clip(u, clip)
+    v = grid_values(u, clip)
     masks = naive_masks(u.shape[0], u.shape[1], pa, pb, k)
     first = [int(np.argmax(_outside_scores(v, m))) for m in masks]
     counts = np.bincount(first, minlength=u.shape[2])
@@ -56,16 +74,13 @@ def naive_double(u: np.ndarray, pa: int, pb: int, k: int, clip: Optional[float])
 
 def naive_double_certify(u: np.ndarray, pa: int, pb: int, k: int, clip: Optional[float],
                          y: int) -> bool:
-    """Every two-mask prediction is y, each by more than the tolerance."""
+    """Every two-mask prediction (argmax, ties to the lowest index) is y."""
     if not np.isfinite(u).all():
         return False
-    v = naive_clip(u, clip)
-    tol = 1e-9 * max(1.0, float(v.sum(axis=(0, 1)).max()))
+    v = grid_values(u, clip)
     masks = naive_masks(u.shape[0], u.shape[1], pa, pb, k)
     for mi, mj in itertools.combinations_with_replacement(masks, 2):
-        scores = _outside_scores(v, mi | mj)
-        others = np.delete(scores, y)
-        if others.size and not scores[y] - others.max() > tol:
+        if int(np.argmax(_outside_scores(v, mi | mj))) != y:
             return False
     return True
 
@@ -85,15 +100,16 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def naive_window_views(u: np.ndarray, a: int, b: int) -> list[tuple[int, float, np.ndarray]]:
-    """(prediction, confidence, g_w) of every (a, b) window of one (H, W, C) map."""
+def naive_window_views(u: np.ndarray, a: int, b: int) -> list[tuple[int, float]]:
+    """(prediction, confidence) of every (a, b) window of one (H, W, C) map."""
     h, w, _ = u.shape
+    q, step = signed_grid_values(u)
     out = []
     for i, j in itertools.product(range(h - a + 1), range(w - b + 1)):
         keep = np.ones((h, w), dtype=bool)
         keep[i : i + a, j : j + b] = False
-        g_w = u[keep].sum(axis=0) / (h * w)
-        out.append((int(np.argmax(g_w)), float(_softmax(g_w).max()), g_w))
+        kept = q[keep].sum(axis=0)
+        out.append((int(np.argmax(kept)), float(_softmax(kept * step / (h * w)).max())))
     return out
 
 
@@ -101,49 +117,44 @@ def naive_detect(u: np.ndarray, a: int, b: int, tau: float) -> tuple[int, bool]:
     """PatchGuard++ on one map: (argmax of the mean logits, alert)."""
     if not np.isfinite(u).all():
         return -1, True
-    label = int(np.argmax(u.sum(axis=(0, 1))))
-    return label, any(p != label and conf > tau for p, conf, _ in naive_window_views(u, a, b))
+    label = int(np.argmax(signed_grid_values(u)[0].sum(axis=(0, 1))))
+    return label, any(p != label and conf > tau for p, conf in naive_window_views(u, a, b))
 
 
 def naive_certify_detection(u: np.ndarray, a: int, b: int, tau: float, y: int) -> bool:
-    if not np.isfinite(u).all() or int(np.argmax(u.sum(axis=(0, 1)))) != y:
+    if not np.isfinite(u).all() or int(np.argmax(signed_grid_values(u)[0].sum(axis=(0, 1)))) != y:
         return False
-    h, w, _ = u.shape
-    tol = 1e-9 * max(1.0, float(np.abs(u.sum(axis=(0, 1))).max())) / (h * w)
-    for _, conf, g_w in naive_window_views(u, a, b):
-        others = np.delete(g_w, y)
-        if not conf > tau or (others.size and not g_w[y] - others.max() > tol):
-            return False
-    return True
+    return all(p == y and conf > tau for p, conf in naive_window_views(u, a, b))
 
 
 def naive_top_k_certify(u: np.ndarray, a: int, b: int, pa: int, pb: int, thres: float,
                         clip: Optional[float], y: int, k: int) -> bool:
-    """Algorithm 2's bounds at every position; y must beat the k-th largest
-    upper bound of the other classes by more than the tolerance."""
+    """Algorithm 2's bounds at every position, exactly (grid integers, T as a
+    fraction); y's lower bound must beat the k-th largest upper bound of the
+    other classes (an exact tie does not)."""
     from _certify_fixtures import _overlaps, naive_window_sums
 
     if not np.isfinite(u).all():
         return False
-    v = naive_clip(u, clip)
+    v = grid_values(u, clip)
     h, w, classes = v.shape
+    t_frac = Fraction(thres)
     totals = v.sum(axis=(0, 1))
-    tol = 1e-9 * max(1.0, float(totals.max()))
     sums = [naive_window_sums(v[:, :, c], a, b) for c in range(classes)]
     for p in itertools.product(range(h - pa + 1), range(w - pb + 1)):
         containing = [wi for wi in sums[0] if wi[0] <= p[0] and p[0] + pa <= wi[0] + a
                       and wi[1] <= p[1] and p[1] + pb <= wi[1] + b]
-        uppers = sorted(((float(totals[c]) - max(sums[c][wi] for wi in containing)) / (1 - thres)
-                         for c in range(classes) if c != y), reverse=True)
+        uppers = sorted(((Fraction(int(totals[c])) - int(max(sums[c][wi] for wi in containing)))
+                         / (1 - t_frac) for c in range(classes) if c != y), reverse=True)
         if len(uppers) < k:
             continue
         vp = v[:, :, y].copy()
         vp[p[0] : p[0] + pa, p[1] : p[1] + pb] = 0.0
-        t = float(vp.sum())
+        t = int(vp.sum())
         zeroed = naive_window_sums(vp, a, b)
-        m0 = max(zeroed.values())
-        ov = max(s for wi, s in zeroed.items() if _overlaps(wi, p, a, b, pa, pb))
-        lower = t - m0 if (thres == 0 or m0 > thres * t) else t - ov
-        if not lower - uppers[k - 1] > tol:
+        m0 = int(max(zeroed.values()))
+        ov = int(max(s for wi, s in zeroed.items() if _overlaps(wi, p, a, b, pa, pb)))
+        lower = t - m0 if (thres == 0 or m0 > t_frac * t) else t - ov
+        if not lower > uppers[k - 1]:
             return False
     return True

@@ -9,7 +9,7 @@ from patchguard.runtime.detection import detect
 from patchguard.runtime.double_masking import DoubleMaskEvidence, certify_double, mask_set
 from patchguard.runtime.masking import MaskEvidence
 from patchguard.runtime.readouts import read_double, read_mask, softmax, spread
-from patchguard.runtime.topk import certify_top_k
+from patchguard.runtime.topk import certification_margin, certify_top_k
 
 
 def test_mask_readouts_match_the_defenses() -> None:
@@ -19,12 +19,13 @@ def test_mask_readouts_match_the_defenses() -> None:
     labels, evidence_all = robust_masking(u, 3)
     evidence = MaskEvidence(u, (3, 3), 0.0, None)
     out = read_mask(u, evidence, labels, (3, 3), tau=0.6, k=3)
-    assert np.array_equal(out.margin > evidence.tol, certify(u, 3) & (labels >= 0))
+    assert np.array_equal(out.margin > 0, certify(u, 3) & (labels >= 0))
     assert np.array_equal(out.top_k_certified, certify_top_k(u, 3, 3))
     assert np.array_equal(out.alert, detect(u, 3, tau=0.6).alerts)
     finite = labels >= 0
     assert np.isnan(out.confidence[~finite]).all() and np.isnan(out.margin[~finite]).all()
     expected = softmax(evidence_all[finite] / 42)[np.arange(finite.sum()), labels[finite]]
+    assert np.allclose(out.margin[finite], certification_margin(u, 3)[finite])
     assert np.allclose(out.confidence[finite], expected)
     assert np.array_equal(out.top_labels[finite, 0], labels[finite])
     assert np.allclose(out.top_scores[finite], np.sort(evidence_all[finite], axis=1)[:, ::-1][:, :3] / 42)
@@ -37,7 +38,8 @@ def test_double_readouts_match_the_certificate() -> None:
     evidence = DoubleMaskEvidence.of(u, masks, None)
     labels = evidence.predictions()
     out = read_double(u, evidence, labels, (2, 2), tau=0.6, k=2)
-    assert np.array_equal(out.margin > evidence.tol, certify_double(u, 2, masks_per_axis=3))
+    certified = certify_double(u, 2, masks_per_axis=3)
+    assert (out.margin[certified] >= 0).all() and certified[out.margin > 0].all()
     assert out.top_k_certified is None and out.top_labels.shape == (60, 2)
     assert (out.confidence > 0).all() and (out.confidence <= 1).all()
 

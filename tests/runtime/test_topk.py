@@ -9,7 +9,6 @@ from _certify_fixtures import biased_maps, survives
 from _feature_fixtures import integer_maps, naive_top_k_certify
 
 from patchguard.runtime import PatchGuardError, certify, robust_masking
-from patchguard.runtime.masking import tolerance
 from patchguard.runtime.topk import certification_margin, certify_top_k
 
 
@@ -40,9 +39,8 @@ def test_top_k_agrees_with_naive_loop_and_k1_with_the_certificate() -> None:
         one = certify_top_k(u, mask, 1, patch_window=patch, thres=thres, clip=clip)
         ordinary = certify(u, mask, patch_window=patch, thres=thres, clip=clip)
         assert np.array_equal(one, ordinary)
-        v = np.clip(u, 0, clip if clip is not None else np.inf)
-        tol = tolerance(v.sum(axis=(1, 2)))
-        assert np.array_equal(got, margin > tol)
+        if thres == 0.0:  # exact integers: the margin decides (with T > 0 it is a float report)
+            assert np.array_equal(got, margin > 0)
         for n in range(u.shape[0]):
             assert got[n] == naive_top_k_certify(u[n], *mask, *patch, thres, clip, int(y[n]), k), (
                 n, mask, patch, thres, clip, k)

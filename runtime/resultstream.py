@@ -31,19 +31,24 @@ def load_schema() -> dict[str, Any]:
 def defense_entry(pipeline: Any) -> dict[str, Any]:
     """The defense a pipeline runs and its parameters.
 
-    Robust masking (the default, BagNet records) is ``{"kind": "mask",
-    "thres": T, "clip": c_h}``; a record that names another defense
-    (``defense`` entry, e.g. views) is reported with that entry's parameters.
+    BagNet records: ``kind`` "mask" (robust masking) or "double" (feature-space
+    double masking, with ``masks_per_axis``), the thresholds ``thres`` (T) and
+    ``clip`` (c_h), provable detection's ``tau``, ``top_k`` and the abstention
+    thresholds. A view-defense record (PatchCleanser, DS, crops) is reported
+    with its record entry's parameters.
     """
     record = pipeline.record
-    entry = record.to_dict().get("defense") or record.config.get("defense")
-    chosen = getattr(pipeline, "defense", None)
-    if isinstance(entry, dict) and entry.get("kind") not in (None, "local"):
-        found = dict(entry)
-    else:
-        found = {"kind": chosen if isinstance(chosen, str) else "mask"}
-    found.setdefault("thres", pipeline.thres)
-    found.setdefault("clip", pipeline.clip)
+    if not getattr(record, "is_local", True):
+        entry = record.to_dict().get("defense")
+        return dict(entry) if isinstance(entry, dict) else {"kind": record.defense_kind}
+    settings = getattr(pipeline, "settings", None)
+    found: dict[str, Any] = {"kind": getattr(settings, "defense", "mask"),
+                             "thres": pipeline.thres, "clip": pipeline.clip}
+    if settings is not None:
+        if settings.defense == "double":
+            found["masks_per_axis"] = list(settings.masks_per_axis)
+        found.update(tau=settings.tau, top_k=settings.top_k, abstain_below=settings.abstain_below,
+                     abstain_spread=settings.abstain_spread)
     return found
 
 

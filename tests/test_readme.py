@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _pipeline_fixtures import default_onnx  # noqa: F401
-
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SAMPLE = ROOT / "models" / "samples" / "fashion-mnist-test"

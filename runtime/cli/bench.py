@@ -282,8 +282,8 @@ def _bench_views(backend: Any, engine: str, batch: int, threads: Optional[int], 
     samples: dict[str, list[float]] = {"preprocess": timed(pre, [frames], iterations)}
     if engine_ is not None:
         samples["first_round"] = timed(engine_.first_round, [x], iterations)
-    samples["double_masking"] = timed(lambda v: runner.run(v), [x], iterations)
-    samples["full_certification"] = timed(lambda v: runner.run_full(v), [x], rounds, warmup=1)
+    samples["double_masking"] = timed(runner.run, [x], iterations)
+    samples["full_certification"] = timed(runner.run_full, [x], rounds, warmup=1)
     decided = runner.run(x)
     full, _ = runner.run_full(x)
     cpu = {name: _cpu_ms(fn, x, rounds) for name, fn in (

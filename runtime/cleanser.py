@@ -202,7 +202,7 @@ class DoubleMasking:
         """One-mask labels (B, |M|)."""
         return self._labels(x, self.masks.keep)
 
-    def run(self, x: np.ndarray, certify: bool = False, full: bool = False,
+    def run(self, x: np.ndarray, certify: bool | np.ndarray = False, full: bool = False,
             labels: np.ndarray | None = None) -> tuple[list[CleanserResult], np.ndarray]:
         """Double masking (and certification) of frames x (B, C, H, W), normalised.
 

@@ -28,14 +28,13 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .certificate import certify_evidence
+from .certificate import certify_batch
 from .detection import DEFAULT_TAU
 from .errors import PatchGuardError
 from .files import PathText
 from .footprint import Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side
 from .geometry import IntOrPair, Pair
-from .grid import exceeds_fraction
-from .masking import NO_LABEL, MaskEvidence, check_logits, check_params, chunks
+from .masking import NO_LABEL, check_logits, check_params
 from .metadata import ModelRecord
 from .preprocess import check_color, check_value_range, normalize, resize_plan, to_model_image
 from .readouts import Readouts, abstains, double_verdicts, frame_settings, mask_readouts
@@ -149,104 +148,26 @@ class Verdicts:
     masked_classes: list[Optional[int]]
 
 
-def strongest_windows(evidence: MaskEvidence) -> list[Optional[tuple[int, int, int]]]:
-    """Per map, (class c, top, left) of the window masking removes from the class
-    with the largest total evidence S_c, or None when it removes nothing there
-    (``S_c = 0`` or ``M_c <= T S_c``).
-
-    c is what the undefended BagNet would answer; when a patch fools it, c is
-    the patch's class and this window is where the patch put its evidence, so
-    it is the box worth showing. Its window sums are already in ``evidence``.
-    """
-    classes, totals, sums = evidence.strongest()
-    found: list[Optional[tuple[int, int, int]]] = []
-    for n in range(sums.shape[0]):
-        flat = int(np.argmax(sums[n]))
-        total, m = float(totals[n]), float(sums[n].flat[flat])
-        if not (np.isfinite(m) and total > 0 and exceeds_fraction(np.array(m), np.array(total),
-                                                                  evidence.thres)):
-            found.append(None)
-            continue
-        top, left = np.unravel_index(flat, sums.shape[1:3])
-        found.append((int(classes[n]), int(top), int(left)))
-    return found
-
-
-def largest_certified_bisect(
-    evidence: MaskEvidence, patch_windows: Sequence[Pair], labels: np.ndarray
-) -> np.ndarray:
-    """Index (B,) of the largest certified patch window, -1 for none.
-
-    The caller knows the last window fails for every map. Certification is
-    monotone in the patch under a fixed mask (DESIGN section 2), so each map
-    keeps a bracket (certified lo, failed hi): the smallest window is tried
-    first (frames far from certified stop there), then the bracket is halved,
-    about 1 + log2(n) certificates instead of up to n for a plain scan. Every
-    certificate reuses the frame's ``evidence`` (totals, window sums).
-    """
-    lo = np.full(labels.shape[0], -1, dtype=np.int64)
-    hi = np.full(labels.shape[0], len(patch_windows) - 1, dtype=np.int64)
-    first = True
-    while True:
-        open_ = np.flatnonzero(hi - lo > 1)
-        if open_.size == 0:
-            return lo
-        mid = np.zeros(open_.size, dtype=np.int64) if first else (lo[open_] + hi[open_]) // 2
-        first = False
-        for k in np.unique(mid):  # one certificate per distinct window
-            maps = open_[mid == k]
-            part = evidence if maps.size == labels.shape[0] else evidence.subset(maps)
-            ok = certify_evidence(part, labels[maps], patch_windows[k])
-            lo[maps[ok]] = k
-            hi[maps[~ok]] = k
-
-
 def certify_maps(
     u: np.ndarray, threat: CameraThreat, record: ModelRecord, thres: float, clip: Optional[float]
 ) -> Verdicts:
-    """Labels, certificates, certified patch sizes and masked boxes of u (B, H, W, C).
-
-    Per chunk of maps, one :class:`~.masking.MaskEvidence` serves the
-    prediction, the certificate for the configured patch (first, so a
-    certified frame costs one certificate) and the search over smaller sizes
-    (:func:`largest_certified_bisect`); the results equal those of
-    ``predict``, ``certify`` and ``largest_certified``.
-    """
-    u = check_logits(u)
-    window = threat.window
-    labels = np.empty(u.shape[0], dtype=np.int64)
-    strongest: list[Optional[tuple[int, int, int]]] = []
-    certified = np.zeros(u.shape[0], dtype=bool)
-    certified_px = np.zeros(u.shape[0], dtype=np.int64)
-    sizes = np.asarray((0,) + threat.sizes, dtype=np.int64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
-            evidence = MaskEvidence(u[part], window, thres, clip)
-            labels[part] = evidence.predictions()
-            strongest += strongest_windows(evidence)
-            # Maps with NaN or inf (NO_LABEL) are never certified; class 0 stands in.
-            safe = np.maximum(labels[part], 0)
-            ok = certify_evidence(evidence, safe, window)
-            certified[part] = ok
-            certified_px[part] = np.where(ok, threat.patch_px, 0)
-            rest = np.flatnonzero(evidence.finite & ~ok)
-            if rest.size and len(threat.patch_windows) > 1:
-                if rest.size < ok.size:
-                    evidence = evidence.subset(rest)
-                best = largest_certified_bisect(evidence, threat.patch_windows, safe[rest])
-                certified_px[part][rest] = sizes[best + 1]
-    finite = labels >= 0
+    """Labels, certificates, certified patch sizes and masked boxes of u (B, H, W, C):
+    :func:`.certificate.certify_batch` over the threat's patch windows, in frame terms."""
+    found = certify_batch(check_logits(u), threat.window, threat.patch_windows, thres, clip,
+                          strongest=True)
+    sizes = np.asarray((0, *threat.sizes), dtype=np.int64)
     boxes: list[Optional[Box]] = []
     classes: list[Optional[int]] = []
-    for n, hit in enumerate(strongest):
-        if hit is None or not finite[n]:
+    for label, hit in zip(found.labels, found.strongest, strict=True):
+        if hit is None or label < 0:
             boxes.append(None)
             classes.append(None)
             continue
         c, top, left = hit
-        boxes.append(cells_to_box(threat.plan, record, top, left, window))
+        boxes.append(cells_to_box(threat.plan, record, top, left, threat.window))
         classes.append(c)
-    return Verdicts(labels, certified, certified_px, boxes, classes)
+    certified = found.index == len(threat.patch_windows) - 1
+    return Verdicts(found.labels, certified, sizes[found.index + 1], boxes, classes)
 
 
 class Pipeline:
@@ -318,7 +239,7 @@ class Pipeline:
         given = [name for name, used in local_only.items() if used]
         if given:
             raise PatchGuardError(f"{', '.join(given)} apply to BagNets; {self.record.arch} runs the "
-                                  f"{self.record.defense.kind} defense")
+                                  f"{self.record.defense_kind} defense")
         return ViewFrames(self.backend, self.patch_size, self.patch_frac, every, self.value_range,
                           self._infer_lock)
 

@@ -219,7 +219,7 @@ class ViewRunner:
         self.score = score
         self.max_batch = max_batch
 
-    def run(self, x: np.ndarray, certify: bool = False,
+    def run(self, x: np.ndarray, certify: bool | np.ndarray = False,
             labels: np.ndarray | None = None) -> list[ViewResult]:
         raise NotImplementedError
 

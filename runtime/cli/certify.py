@@ -151,7 +151,7 @@ def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[st
                  sizes: list[int], rf: Optional[int], stride: Optional[int], thres: float,
                  clip: Optional[float], defense: str, json_out: Optional[str],
                  extras: dict[str, Any]) -> None:
-    from ..certificate import largest_certified, summarize
+    from ..certificate import certified_patch_px, summarize
     from ..defenses import certify, predict
     from ..evaluate import evaluate
     from ..masking import check_labels, check_logits, check_params
@@ -185,10 +185,9 @@ def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[st
         report["top_k"] = {"k": extras["top_k"], "certified": int(top_certified.sum()),
                            "certified_fraction": float(top_certified.mean()) if u.shape[0] else 0.0}
     per_px = None
-    if defense == "mask" and len(windows) > 1:
-        index = largest_certified(u, window, windows, thres=thres, clip=clip,
-                                  labels=y if y is not None else safe)
-        per_px = np.array([0] + sizes, dtype=np.int64)[index + 1]
+    if defense == "mask" and len(windows) > 1 and rf is not None and stride is not None:
+        per_px = certified_patch_px(u, sizes, rf, stride, window, thres=thres, clip=clip,
+                                    labels=y if y is not None else safe)
     images = []
     for n in range(u.shape[0]):
         row: dict[str, Any] = {"index": n,

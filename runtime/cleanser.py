@@ -207,7 +207,9 @@ class DoubleMasking:
         """Double masking (and certification) of frames x (B, C, H, W), normalised.
 
         ``certify``: also certify each frame's label (Theorem 1), with early
-        exit; ``labels``: certify these labels instead (evaluation).
+        exit (a bool, or one per frame); ``labels``: certify these labels
+        instead (evaluation; every frame). ``certify_seconds`` holds the time
+        the last call spent on certification alone.
         ``full``: score every two-mask view (no early exit; ``--dump``).
         Returns the per-frame results and the tables (B, |M|, |M|) int64 with
         :data:`UNSCORED` where a view was not needed.

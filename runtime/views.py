@@ -221,6 +221,7 @@ class ViewRunner:
 
     def run(self, x: np.ndarray, certify: bool | np.ndarray = False,
             labels: np.ndarray | None = None) -> list[ViewResult]:
+        """Labels of frames x; ``certify``: certify them too (a bool, or one per frame)."""
         raise NotImplementedError
 
     def all_views(self, x: np.ndarray) -> np.ndarray:

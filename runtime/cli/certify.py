@@ -61,6 +61,8 @@ BATCH = 256
               help="Fashion-MNIST split.")
 @click.option("--limit", type=int, default=None, help="Use the first N images only.")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
+@click.option("--threads", type=int, default=None,
+              help="onnxruntime intra-op threads (--engine mode) [default: onnxruntime's choice].")
 @click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
 @click.option("--patch-size", "patch_sizes", multiple=True,
               help="Patch side(s) in pixels: --patch-size 2 3 5, repeated, or a comma list.")
@@ -93,7 +95,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
          patch_sizes: Sequence[str], rf: Optional[int], stride: Optional[int], thres: float,
          clip: Optional[float], defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
          top_k: int, json_out: Optional[str], plot: Optional[str],
-         save_logits: Optional[str], dump: Optional[str]) -> None:
+         save_logits: Optional[str], dump: Optional[str], threads: Optional[int]) -> None:
     """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
     feature-space double masking; provable detection and top-k in the reports)."""
     sizes = _parse_sizes(patch_sizes)
@@ -102,7 +104,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         raise PatchGuardError("give exactly one of --logits X.npy or --engine MODEL")
     if logits is not None:
         for flag, value in (("--data", data), ("--plot", plot), ("--save-logits", save_logits),
-                            ("--limit", limit), ("--dump", dump)):
+                            ("--limit", limit), ("--dump", dump), ("--threads", threads)):
             if value is not None:
                 raise PatchGuardError(f"{flag} belongs to --engine mode, not --logits")
         _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out,
@@ -117,8 +119,10 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
                 )
         if defense != "mask":
             raise PatchGuardError("--engine mode reports every defense; drop --defense")
+        if threads is not None and threads < 1:
+            raise PatchGuardError(f"--threads must be at least 1, got {threads}")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
-                     plot, save_logits, extras, dump)
+                     plot, save_logits, extras, dump, threads)
 
 
 def _extras(defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
@@ -279,7 +283,8 @@ def load_npy(path: str, what: str) -> np.ndarray:
 def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[int],
                  provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
                  json_out: Optional[str], plot: Optional[str], save_logits: Optional[str],
-                 extras: dict[str, Any], dump: Optional[str] = None) -> None:
+                 extras: dict[str, Any], dump: Optional[str] = None,
+                 threads: Optional[int] = None) -> None:
     from ..backends import open_backend
     from ..evaluate import evaluate
     from ..masking import check_params
@@ -291,7 +296,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     if limit is not None and limit < 1:
         raise PatchGuardError(f"--limit must be at least 1, got {limit}")
     thres, clip = check_params(thres, clip)
-    with open_backend(engine, provider=provider) as backend:
+    with open_backend(engine, provider=provider, threads=threads) as backend:
         record = backend.record
         if not record.is_local:
             for flag, value in (("--save-logits", save_logits), ("--plot", plot)):

@@ -61,7 +61,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from patchguard.runtime.pipeline import Pipeline, stream
-    from patchguard.runtime.sinks import JsonlSink, RunSummary, frame_row
+    from patchguard.runtime.sinks import JsonlSink, RunSummary
     from patchguard.runtime.sources import open_source
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +77,7 @@ def main() -> int:
         with Pipeline.from_engine(engine) as pipeline, open_source(str(video)) as source:
             for item in stream(pipeline, source):
                 summary.add(item.result)
-                sink.write(frame_row(item.index, item.source, item.time, item.result))
+                sink.write(item)
                 done = summary.frames
                 if done == args.warmup:
                     start_rss = rss_mib()

@@ -21,6 +21,7 @@ their own lock).
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from .footprint import Box, CameraThreat, camera_threat, cells_to_box, check_pat
 from .geometry import IntOrPair, Pair
 from .masking import NO_LABEL, check_logits, check_params
 from .metadata import ModelRecord
-from .preprocess import check_color, check_value_range, normalize, resize_plan, to_model_image
+from .preprocess import check_color, check_value_range, normalize, resize_plan, to_bgr8, to_model_image
 from .readouts import Readouts, abstains, double_verdicts, frame_settings, mask_readouts
 
 # Frame sizes whose threat model is kept (a camera has one; a photo folder many).
@@ -401,7 +402,9 @@ class StreamItem:
 
     ``time`` is the Unix time the frame arrived here; ``capture_time`` and
     ``stamp_ns`` the source's own capture stamp (seconds, integer ns), None
-    where it has none; ``color`` the channel order ``frame`` was read with.
+    where it has none; ``color`` the channel order ``frame`` was read with,
+    ``value_range`` the pipeline's (for frames that are not uint8). This is
+    what every sink's ``write`` takes (:class:`.sinks.Sink`).
     """
 
     index: int
@@ -412,10 +415,16 @@ class StreamItem:
     color: str = "bgr"
     stamp_ns: Optional[int] = None
     frame_id: str = ""
+    value_range: Optional[tuple[float, float]] = None
 
     @property
     def capture_time(self) -> Optional[float]:
         return None if self.stamp_ns is None else self.stamp_ns / 1e9
+
+    @functools.cached_property
+    def view(self) -> np.ndarray:
+        """The frame as uint8 BGR (or gray), converted once for every sink that shows it."""
+        return to_bgr8(self.frame, self.color, self.value_range)
 
 
 def stream(
@@ -435,6 +444,6 @@ def stream(
         stamp = time.time()
         order = forced or item.color
         yield StreamItem(item.index, item.name, stamp, item.image, pipeline(item.image, color=order),
-                         order, item.stamp_ns, item.frame_id)
+                         order, item.stamp_ns, item.frame_id, pipeline.value_range)
         if max_frames is not None and count >= max_frames:
             return

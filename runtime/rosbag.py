@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .rosmsg import (
     stamp_to_ns,
 )
 from .sources import FrameSource, SourceFrame
+
+if TYPE_CHECKING:
+    from .pipeline import StreamItem
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +170,16 @@ class BagSink:
             raise PatchGuardError(f"cannot write the bag {self.path}: {exc}") from None
         self.count = 0
 
-    def write(self, view: np.ndarray, row: dict[str, Any], stamp_ns: Optional[int] = None,
-              frame_id: str = "") -> None:
-        """One frame: ``view`` (uint8 BGR or gray overlay) and ``row`` (its result),
-        at ``stamp_ns`` (the input stamp; now where the source has none)."""
+    def write(self, item: StreamItem) -> None:
+        """One frame: its overlay and its result row, at the input's stamp (now where
+        the source has none)."""
+        from .sinks import draw_overlay, item_row
+
+        self.write_view(draw_overlay(item.view, item.result), item_row(item), item.stamp_ns, item.frame_id)
+
+    def write_view(self, view: np.ndarray, row: dict[str, Any], stamp_ns: Optional[int] = None,
+                   frame_id: str = "") -> None:
+        """``view`` (uint8 BGR or gray overlay) and ``row`` (its result) at ``stamp_ns``."""
         stamp = int(time.time() * 1e9) if stamp_ns is None else int(stamp_ns)
         overlay, result = result_messages(self._types, view, row, stamp, frame_id)
         self._writer.write(self._overlay, stamp, self._store.serialize_cdr(overlay, COMPRESSED))

@@ -194,16 +194,17 @@ def run_on_message(pipeline: Any, msg: Any, types: MessageTypes, index: int = 0,
     """
     import time
 
-    from .preprocess import to_bgr8
-    from .sinks import draw_overlay, frame_row
+    from .pipeline import StreamItem
+    from .sinks import draw_overlay, item_row
 
     frame, order = message_to_frame(msg, msgtype)
     order = color or order
-    result = pipeline(frame, color=order)
     stamp = stamp_to_ns(msg.header.stamp)
-    row = frame_row(index, source, time.time(), result, stamp / 1e9)
-    overlay = draw_overlay(to_bgr8(frame, order, pipeline.value_range), result)
-    return (row, *result_messages(types, overlay, row, stamp, str(msg.header.frame_id)))
+    item = StreamItem(index, source, time.time(), frame, pipeline(frame, color=order), order, stamp,
+                      str(msg.header.frame_id), pipeline.value_range)
+    row = item_row(item)
+    overlay = draw_overlay(item.view, item.result)
+    return (row, *result_messages(types, overlay, row, stamp, item.frame_id))
 
 
 def string_to_result(msg: Any) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """Where per-frame results go: JSON lines, an annotated video, a window, a summary.
 
+Every sink has one face, :class:`Sink`: ``write(item)`` with the
+:class:`~.pipeline.StreamItem` of a frame (its result, the frame, where and
+when it came from), then ``close()``; pg-run hands each item to every sink.
+
 JSON lines are written one frame at a time, each line in a single ``write``,
 so a reader can follow the file live and a run that dies leaves only whole
 rows behind; a failed write cuts the file back to its last whole row (a
@@ -15,13 +19,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Protocol
 
 import numpy as np
 
 from .errors import PatchGuardError
 from .files import LineFile, PathText, ensure_dir
-from .pipeline import FrameResult
+from .pipeline import FrameResult, StreamItem
 from .sources import opencv
 
 GREEN = (60, 180, 60)
@@ -40,6 +44,19 @@ def frame_row(index: int, source: str, stamp: float, result: FrameResult,
             "time": round(stamp, 6),
             "capture_time": None if capture_time is None else round(capture_time, 9),
             **result.to_dict()}
+
+
+class Sink(Protocol):
+    """What pg-run writes each processed frame to."""
+
+    def write(self, item: StreamItem) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def item_row(item: StreamItem) -> dict[str, Any]:
+    """The JSONL frame object of a stream item (:func:`frame_row`)."""
+    return frame_row(item.index, item.source, item.time, item.result, item.capture_time)
 
 
 class JsonlSink:
@@ -63,7 +80,11 @@ class JsonlSink:
     def rows(self) -> int:
         return self._file.lines - self._header_lines
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, item: StreamItem) -> None:
+        self.write_row(item_row(item))
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """One JSON object as one line (the header goes out before the first)."""
         if self._header is not None:
             header, self._header = self._header, None
             self._file.write(json.dumps(header, separators=(",", ":")))
@@ -129,9 +150,9 @@ class VideoSink:
         self._writer: Any = None
         self._size: Optional[tuple[int, int]] = None
 
-    def write(self, frame: np.ndarray, result: FrameResult) -> None:
+    def write(self, item: StreamItem) -> None:
         cv2 = opencv()
-        canvas = draw_overlay(frame, result)
+        canvas = draw_overlay(item.view, item.result)
         if self._writer is None:  # created at the first frame, not before
             ensure_dir(self.path.parent)
             self._size = (canvas.shape[1], canvas.shape[0])
@@ -173,9 +194,9 @@ class DisplaySink:
                 "--show needs an OpenCV with GUI support (opencv-python, not -headless)") from None
         self.stopped = False
 
-    def write(self, frame: np.ndarray, result: FrameResult) -> None:
+    def write(self, item: StreamItem) -> None:
         cv2 = opencv()
-        cv2.imshow(self.WINDOW, draw_overlay(frame, result))
+        cv2.imshow(self.WINDOW, draw_overlay(item.view, item.result))
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.stopped = True
 

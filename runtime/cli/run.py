@@ -118,9 +118,8 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
     from ..detection import DEFAULT_TAU
     from ..files import check_outputs, write_text_atomic
     from ..pipeline import Pipeline, stream
-    from ..preprocess import to_bgr8
     from ..resultstream import header_row
-    from ..sinks import DisplaySink, JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
+    from ..sinks import DisplaySink, JsonlSink, RunSummary, Sink, VideoSink
     from ..sources import open_source
 
     if (camera is None) == (source is None):
@@ -182,22 +181,14 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
 
         summary = RunSummary()
         try:
+            sinks: list[Sink] = [s for s in (jsonl_sink, bag, video, display) if s is not None]
             for item in stream(pipeline, frames, max_frames, color=color):
                 summary.add(item.result)
-                row = frame_row(item.index, item.source, item.time, item.result, item.capture_time)
-                if jsonl_sink:
-                    jsonl_sink.write(row)
-                if video or display or bag:
-                    view = to_bgr8(item.frame, item.color, pipeline.value_range)
-                    if bag:
-                        bag.write(draw_overlay(view, item.result), row, item.stamp_ns, item.frame_id)
-                    if video:
-                        video.write(view, item.result)
-                    if display:
-                        display.write(view, item.result)
-                        if display.stopped:
-                            summary.finish("closed by the user")
-                            break
+                for sink in sinks:
+                    sink.write(item)
+                if display and display.stopped:
+                    summary.finish("closed by the user")
+                    break
                 bar.update(1)
                 if item.result.alert and on_alert == "exit":
                     summary.finish(f"alert at frame {item.index} (--on-alert exit)")

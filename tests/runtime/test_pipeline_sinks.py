@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from patchguard.runtime.errors import PatchGuardError
-from patchguard.runtime.pipeline import FrameResult
-from patchguard.runtime.sinks import JsonlSink, RunSummary, VideoSink, draw_overlay, frame_row
+from patchguard.runtime.pipeline import FrameResult, StreamItem
+from patchguard.runtime.sinks import JsonlSink, RunSummary, VideoSink, draw_overlay
 
 pytest.importorskip("cv2")
 
@@ -20,10 +20,15 @@ def _result(certified: bool, size: int, box=(2, 3, 12, 9)) -> FrameResult:
                        frame_size=(20, 30), latency_ms={"pre": 0.1, "infer": 0.2, "certify": 0.3})
 
 
+def _item(i: int, result: FrameResult, frame: np.ndarray | None = None) -> StreamItem:
+    frame = np.zeros((24, 32, 3), np.uint8) if frame is None else frame
+    return StreamItem(i, "clip.avi", 1700000000.0 + i, frame, result)
+
+
 def test_jsonl_rows_are_on_disk_before_close(tmp_path: Path) -> None:
     sink = JsonlSink(tmp_path / "out" / "rows.jsonl")
     for i in range(3):
-        sink.write(frame_row(i, "clip.avi", 1700000000.0 + i, _result(i == 1, 8 * (i == 1))))
+        sink.write(_item(i, _result(i == 1, 8 * (i == 1))))
         # Flushed per frame: a reader following the file sees every row at once.
         rows = [json.loads(line) for line in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
         assert len(rows) == i + 1
@@ -47,7 +52,7 @@ def test_video_sink_refuses_unknown_suffix_and_writes_atomically(tmp_path: Path)
         VideoSink(tmp_path / "out.gif", 10.0)
     sink = VideoSink(tmp_path / "out.avi", None)
     for _ in range(4):
-        sink.write(np.zeros((24, 32, 3), np.uint8), _result(True, 8))
+        sink.write(_item(0, _result(True, 8)))
     assert not (tmp_path / "out.avi").exists()  # not in place until finished
     sink.close()
     assert (tmp_path / "out.avi").stat().st_size > 0

@@ -220,7 +220,7 @@ def test_sink_leaves_nothing_when_the_run_fails(tmp_path: Path) -> None:
     from patchguard.runtime.rosbag import BagSink
 
     sink = BagSink(tmp_path / "fail.mcap")
-    sink.write(np.zeros((8, 8, 3), np.uint8), {"frame": 0}, 5)
+    sink.write_view(np.zeros((8, 8, 3), np.uint8), {"frame": 0}, 5)
     sink.close(keep=False)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(PatchGuardError, match="exists"):

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import click
 
 from ..calibration.int8 import FLAVORS
-from ..runtime.console import Command
+from ..runtime.console import Command, info
 from ..runtime.errors import PatchGuardError, lazy_import
 
 EXAMPLES = """
@@ -177,9 +177,8 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         options = ExportOptions(out=Path(out_dir), name=name or default_name, **common)
         what = (f"r={record.receptive_field}, s={record.stride}" if record.is_local
                 else f"{record.defense.kind} defense")
-        click.echo(f"exporting {record.arch} ({record.num_classes} classes, input "
-                   f"{record.input_size[0]}x{record.input_size[1]}, {what}) -> "
-                   f"{options.out}/{options.name}.*", err=True)
+        info(f"exporting {record.arch} ({record.num_classes} classes, input "
+             f"{record.input_size[0]}x{record.input_size[1]}, {what}) -> {options.out}/{options.name}.*")
         result = run_export(
             options, record,
             write_fp32=lambda path: save_onnx(export_onnx(model, record, opset or DEFAULT_OPSET), path),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..runtime.console import Command, progress
+from ..runtime.console import Command, info, progress
 from ..runtime.errors import PatchGuardError, lazy_import
 
 EXAMPLES = """
@@ -107,8 +107,8 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, clip=clip,
                          seed=seed, eval_limit=eval_limit, flip=flip, defense=defense,
                          masks_per_axis=masks_per_axis)
-    click.echo(f"training {record.arch} (r={record.receptive_field}, s={record.stride}) on "
-               f"{len(images)} images for {epochs} epochs -> {out}", err=True)
+    info(f"training {record.arch} (r={record.receptive_field}, s={record.stride}) on "
+         f"{len(images)} images for {epochs} epochs -> {out}")
 
     bars = _Bars()
     try:
@@ -181,9 +181,9 @@ def _train_views(record, images, labels, evaluation, out: Path, init_state, *, e
     evaluate = None
     if evaluation is not None:
         evaluate = cleanser_evaluate(normalize(evaluation[0], record), evaluation[1], masks, fill)
-    click.echo(f"training {record.arch} for PatchCleanser ({masks.count} masks of "
-               f"{masks.side[0]}x{masks.side[1]} px, stride {masks.stride[0]}, {patch_px} px patch) on "
-               f"{len(images)} images for {epochs} epochs -> {out}", err=True)
+    info(f"training {record.arch} for PatchCleanser ({masks.count} masks of "
+         f"{masks.side[0]}x{masks.side[1]} px, stride {masks.stride[0]}, {patch_px} px patch) on "
+         f"{len(images)} images for {epochs} epochs -> {out}")
     bars = _Bars()
     try:
         final = train_classifier(record, images, labels, out, config, cleanser_augment(masks, fill),

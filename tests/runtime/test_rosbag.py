@@ -238,3 +238,30 @@ def test_not_a_bag_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(PatchGuardError, match="--topic is for ROS bags"):
         open_source(str(tmp_path), topic="/camera")
+
+
+@pytest.mark.fashion_mnist
+def test_ros1_bag_with_bgr8_images(default_onnx: Path, tmp_path: Path) -> None:
+    """A ROS 1 .bag (Noetic types, ROS 1 serialisation) reads through the same source."""
+    from rosbags.rosbag1 import Writer as Writer1
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    image, header, time_t = (store.types[t] for t in
+                             ("sensor_msgs/msg/Image", "std_msgs/msg/Header", "builtin_interfaces/msg/Time"))
+    frames = tinted_frames(6)
+    bag = tmp_path / "old.bag"
+    with Writer1(bag) as writer:
+        conn = writer.add_connection(RAW, image.__msgtype__, typestore=store)
+        for i, (frame, stamp) in enumerate(zip(frames, stamps(6))):
+            h, w = frame.shape[:2]
+            msg = image(header=header(seq=i, stamp=time_t(sec=stamp // 10**9, nanosec=stamp % 10**9),
+                                      frame_id="cam"),
+                        height=h, width=w, encoding="bgr8", is_bigendian=0, step=w * 3, data=frame.reshape(-1))
+            writer.write(conn, stamp, store.serialize_ros1(msg, image.__msgtype__))
+    out = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["--engine", str(default_onnx), "--source", str(bag), "--jsonl", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert [r["capture_time"] for r in rows] == pytest.approx([s / 1e9 for s in stamps(6)], abs=1e-6)
+    with Pipeline.from_engine(default_onnx) as pipeline:
+        assert [_verdict(r) for r in rows] == [_pipeline_verdict(pipeline(f)) for f in frames]

@@ -17,13 +17,15 @@ Examples:
   pg-train --data fashion-mnist --limit 512 --epochs 1 --out /tmp/smoke
   pg-train --checkpoint model.pt --defense double --epochs 2 --lr 5e-4 --out runs/double
   pg-train --defense cleanser --epochs 20 --out runs/cleanser  # PatchCleanser's CNN (k = 6, 5 px patch)
+  pg-train --defense ds --band 8 --epochs 5 --out runs/ds       # (De)randomized Smoothing, column bands
+  pg-train --defense crops --crop 8 --crop-stride 4 --out runs/crops
 """
 
 # --defense: "mask" and "double" train a BagNet (local logits); view defenses
-# ("cleanser") an ordinary classifier on the views that defense shows it.
-TRAIN_DEFENSES = ("mask", "double", "cleanser")
+# ("cleanser", "ds", "crops") an ordinary classifier on the views that defense shows it.
+TRAIN_DEFENSES = ("mask", "double", "cleanser", "ds", "crops")
 LOCAL_DEFENSES = ("mask", "double")
-DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn"}
+DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn", "ds": "cnn", "crops": "cnn"}
 
 
 @click.command(cls=Command, epilog=EXAMPLES)
@@ -32,7 +34,9 @@ DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn
 @click.option("--defense", type=click.Choice(TRAIN_DEFENSES), default="mask", show_default=True,
               help="mask: a BagNet with PatchGuard's feature masking; double: a BagNet for feature-space "
                    "double masking (the worst pair of masks); cleanser: an ordinary CNN with "
-                   "PatchCleanser's random one- and two-mask cutouts.")
+                   "PatchCleanser's random one- and two-mask cutouts; ds / crops: an ordinary CNN on one "
+                   "random band / crop per image in the (x, 1-x) encoding (DS's recipe; Mask-DS uses the "
+                   "ds model).")
 @click.option("--arch", default=None,
               help="smallbagnet (28x28 images), bagnet9, bagnet17 or bagnet33 for --defense mask; "
                    "cnn for view defenses [default: smallbagnet / cnn].")
@@ -54,6 +58,12 @@ DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn
               help="double, cleanser: k masks per axis (k x k masks).")
 @click.option("--fill", type=float, default=0.0, show_default=True,
               help="cleanser: value of masked pixels after normalisation (0: the mean colour).")
+@click.option("--band", type=int, default=8, show_default=True, help="ds: band width b in columns.")
+@click.option("--crop", type=int, default=8, show_default=True, help="crops: crop side c in pixels.")
+@click.option("--crop-stride", "crop_stride", type=int, default=4, show_default=True,
+              help="crops: stride t of the deployed crop grid (training draws any position).")
+@click.option("--theta", type=float, default=0.4, show_default=True,
+              help="ds, crops: vote threshold on the softmax (Mask-DS: confidence floor), kept in the record.")
 @click.option("--cnn-config", "cnn_config", default=None,
               help='cnn: layout as JSON, e.g. \'{"stem": [3, 2, 24], "stages": [[48, 1, 2], [96, 1, 2]]}\' '
                    "(stem kernel/stride/channels; per stage channels/blocks/stride) [default: per input size].")
@@ -63,8 +73,9 @@ DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None, out_dir: str,
          epochs: int, batch_size: int, lr: float, patch_px: int, clip: float | None, flip: bool,
-         limit: int | None, eval_limit: int, masks_per_axis: int, fill: float,
-         cnn_config: str | None, threads: int | None, seed: int, resume: bool) -> None:
+         limit: int | None, eval_limit: int, masks_per_axis: int, fill: float, band: int, crop: int,
+         crop_stride: int, theta: float, cnn_config: str | None, threads: int | None, seed: int,
+         resume: bool) -> None:
     """Train a BagNet with PatchGuard's feature masking (or a view defense's classifier), checkpoints per epoch."""
     torch = lazy_import("torch", "export")
     from ..runtime.files import ensure_dir
@@ -97,6 +108,16 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
         raise PatchGuardError(f"--defense {defense} cannot train {record.arch}: "
                               + ("it is not a BagNet" if local else "it is a BagNet; use --arch cnn"))
     (images, labels), evaluation, record = load_training_data(data, record, limit, eval_limit)
+    if defense in ("ds", "crops"):
+        from ..runtime.views import ViewDefense
+        from .smoothing import train_smoothing
+
+        view = ViewDefense(kind=defense, band=band if defense == "ds" else 0, crop=crop if defense == "crops" else 0,
+                           crop_stride=crop_stride if defense == "crops" else 0, theta=theta, encoding="x,1-x")
+        train_smoothing(record.replace(defense=view, default_patch_px=patch_px), images, labels, evaluation,
+                        Path(ensure_dir(out_dir)), init_state, epochs=epochs, batch_size=batch_size, lr=lr,
+                        seed=seed, resume=resume, on_epoch=_history_writer, bars=_Bars())
+        return
     if not local:
         _train_views(record, images, labels, evaluation, Path(ensure_dir(out_dir)), init_state,
                      epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, flip=flip,

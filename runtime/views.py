@@ -36,11 +36,14 @@ from .geometry import Pair, as_pair
 
 VIEW_KINDS = ("ds", "mask-ds", "crops", "cleanser")
 ENCODINGS = ("x,1-x",)
+# Rules that read the same views of the same model: a DS band model is also a
+# Mask-DS model (reports put them side by side).
+VIEW_SIBLINGS: dict[str, tuple[str, ...]] = {"ds": ("ds", "mask-ds"), "mask-ds": ("mask-ds", "ds")}
 # The fields each kind writes into the record (besides "kind").
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "ds": ("band", "theta", "encoding"),
     "mask-ds": ("band", "theta", "encoding"),
-    "crops": ("crop", "crop_stride", "theta"),
+    "crops": ("crop", "crop_stride", "theta", "encoding"),
     "cleanser": ("masks_per_axis", "fill"),
 }
 # Views per backend call when the caller does not say: 1024 views of a
@@ -56,7 +59,8 @@ class ViewDefense:
 
     ``kind``: one of :data:`VIEW_KINDS`. ``ds`` / ``mask-ds``: ``band`` b
     columns per view, vote threshold ``theta`` on the softmax, ``encoding``
-    ("x,1-x": 2C channels). ``crops``: ``crop`` side c and ``crop_stride`` t.
+    ("x,1-x": 2C channels). ``crops``: ``crop`` side c and ``crop_stride`` t,
+    ``theta`` and ``encoding`` as DS (a crop view is the frame with all else ablated).
     ``cleanser``: ``masks_per_axis`` k (rows, columns) and ``fill``, the
     value masked pixels take after normalisation. Fields another kind uses
     stay at their defaults and are not written.
@@ -84,13 +88,12 @@ class ViewDefense:
             raise PatchGuardError("defense fill and theta must be finite numbers")
         if not 0.0 <= float(self.theta) < 1.0:
             raise PatchGuardError(f"defense theta must lie in [0, 1), got {self.theta}")
-        if self.kind in ("ds", "mask-ds"):
-            if int(self.band) < 1:
-                raise PatchGuardError(f"a {self.kind} defense needs band >= 1, got {self.band}")
-            if self.encoding not in ENCODINGS:
-                raise PatchGuardError(
-                    f"unknown view encoding {self.encoding!r}; known: {', '.join(ENCODINGS)}"
-                )
+        if self.kind in ("ds", "mask-ds") and int(self.band) < 1:
+            raise PatchGuardError(f"a {self.kind} defense needs band >= 1, got {self.band}")
+        if self.kind in ("ds", "mask-ds", "crops") and self.encoding not in ENCODINGS:
+            raise PatchGuardError(
+                f"unknown view encoding {self.encoding!r}; known: {', '.join(ENCODINGS)}"
+            )
         if self.kind == "crops" and (int(self.crop) < 1 or int(self.crop_stride) < 1):
             raise PatchGuardError(
                 f"a crops defense needs crop >= 1 and crop_stride >= 1, got {self.crop}, {self.crop_stride}"
@@ -250,4 +253,8 @@ def view_runner(record: Any, patch: Pair, score: Scorer, max_batch: int | None =
         from .cleanser import CleanserRunner
 
         return CleanserRunner(record, patch, score, max_batch)
-    raise PatchGuardError(f"the {defense.kind} defense has no runtime runner yet")
+    from .smoothing_runners import MaskDSRunner, VoteRunner
+
+    if defense.kind == "mask-ds":
+        return MaskDSRunner(record, patch, score, max_batch)
+    return VoteRunner(record, patch, score, max_batch)

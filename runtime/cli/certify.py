@@ -349,7 +349,9 @@ def _views_mode(backend: Any, engine: str, data: str, split: str, images: np.nda
         if size > side:
             raise PatchGuardError(f"a {size} px patch does not fit the model's "
                                   f"{backend.record.input_size[0]}x{backend.record.input_size[1]} input")
-    with progress(len(images) * len(sizes), "views") as bar:
+    from ..view_evaluate import sibling_rules
+
+    with progress(len(images) * len(sizes) * len(sibling_rules(backend.record)), "views") as bar:
         report, tables = evaluate_views(backend, images, labels, sizes, dump=dump is not None,
                                         on_progress=bar.update)
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
@@ -365,10 +367,12 @@ def _views_mode(backend: Any, engine: str, data: str, split: str, images: np.nda
         write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
     kind = report["defense"]["kind"]
     click.echo(f"{report['n']} images, defense {kind}")
-    click.echo(f"{'patch':>7} {'masks':>6} {'accuracy':>9} {'certified':>10} {'views/img':>10} {'ms/img':>8}")
+    click.echo(f"{'rule':>8} {'patch':>7} {'masks':>6} {'accuracy':>9} {'certified':>10} {'views/img':>10} "
+               f"{'ms/img':>8}")
     for row in report["results"]:
         masks = f"{row.get('masks', '-')}"
-        click.echo(f"{row['patch_size']:>7} {masks:>6} {row['accuracy']:9.4f} {row['certified']:10.4f} "
+        click.echo(f"{row['rule']:>8} {row['patch_size']:>7} {masks:>6} {row['accuracy']:9.4f} "
+                   f"{row['certified']:10.4f} "
                    f"{row['views_per_image']:10.1f} {row['ms_per_image']:8.2f}")
     if dump is not None:
         click.echo(f"prediction tables: {dump}")

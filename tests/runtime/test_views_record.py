@@ -80,4 +80,4 @@ def test_other_kinds_validate_their_fields():
     with pytest.raises(PatchGuardError, match="theta"):
         ViewDefense(kind="ds", band=3, encoding="x,1-x", theta=1.0)
     with pytest.raises(PatchGuardError, match="crop"):
-        ViewDefense(kind="crops", crop=0, crop_stride=2)
+        ViewDefense(kind="crops", crop=0, crop_stride=2, encoding="x,1-x")

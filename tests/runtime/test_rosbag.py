@@ -265,3 +265,13 @@ def test_ros1_bag_with_bgr8_images(default_onnx: Path, tmp_path: Path) -> None:
     assert [r["capture_time"] for r in rows] == pytest.approx([s / 1e9 for s in stamps(6)], abs=1e-6)
     with Pipeline.from_engine(default_onnx) as pipeline:
         assert [_verdict(r) for r in rows] == [_pipeline_verdict(pipeline(f)) for f in frames]
+
+
+def test_without_rosbags_the_error_names_the_ros_extra(tmp_path: Path) -> None:
+    bag = tmp_path / "drive.mcap"
+    bag.write_bytes(b"\x89MCAP0\r\n")
+    code = ("import sys; sys.modules['rosbags'] = None\n"
+            "from patchguard.runtime.sources import open_source\n"
+            f"open_source({str(bag)!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "patchguard-edge[ros]" in done.stderr

@@ -151,11 +151,13 @@ def build_engine(
     if serialized is None:
         raise PatchGuardError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log)")
     output_name = network.get_output(0).name
-    gpu, capability = device_facts()
+    device = device_facts()
     info = EngineInfo(
-        tensorrt_version=str(trt.__version__), gpu_name=gpu, compute_capability=capability,
+        tensorrt_version=str(trt.__version__), gpu_name=device.name,
+        compute_capability=device.compute_capability, sm_count=device.sm_count,
         precision=precision, max_batch=int(max_batch), input_name=tensor.name,
         output_name=output_name, source_onnx=onnx_path.name,
+        tf32=bool(tf32) if precision == "fp32" else None,
     )
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(bytes(serialized))

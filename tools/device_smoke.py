@@ -103,8 +103,8 @@ def environment(report: Report) -> None:
     reason = cuda_unavailable_reason()
     if reason is None:
         cudart = cuda_runtime()
-        gpu, capability = device_facts()
-        env["gpu"] = f"{gpu} (compute capability {capability})"
+        device = device_facts()
+        env["gpu"] = f"{device.name} (compute capability {device.compute_capability}, {device.sm_count} SMs)"
         for key, call in (("cuda driver", "cudaDriverGetVersion"), ("cuda runtime", "cudaRuntimeGetVersion")):
             value = getattr(cudart, call)()[1]
             env[key] = f"{value // 1000}.{(value % 1000) // 10}"

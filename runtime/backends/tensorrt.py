@@ -2,9 +2,9 @@
 
 An engine only runs on the TensorRT version and GPU family that built it, so
 the facts live beside it in ``NAME.plan.json`` (the model record plus an
-``engine`` entry: TensorRT version, GPU name, compute capability, precision,
-batch range, tensor names) and a mismatch is refused with one line before the
-engine is deserialised. Uses only the tensor-name API that TensorRT 10 and 11
+``engine`` entry: TensorRT version, GPU name, compute capability, SM count,
+precision, TF32, batch range, tensor names) and a mismatch is refused with one
+line before the engine is deserialised. Uses only the tensor-name API that TensorRT 10 and 11
 share (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) and CUDA
 buffers from cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` in
@@ -46,7 +46,8 @@ TRT_RUNTIME_ATTRIBUTES = (
 )
 # Every cuda-python runtime attribute used here and by export/engine.py.
 CUDA_ATTRIBUTES = (
-    "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaGetErrorString", "cudaGetErrorName",
+    "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaDeviceProp.multiProcessorCount",
+    "cudaGetErrorString", "cudaGetErrorName",
     "cudaDriverGetVersion", "cudaRuntimeGetVersion", "cudaError_t.cudaErrorInsufficientDriver",
     "cudaMalloc", "cudaFree", "cudaMemcpyAsync", "cudaMemcpyKind.cudaMemcpyHostToDevice",
     "cudaMemcpyKind.cudaMemcpyDeviceToHost", "cudaStreamCreate", "cudaStreamSynchronize",
@@ -199,7 +200,14 @@ def gpu_count() -> int:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What a ``.plan`` needs to run: recorded at build time, checked at load time."""
+    """What a ``.plan`` needs to run: recorded at build time, checked at load time.
+
+    The machine is keyed by TensorRT version, GPU name, compute capability and
+    SM count: every Orin module may report the same name ("Orin") and the same
+    capability (8.7) while an engine tuned for a 16-SM AGX Orin is not one for
+    an 8-SM Orin Nano (TensorRT itself warns that plans are not meant to cross
+    device models). ``sm_count`` 0 is a sidecar written before it was recorded.
+    """
 
     tensorrt_version: str
     gpu_name: str
@@ -209,15 +217,38 @@ class EngineInfo:
     input_name: str
     output_name: str
     source_onnx: str = ""
+    sm_count: int = 0
+    tf32: Optional[bool] = None  # fp32 engines: TF32 products allowed (None: not fp32 / not recorded)
 
 
-def device_facts(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of a CUDA device."""
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a CUDA device says about itself, as the sidecar records it."""
+
+    name: str
+    compute_capability: str  # "major.minor"
+    sm_count: int
+
+
+def device_facts(device: int = 0) -> DeviceFacts:
+    """Name, compute capability and streaming-multiprocessor count of a CUDA device."""
     cudart = cuda_runtime()
     props = cuda_call(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name
     name = name.decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
-    return name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}"
+    return DeviceFacts(name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}",
+                       int(props.multiProcessorCount))
+
+
+def machine_mismatches(info: EngineInfo, tensorrt_version: str, device: DeviceFacts) -> list[str]:
+    """What differs between the machine that built an engine and this one (empty: it may run here)."""
+    wanted = {"TensorRT": info.tensorrt_version, "GPU": info.gpu_name,
+              "compute capability": info.compute_capability, "SMs": str(info.sm_count)}
+    found = {"TensorRT": str(tensorrt_version), "GPU": device.name,
+             "compute capability": device.compute_capability, "SMs": str(device.sm_count)}
+    if int(info.sm_count) <= 0:
+        del wanted["SMs"], found["SMs"]  # a sidecar from before SM counts were recorded
+    return [f"{k} {wanted[k]} (this machine: {found[k]})" for k in wanted if found[k] != wanted[k]]
 
 
 def sidecar_path(plan: PathText) -> Path:
@@ -240,24 +271,20 @@ def read_sidecar(plan: PathText) -> tuple[ModelRecord, EngineInfo]:
         data = json.loads(path.read_text())
         engine = data["engine"]
         info = EngineInfo(**{k: engine[k] for k in EngineInfo.__dataclass_fields__ if k in engine})
-        if int(info.max_batch) < 1:  # int() here: a corrupt value is this one-line error
-            raise ValueError(f"max_batch {info.max_batch} < 1")
+        if int(info.max_batch) < 1 or int(info.sm_count) < 0:  # int(): a corrupt value is this error
+            raise ValueError(f"max_batch {info.max_batch} / sm_count {info.sm_count} out of range")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PatchGuardError(f"{path} is not a pg-export engine sidecar ({exc})") from None
     return ModelRecord.from_dict(data), info
 
 
 def check_machine(info: EngineInfo, plan: Path) -> None:
-    """Refuse an engine built by another TensorRT version or GPU family."""
+    """Refuse an engine built by another TensorRT version or another GPU (name, capability, SMs)."""
     trt = tensorrt_module()
     reason = cuda_unavailable_reason()
     if reason:
         raise PatchGuardError(f"{plan.name} is a TensorRT engine and no CUDA GPU is usable here: {reason}")
-    gpu, capability = device_facts()
-    found = {"TensorRT": trt.__version__, "GPU": gpu, "compute capability": capability}
-    wanted = {"TensorRT": info.tensorrt_version, "GPU": info.gpu_name,
-              "compute capability": info.compute_capability}
-    wrong = [f"{k} {wanted[k]} (this machine: {found[k]})" for k in found if found[k] != wanted[k]]
+    wrong = machine_mismatches(info, trt.__version__, device_facts())
     if wrong:
         raise PatchGuardError(
             f"{plan.name} was built for {', '.join(wrong)}; rebuild it here with "

@@ -9,6 +9,7 @@ Stand-ins replace only TensorRT's engine object, which cannot exist without a GP
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import types
@@ -19,11 +20,13 @@ import pytest
 
 from patchguard.runtime.backends.base import Backend
 from patchguard.runtime.backends.tensorrt import (
+    DeviceFacts,
     EngineInfo,
     cuda_call,
     cuda_unavailable_reason,
     driver_fix,
     engine_io,
+    machine_mismatches,
     read_sidecar,
     sidecar_path,
     sidecar_text,
@@ -229,3 +232,47 @@ def test_stream_handle_for_execute_async_v3():
 
     runtime = cudart()
     assert native_handle(runtime.cudaStream_t(12345)) == 12345
+
+
+# -- the machine an engine may run on: TensorRT version, GPU name, capability, SM count ---------
+
+ORIN_AGX = DeviceFacts("Orin", "8.7", 16)
+ORIN_NANO = DeviceFacts("Orin", "8.7", 8)
+
+
+def engine_info(**changes) -> EngineInfo:
+    base = dict(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", sm_count=16,
+                precision="fp16", max_batch=8, input_name="input", output_name="local_logits")
+    return EngineInfo(**{**base, **changes})
+
+
+def test_same_name_and_capability_but_other_sm_count_is_another_machine():
+    assert machine_mismatches(engine_info(), "10.3.0", ORIN_AGX) == []
+    # Every Orin module says "Orin", 8.7: only the SM count tells an AGX Orin from an Orin Nano.
+    assert machine_mismatches(engine_info(), "10.3.0", ORIN_NANO) == ["SMs 16 (this machine: 8)"]
+    wrong = machine_mismatches(engine_info(), "10.3.1", DeviceFacts("NVIDIA H200", "9.0", 132))
+    assert [w.split()[0] for w in wrong] == ["TensorRT", "GPU", "compute", "SMs"]
+
+
+def test_sidecar_without_sm_count_is_checked_on_the_rest(tmp_path):
+    plan = tmp_path / "old.plan"
+    data = json.loads(sidecar_text(RECORD, engine_info()))
+    del data["engine"]["sm_count"], data["engine"]["tf32"]  # what pg-export wrote before it recorded them
+    sidecar_path(plan).write_text(json.dumps(data))
+    _, info = read_sidecar(plan)
+    assert info.sm_count == 0 and info.tf32 is None
+    assert machine_mismatches(info, "10.3.0", ORIN_NANO) == []
+    assert machine_mismatches(info, "10.3.0", DeviceFacts("Orin", "8.6", 8)) == [
+        "compute capability 8.7 (this machine: 8.6)"]
+
+
+def test_sidecar_round_trip_and_corrupt_sm_count(tmp_path):
+    plan = tmp_path / "m.plan"
+    info = engine_info(precision="fp32", tf32=False)
+    sidecar_path(plan).write_text(sidecar_text(RECORD, info))
+    assert read_sidecar(plan)[1] == info
+    data = json.loads(sidecar_path(plan).read_text())
+    data["engine"]["sm_count"] = "many"
+    sidecar_path(plan).write_text(json.dumps(data))
+    with pytest.raises(PatchGuardError, match="is not a pg-export engine sidecar"):
+        read_sidecar(plan)

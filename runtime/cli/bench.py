@@ -263,6 +263,7 @@ def _bench_views(backend: Any, engine: str, batch: int, threads: Optional[int], 
     """A view defense (PatchCleanser): first round, double masking as it runs, full certification."""
     from ..footprint import footprint, patch_side
     from ..preprocess import normalize, resize_plan, to_model_image
+    from ..smoothing_runners import AllViewsRunner
     from ..views import view_runner
 
     record = backend.record
@@ -277,6 +278,9 @@ def _bench_views(backend: Any, engine: str, batch: int, threads: Optional[int], 
         return normalize(np.stack([to_model_image(f, record) for f in batch_frames]), record)
 
     x = pre(frames)
+    if isinstance(runner, AllViewsRunner):
+        return _bench_all_views(backend, runner, engine, batch, threads, (fh, fw), side, iterations,
+                                {"preprocess": timed(pre, [frames], iterations)}, x)
     engine_ = getattr(runner, "engine", None)
     rounds = max(3, iterations // 4)
     samples: dict[str, list[float]] = {"preprocess": timed(pre, [frames], iterations)}
@@ -317,6 +321,42 @@ def _bench_views(backend: Any, engine: str, batch: int, threads: Optional[int], 
                  f"{per_frame['full_certification']:.3f} ms/frame (p50)")
     lines.append("  CPU time of this process per frame (what it costs on an idle machine with these "
                  "threads): " + ", ".join(f"{k} {v / batch:.3f} ms" for k, v in cpu.items()))
+    lines.append("  random frames: use --source for pg-run's per-frame latencies on real content")
+    return report, lines
+
+
+def _bench_all_views(backend: Any, runner: Any, engine: str, batch: int, threads: Optional[int],
+                     frame_size: tuple[int, int], side: int, iterations: int, samples: dict[str, list[float]],
+                     x: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+    """DS, Mask-DS, crop voting: generate every view, score them as one batch, then each rule that
+    reads those views decides and certifies (the rules of one band model side by side)."""
+    from ..smoothing_runners import runners_for
+
+    record = runner.record
+    views = runner.all_views(x)
+    logits = runner.logits(x)
+    samples["generate_views"] = timed(runner.all_views, [x], iterations)
+    samples["score_views"] = timed(runner.score, [views], iterations)
+    rules = runners_for(record, runner.patch, runner.score, runner.max_batch)
+    for name, rule in rules.items():
+        samples[f"certify_{name}"] = timed(lambda z, r=rule: r.decide(z), [logits], iterations)
+    stats = {k: percentiles(v) for k, v in samples.items()}
+    per_frame = {k: round(s["p50"] / batch, 4) for k, s in stats.items()}
+    made = per_frame["generate_views"] + per_frame["score_views"]
+    report = {
+        "model": engine, "frames": "random", "defense": record.to_dict()["defense"],
+        "backend": getattr(backend, "name", None), "provider": getattr(backend, "provider", None),
+        "threads": threads,
+        "batch": batch, "frame": [frame_size[1], frame_size[0]], "patch_px": side,
+        "views_per_frame": runner.views_per_frame, "ms_per_frame_p50": per_frame,
+        "generate_and_score_ms_per_frame_p50": round(made, 4), "percentiles_ms_per_batch": stats,
+    }
+    lines = [f"{engine}  {record.defense.kind}, batch {batch}, random {frame_size[1]}x{frame_size[0]} frames, "
+             f"patch {side} px, {runner.views_per_frame} views per frame"]
+    lines += _table(stats, "ms/batch")
+    lines.append(f"  {runner.views_per_frame} views generated and scored: {made:.3f} ms/frame (p50)")
+    for name in rules:
+        lines.append(f"  {name} decision + certificate: {per_frame[f'certify_{name}']:.3f} ms/frame (p50)")
     lines.append("  random frames: use --source for pg-run's per-frame latencies on real content")
     return report, lines
 

@@ -1,4 +1,4 @@
-"""Soundness of DS, Mask-DS and crop voting in pixel space, through the real model.
+"""The shipped DS and crop models end to end: soundness in pixel space through the real model, pg-certify, pg-bench.
 
 The shipped Fashion-MNIST models are exported by the project's exporter and
 run by onnxruntime. For each certified test image, a patch is written into
@@ -29,7 +29,7 @@ PATCH = {"ds": 5, "crops": 5}
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
 def shipped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """(kind, onnxruntime backend) of a shipped view model, exported by the project's exporter."""
+    """(kind, path, onnxruntime backend) of a shipped view model, exported by the project's exporter."""
     pytest.importorskip("torch", reason="exporting the shipped model needs torch (the [export] extra)")
     from patchguard.export.onnx import export_onnx
     from patchguard.export.onnxfile import save_onnx
@@ -39,7 +39,7 @@ def shipped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     model, record = load_checkpoint(SHIPPED[request.param])
     path = save_onnx(export_onnx(model, record), tmp_path_factory.mktemp("views") / "model.onnx")
     with open_backend(path) as backend:
-        yield request.param, backend
+        yield request.param, path, backend
 
 
 def attack_certified(backend, p: int, want: int, per_position: int, seed: int = 0) -> dict[str, list[int]]:
@@ -77,7 +77,7 @@ def attack_certified(backend, p: int, want: int, per_position: int, seed: int = 
 def test_views_the_patch_misses_are_bit_identical(shipped) -> None:
     from patchguard.runtime.smoothing_runners import runners_for
 
-    kind, backend = shipped
+    kind, _, backend = shipped
     p = PATCH[kind]
     keep = next(iter(runners_for(backend.record, (p, p), backend.infer).values())).keep
     images, _ = load_fashion_mnist("test")
@@ -89,7 +89,7 @@ def test_views_the_patch_misses_are_bit_identical(shipped) -> None:
 
 
 def test_certified_labels_survive_every_patch_position_quick(shipped) -> None:
-    kind, backend = shipped
+    kind, _, backend = shipped
     tally = attack_certified(backend, PATCH[kind], want=3, per_position=2)
     for name, (attacked, attacks, broken) in tally.items():
         assert attacked == 3, f"{name}: only {attacked} certified images found"
@@ -98,10 +98,34 @@ def test_certified_labels_survive_every_patch_position_quick(shipped) -> None:
 
 @pytest.mark.slow
 def test_certified_labels_survive_every_patch_position_300_images(shipped) -> None:
-    kind, backend = shipped
+    kind, _, backend = shipped
     tally = attack_certified(backend, PATCH[kind], want=300, per_position=1)
     print(f"\n{kind}: " + ", ".join(f"{name}: {a} certified images, {n} attacks, {b} broken"
                                     for name, (a, n, b) in tally.items()))
     for name, (attacked, attacks, broken) in tally.items():
         assert attacked == 300, f"{name}: only {attacked} certified images in the test set"
         assert broken == 0, f"{name}: {broken} of {attacks} attacks changed a certified label"
+
+
+def test_pg_certify_and_pg_bench_run_the_shipped_model(shipped, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from patchguard.runtime.cli.bench import main as bench_main
+    from patchguard.runtime.cli.certify import main as certify_main
+
+    kind, path, _ = shipped
+    out = tmp_path / "certify.json"
+    result = CliRunner().invoke(certify_main, ["--engine", str(path), "--data", "fashion-mnist", "--limit", "40",
+                                               "--patch-size", "2", "5", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    rules = ["ds", "mask-ds"] if kind == "ds" else ["crops"]
+    assert [(r["rule"], r["patch_size"]) for r in rows] == [(rule, p) for rule in rules for p in (2, 5)]
+    assert all(0 <= r["certified"] <= r["accuracy"] <= 1 for r in rows)
+    assert all(r["views_per_image"] == (28 if kind == "ds" else 36) for r in rows)
+    result = CliRunner().invoke(bench_main, ["--engine", str(path), "--frame", "28x28", "--iterations", "5"])
+    assert result.exit_code == 0, result.output
+    assert "views generated and scored" in result.output
+    assert all(f"{rule} decision + certificate" in result.output for rule in rules)

@@ -75,6 +75,22 @@ def _load_torch_model(arch: Optional[str], checkpoint: Optional[str], num_classe
     return model, record, Path(checkpoint).name.split(".")[0]
 
 
+def _views_batch(options: Any, record: Any, asked: Optional[int]) -> Any:
+    """A view defense's engine profile holds one frame's views unless --max-batch says otherwise."""
+    import dataclasses
+
+    if asked is not None or record.is_local:
+        return options
+    from ..runtime.views import view_runner
+
+    patch = record.default_patch_px or max(1, min(record.input_size) // 7)
+    try:
+        views = view_runner(record, (patch, patch), lambda v: v).views_per_frame
+    except (NotImplementedError, PatchGuardError):
+        return options
+    return dataclasses.replace(options, max_batch=min(1024, int(views)))
+
+
 def _onnx_name(path: Path) -> str:
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     for tag in (".fp16", ".int8"):
@@ -103,8 +119,9 @@ def _onnx_name(path: Path) -> str:
                    "for x86 CPUs without VNNI. Default: tensorrt when an engine is built, else cpu.")
 @click.option("--out", "out_dir", default=".", show_default=True, metavar="DIR", help="Output folder.")
 @click.option("--name", default=None, help="Base name of the files (default: checkpoint / ONNX / arch name).")
-@click.option("--max-batch", type=int, default=8, show_default=True,
-              help="Largest batch of the TensorRT engine (profile 1..N).")
+@click.option("--max-batch", type=int, default=None,
+              help="Largest batch of the TensorRT engine (profile 1..N) [default: 8 for a BagNet; one "
+                   "frame's views, at most 1024, for a view defense (666 for PatchCleanser, k = 6)].")
 @click.option("--tf32/--no-tf32", default=True, show_default=True,
               help="fp32 engines: let TensorRT round convolution/matmul inputs to TF32 on Ampere+ GPUs "
                    "(every Orin), its default; --no-tf32 keeps full fp32 products. fp16/int8: no effect.")
@@ -124,13 +141,14 @@ def _onnx_name(path: Path) -> str:
                    "reference's (agreement below 98% or certified share more than 2 points lower).")
 def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[int], input_size: Optional[str],
          class_names: Optional[str], fp16: bool, int8: bool, calib_data: Optional[str], calib_size: int,
-         int8_flavor: Optional[str], out_dir: str, name: Optional[str], max_batch: int, opset: Optional[int],
+         int8_flavor: Optional[str], out_dir: str, name: Optional[str], max_batch: Optional[int],
+         opset: Optional[int],
          engine: Optional[bool], random_init: bool, onnx_path: Optional[str], parity_data: Optional[str],
          parity_n: int, tf32: bool, allow_parity_drift: bool) -> None:
     """Export a BagNet for deployment and check every artifact against the original."""
     from .pipeline import ExportOptions, run_export
 
-    if max_batch < 1:
+    if max_batch is not None and max_batch < 1:
         raise PatchGuardError(f"--max-batch must be at least 1, got {max_batch}")
     if calib_size < 1 or parity_n < 1:
         raise PatchGuardError("--calib-size and --parity-n must be at least 1")
@@ -143,7 +161,7 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         if reason:
             raise PatchGuardError(f"--engine: cannot build a TensorRT engine: {reason}")
     common: dict[str, Any] = dict(fp16=fp16, int8=int8, calib_data=calib_data, calib_size=calib_size,
-                  int8_flavor=int8_flavor, max_batch=max_batch, engine=engine, tf32=tf32,
+                  int8_flavor=int8_flavor, max_batch=max_batch or 8, engine=engine, tf32=tf32,
                   parity_data=parity_data, parity_n=parity_n, allow_parity_drift=allow_parity_drift)
 
     if onnx_path is not None:
@@ -158,7 +176,8 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         source = Path(onnx_path)
         record = get_record(load_onnx(source), str(source))
         check_layout(load_onnx(source), record)
-        options = ExportOptions(out=Path(out_dir), name=name or _onnx_name(source), **common)
+        options = _views_batch(ExportOptions(out=Path(out_dir), name=name or _onnx_name(source), **common),
+                               record, max_batch)
         result = run_export(options, record, onnx_path=source)
     else:
         lazy_import("torch", "export")
@@ -174,7 +193,8 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
                     f"--class-names gives {len(names)} names for a {record.num_classes}-class model"
                 )
             record = record.replace(class_names=tuple(names))
-        options = ExportOptions(out=Path(out_dir), name=name or default_name, **common)
+        options = _views_batch(ExportOptions(out=Path(out_dir), name=name or default_name, **common),
+                               record, max_batch)
         what = (f"r={record.receptive_field}, s={record.stride}" if record.is_local
                 else f"{record.defense.kind} defense")
         info(f"exporting {record.arch} ({record.num_classes} classes, input "

@@ -32,14 +32,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from ..runtime.backends.tensorrt import (
-    EngineInfo,
-    cuda_unavailable_reason,
-    device_facts,
-    sidecar_path,
-    sidecar_text,
-    tensorrt_module,
-)
+from ..runtime.backends.cuda import cuda_unavailable_reason, device_facts
+from ..runtime.backends.tensorrt import EngineInfo, sidecar_path, sidecar_text, tensorrt_module
 from ..runtime.errors import MissingDependencyError, PatchGuardError
 from ..runtime.files import PathText, atomic_path, write_text_atomic
 from ..runtime.metadata import ModelRecord

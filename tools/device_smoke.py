@@ -79,7 +79,7 @@ def version_of(module: str) -> str:
 
 
 def environment(report: Report) -> None:
-    from patchguard.runtime.backends.tensorrt import cuda_runtime, cuda_unavailable_reason, device_facts
+    from patchguard.runtime.backends.cuda import cuda_runtime, cuda_unavailable_reason, device_facts
 
     env: dict[str, Any] = {
         "python": platform.python_version(), "machine": platform.machine(),
@@ -329,7 +329,7 @@ def gpu_steps(report: Report, folders: dict[str, Path], out: Path, iterations: i
 
 def run_pytest(report: Report) -> None:
     """Step 7."""
-    from patchguard.runtime.backends.tensorrt import cuda_unavailable_reason
+    from patchguard.runtime.backends.cuda import cuda_unavailable_reason
 
     reason = cuda_unavailable_reason()  # with a GPU but no TensorRT the gpu tests still run
     if reason:

@@ -20,7 +20,8 @@ from patchguard.export.engine import (
     engine_unavailable_reason,
     network_flags,
 )
-from patchguard.runtime.backends.tensorrt import CUDA_ATTRIBUTES, TRT_RUNTIME_ATTRIBUTES
+from patchguard.runtime.backends.cuda import CUDA_ATTRIBUTES
+from patchguard.runtime.backends.tensorrt import TRT_RUNTIME_ATTRIBUTES
 from patchguard.runtime.errors import PatchGuardError
 
 REASON = engine_unavailable_reason()

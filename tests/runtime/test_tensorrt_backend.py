@@ -1,16 +1,12 @@
-"""The TensorRT backend's parts that run without a GPU: CUDA error text, the lock
-in ``close``, and the refusal of engines whose I/O is not one image in, one
-local-logit map out.
+"""The TensorRT backend's parts that run without a GPU: the lock in ``close``, the
+refusal of engines whose I/O is not one image in, one output out, and the
+machine an engine may run on (TensorRT version, GPU name, capability, SM count).
 
-cuda-python is real here wherever it imports (torch 2.14 brings cuda-bindings
-13.x): on a machine without a driver its ``cudaGetDeviceCount`` fails for real,
-and the error path is the one a JetPack 6 user with the wrong cuda-python meets.
 Stand-ins replace only TensorRT's engine object, which cannot exist without a GPU.
 """
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import types
 from pathlib import Path
@@ -19,12 +15,9 @@ import numpy as np
 import pytest
 
 from patchguard.runtime.backends.base import Backend
+from patchguard.runtime.backends.cuda import DeviceFacts
 from patchguard.runtime.backends.tensorrt import (
-    DeviceFacts,
     EngineInfo,
-    cuda_call,
-    cuda_unavailable_reason,
-    driver_fix,
     engine_io,
     machine_mismatches,
     read_sidecar,
@@ -36,66 +29,6 @@ from patchguard.runtime.metadata import ModelRecord
 
 RECORD = ModelRecord(arch="tiny", num_classes=2, input_size=(8, 8), receptive_field=3, stride=1,
                      mean=(0.0,), std=(1.0,), in_channels=1)
-
-
-def cudart():
-    try:
-        import cuda.bindings.runtime as runtime
-    except ImportError:
-        runtime = pytest.importorskip("cuda.cudart")
-    return runtime
-
-
-# -- CUDA errors: name, text, likely cause and fix, in one line ----------------------------------
-
-@pytest.mark.parametrize("name,fragment", [
-    ("cudaErrorNoDevice", "CUDA_VISIBLE_DEVICES"),
-    ("cudaErrorStubLibrary", "stubs folder"),
-    ("cudaErrorSystemDriverMismatch", "reboot"),
-    ("cudaErrorMemoryAllocation", "--max-batch"),
-    ("cudaErrorInsufficientDriver", "driver"),
-])
-def test_cuda_error_names_the_error_and_its_fix(name, fragment):
-    runtime = cudart()
-    status = getattr(runtime.cudaError_t, name)
-    with pytest.raises(PatchGuardError) as info:
-        cuda_call((status, None), "cudaGetDeviceCount")
-    text = str(info.value)
-    assert text.startswith(f"CUDA cudaGetDeviceCount failed: {name} (")
-    assert fragment in text and "\n" not in text
-
-
-def test_cuda_success_unpacks_values():
-    runtime = cudart()
-    assert cuda_call((runtime.cudaError_t.cudaSuccess, 3), "x") == 3
-    assert cuda_call((runtime.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
-    assert cuda_call((runtime.cudaError_t.cudaSuccess,), "x") is None
-
-
-def test_reason_for_no_gpu_carries_the_cuda_error():
-    runtime = cudart()
-    err, count = runtime.cudaGetDeviceCount()
-    reason = cuda_unavailable_reason()
-    if int(err) == 0 and count:
-        assert reason is None
-        return
-    # The real failing call of this machine (no driver here: cudaErrorInsufficientDriver).
-    assert reason is not None and "\n" not in reason
-    if int(err) != 0:
-        assert reason.startswith(f"CUDA cudaGetDeviceCount failed: {err.name}")
-    else:
-        assert reason == "cudaGetDeviceCount found no CUDA GPU"
-
-
-@pytest.mark.parametrize("driver,runtime,fragments", [
-    (12060, 13000, ["CUDA 13.0", "CUDA 12.6", "pip install 'cuda-python>=12,<12.7'"]),  # JetPack 6.1/6.2
-    (12020, 12090, ["CUDA 12.9", "CUDA 12.2", "'cuda-python>=12,<12.3'"]),
-    (0, 13000, ["no NVIDIA driver is loaded"]),
-])
-def test_driver_fix_names_the_cuda_python_to_install(driver, runtime, fragments):
-    text = driver_fix(driver, runtime)
-    for fragment in fragments:
-        assert fragment in text
 
 
 # -- the lock: close waits for a running infer, and nothing runs after it ----------------------
@@ -206,32 +139,6 @@ def test_engine_whose_names_differ_from_its_sidecar_is_refused(sidecar_info):
     engine = StandInEngine([("images", "INPUT"), ("logits", "OUTPUT")])
     with pytest.raises(PatchGuardError, match="do not belong together"):
         engine_io(engine, TRT, plan, info)
-
-
-def test_driver_that_cannot_be_loaded_is_named(monkeypatch):
-    # cuda-bindings 12.6 (what JetPack 6 gets) raises from cudaGetDeviceCount when
-    # libcuda.so.1 is missing, where 13.x returns cudaErrorInsufficientDriver; this is
-    # the text 12.6.2.post1 raised on a machine without a driver.
-    def no_driver():
-        raise RuntimeError("Failed to dlopen libcuda.so.1")
-
-    stand_in = types.SimpleNamespace(cudaGetDeviceCount=no_driver)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", stand_in)
-    reason = cuda_unavailable_reason()
-    assert reason is not None and "\n" not in reason
-    assert reason.startswith("cuda-python cannot load the NVIDIA driver (Failed to dlopen libcuda.so.1)")
-    from patchguard.runtime.backends.tensorrt import gpu_count
-
-    assert gpu_count() == 0
-
-
-def test_stream_handle_for_execute_async_v3():
-    # int() of a cuda-python object is deprecated from cuda-bindings 13.0 (get_cuda_native_handle);
-    # 12.x has no cuda.bindings.utils. Either way TensorRT gets the stream's address.
-    from patchguard.runtime.backends.tensorrt import native_handle
-
-    runtime = cudart()
-    assert native_handle(runtime.cudaStream_t(12345)) == 12345
 
 
 # -- the machine an engine may run on: TensorRT version, GPU name, capability, SM count ---------

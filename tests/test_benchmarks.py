@@ -65,3 +65,12 @@ def test_feature_defenses_benchmark_short() -> None:
     out = run("feature_defenses.py", "--short")
     assert re.search(r"mask \d+\.\d+ ms \| double k=6 \d+\.\d+ ms", out), out
     assert re.search(r"detection \d+\.\d+ ms \| top-3 certificate \d+\.\d+ ms", out), out
+
+
+@pytest.mark.fashion_mnist
+def test_smoothing_benchmark_short() -> None:
+    pytest.importorskip("torch")
+    out = run("smoothing.py", "--short")
+    assert re.search(r"28 views per frame", out) and re.search(r"36 views per frame", out), out
+    assert re.search(r"generate\+score\s+median \d+\.\d+ ms", out), out
+    assert re.search(r"mask-ds\s+decide\+certify median \d+\.\d+ ms", out), out

@@ -23,6 +23,11 @@ from _pipeline_fixtures import export_default_model, fashion_frames, write_video
 
 
 def _cuda_available() -> bool:
+    # cuda-python first: a Jetson runs the GPU tests without torch.
+    from patchguard.runtime.backends.cuda import cuda_unavailable_reason
+
+    if cuda_unavailable_reason() is None:
+        return True
     if importlib.util.find_spec("torch") is None:
         return False
     import torch
@@ -47,7 +52,7 @@ NO_FASHION_MNIST = ("needs the Fashion-MNIST idx files "
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     checks = {
-        "gpu": (_cuda_available, "needs a CUDA GPU (torch.cuda.is_available() is False)"),
+        "gpu": (_cuda_available, "needs a CUDA GPU (neither cuda-python nor torch sees one)"),
         "tensorrt": (_tensorrt_available, "needs the tensorrt package and a CUDA GPU"),
         "fashion_mnist": (fashion_mnist_or_required, NO_FASHION_MNIST),
     }

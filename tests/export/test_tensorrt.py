@@ -7,6 +7,7 @@ cuda-python import.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import types
 
@@ -29,8 +30,11 @@ REASON = engine_unavailable_reason()
 
 def needs_engine(test):
     """Marked ``tensorrt`` and ``gpu``; skipped, with the reason, where no engine can be built."""
+    no_torch = importlib.util.find_spec("torch") is None  # the fixtures are exported from PyTorch
     for mark in (pytest.mark.tensorrt, pytest.mark.gpu,
-                 pytest.mark.skipif(REASON is not None, reason=f"no TensorRT engine here: {REASON}")):
+                 pytest.mark.skipif(REASON is not None, reason=f"no TensorRT engine here: {REASON}"),
+                 pytest.mark.skipif(no_torch, reason="exports its models with torch (tools/device_smoke.sh "
+                                    "--onnx-dir checks engines without it)")):
         test = mark(test)
     return test
 

@@ -30,6 +30,7 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    pytest.importorskip("torch")  # the small model is exported from PyTorch
     folder = tmp_path_factory.mktemp("providers")
     fp32 = export_small(folder, fp16=True)
     return fp32, folder / "small.fp16.onnx"
@@ -106,6 +107,18 @@ def test_cpu_backend_session_and_missing_tensorrt(models):
     if TRT_EP not in ort.get_available_providers():
         with pytest.raises(PatchGuardError, match="requested provider was tensorrt, but available providers"):
             OnnxRuntimeBackend(fp32, provider="tensorrt")
+
+
+@pytest.mark.gpu
+def test_cuda_ep_backend(models):
+    fp32, _ = models
+    if CUDA_EP not in ort.get_available_providers():
+        pytest.skip("onnxruntime here has no CUDA execution provider")
+    x = np.random.default_rng(2).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    with OnnxRuntimeBackend(fp32) as reference, OnnxRuntimeBackend(fp32, provider="cuda") as cuda:
+        assert cuda.provider == CUDA_EP and cuda.max_batch is None
+        want, got = reference.infer(x), cuda.infer(x)
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-2
 
 
 @pytest.mark.gpu

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..runtime.backends.cuda import cuda_unavailable_reason, device_facts
-from ..runtime.backends.tensorrt import EngineInfo, sidecar_path, sidecar_text, tensorrt_module
+from ..runtime.backends.tensorrt import tensorrt_module
 from ..runtime.errors import MissingDependencyError, PatchGuardError
 from ..runtime.files import PathText, atomic_path, write_text_atomic
-from ..runtime.metadata import ModelRecord
+from ..runtime.metadata import EngineInfo, ModelRecord, sidecar_path, sidecar_text
 from .bnfold import fold_batchnorm
 from .onnxfile import get_record, load_onnx, precision_of
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..runtime.errors import PatchGuardError, first_line, lazy_import
 from ..runtime.files import PathText, atomic_path
-from ..runtime.metadata import METADATA_KEY, ModelRecord
+from ..runtime.metadata import METADATA_KEY, ModelRecord, record_from_metadata
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "local_logits"
@@ -60,10 +60,8 @@ def set_record(model: Any, record: ModelRecord) -> Any:
 
 
 def get_record(model: Any, where: str = "the model") -> ModelRecord:
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ModelRecord.from_json(prop.value)
-    raise PatchGuardError(f"{where} has no '{METADATA_KEY}' metadata; export it with pg-export")
+    """The record in an ONNX proto's ``patchguard`` metadata entry."""
+    return record_from_metadata({p.key: p.value for p in model.metadata_props}, where)
 
 
 def precision_of(model: Any) -> str:

@@ -29,7 +29,6 @@ from ..runtime import certify, robust_masking
 from ..runtime.backends.base import Backend
 from ..runtime.errors import PatchGuardError
 from ..runtime.files import PathText, write_text_atomic
-from ..runtime.geometry import window_size
 from ..runtime.metadata import ModelRecord
 from ..runtime.views import ViewRunner, score_views, view_runner
 
@@ -58,9 +57,8 @@ class ParityRow:
 
 
 def parity_window(record: ModelRecord) -> int:
-    """Mask window (cells) of the record's default patch, clipped to the map."""
-    patch = record.default_patch_px or max(1, min(record.input_size) // 7)
-    return min(window_size(patch, record.receptive_field, record.stride), *record.map_size)
+    """Mask window (cells) of the record's reference patch; refused when it does not fit the map."""
+    return record.window_for(record.reference_patch_px, " (the record's default patch)")[0]
 
 
 def run_backend(backend: Backend, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -100,7 +98,7 @@ def compare(
 def parity_runner(record: ModelRecord, score: Callable[[np.ndarray], np.ndarray],
                   max_batch: Optional[int] = None) -> ViewRunner:
     """The view defense of ``record`` against its default patch, scoring with ``score``."""
-    patch = record.default_patch_px or max(1, min(record.input_size) // 7)
+    patch = record.reference_patch_px
     return view_runner(record, (patch, patch), score, max_batch)
 
 

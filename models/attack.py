@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..runtime.errors import PatchGuardError
-from ..runtime.geometry import IntOrPair, Pair, as_pair, window_shape
+from ..runtime.geometry import IntOrPair, Pair, as_pair
 from ..runtime.metadata import ModelRecord
 from . import reference
 
@@ -135,18 +135,13 @@ class PatchAttack:
         self.record = record
         self.config = config
         self.patch = as_pair(config.patch_px, "patch size")
-        self.window = window_shape(self.patch, record.receptive_field, record.stride)
         self.map_size = record.map_size
         height, width = record.input_size
         if self.patch[0] > height or self.patch[1] > width:
             raise PatchGuardError(
                 f"a {self.patch[0]}x{self.patch[1]} patch does not fit the {height}x{width} input"
             )
-        if self.window[0] > self.map_size[0] or self.window[1] > self.map_size[1]:
-            raise PatchGuardError(
-                f"a {self.patch[0]}x{self.patch[1]} px patch needs a {self.window[0]}x{self.window[1]} "
-                f"mask window, larger than the {self.map_size[0]}x{self.map_size[1]} map"
-            )
+        self.window = record.window_for(self.patch)
         # Block of cells re-computed per position and the pixel crop that feeds it.
         self.block = (min(self.window[0], self.map_size[0]), min(self.window[1], self.map_size[1]))
         r, s = record.receptive_field, record.stride

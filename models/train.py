@@ -101,13 +101,7 @@ def train(
     model = build_model(record)
     if init_state is not None:
         model.load_state_dict(init_state)
-    window = window_shape(config.patch_px, record.receptive_field, record.stride)
-    hmap, wmap = record.map_size
-    if window[0] > hmap or window[1] > wmap:
-        raise PatchGuardError(
-            f"a {config.patch_px} px patch needs a {window[0]}x{window[1]} window, larger than "
-            f"the {hmap}x{wmap} map of this model"
-        )
+    window = record.window_for(config.patch_px)
     x = torch.from_numpy(normalize(images, record))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     steps_per_epoch = math.ceil(len(x) / config.batch_size)

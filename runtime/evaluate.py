@@ -38,7 +38,7 @@ from .certificate import certify_mask
 from .detection import WindowReadout, check_tau
 from .double_masking import DEFAULT_MASKS_PER_AXIS, double_masking_certified
 from .errors import PatchGuardError
-from .geometry import IntOrPair, as_pair, window_shape
+from .geometry import IntOrPair, as_pair, check_fits, size_text, window_shape
 from .masking import MaskEvidence, check_labels, check_logits, check_params, chunks, clipped, finite_maps, masked_labels
 from .readouts import masked_scores
 from .topk import certify_top_k, check_top_k
@@ -91,12 +91,8 @@ def evaluate(
     vote_ok = vote_predict(u) == y
     results = []
     for size in patch_sizes:
-        window = window_shape(size, receptive_field, stride)
-        if window[0] > height or window[1] > width:
-            raise PatchGuardError(
-                f"a {_size_text(size)} px patch needs a {window[0]}x{window[1]} window, larger "
-                f"than the {height}x{width} map (r={receptive_field}, s={stride})"
-            )
+        window = check_fits(window_shape(size, receptive_field, stride), (height, width),
+                            f"a {size_text(size)} px patch (r={receptive_field}, s={stride})")
         predictions = masked_labels(u, window, thres=thres, clip=clip)
         certified = certify_mask(u, window, thres=thres, clip=clip, labels=y)
         mask_accuracy = _fraction(predictions == y)
@@ -128,7 +124,7 @@ def evaluate(
             }
         results.append(row)
         log.debug("patch %s px (window %dx%d): mask certified %.4f",
-                 _size_text(size), window[0], window[1], results[-1]["defenses"]["mask"]["certified"])
+                 size_text(size), window[0], window[1], results[-1]["defenses"]["mask"]["certified"])
     return {
         "n": int(u.shape[0]),
         "undefended_accuracy": _fraction((undefended == y) & finite),
@@ -168,8 +164,3 @@ def _in_top_k(u: np.ndarray, y: np.ndarray, window: tuple[int, int], thres: floa
 def _size_json(size: IntOrPair) -> Any:
     pair = as_pair(size, "patch size")
     return pair[0] if pair[0] == pair[1] else list(pair)
-
-
-def _size_text(size: IntOrPair) -> str:
-    pair = as_pair(size, "patch size")
-    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"

@@ -82,6 +82,25 @@ def window_shape(patch_px: IntOrPair, receptive_field: int, stride: int) -> Pair
     return cells_touched(ph, receptive_field, stride), cells_touched(pw, receptive_field, stride)
 
 
+def size_text(size: IntOrPair) -> str:
+    """"32" for a square patch, "24x32" for a rectangular one."""
+    pair = as_pair(size, "patch size")
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
+def check_fits(window: IntOrPair, map_hw: tuple[int, ...], what: str = "") -> Pair:
+    """The one "window fits the map" check: (a, b) inside the (H, W) map, else one error.
+
+    ``what`` names what needs the window (``"a 32 px patch (r=17, s=8)"``).
+    """
+    a, b = as_pair(window, "window")
+    height, width = int(map_hw[0]), int(map_hw[1])
+    if a > height or b > width:
+        needs = f"{what} needs a {a}x{b} window," if what else f"window {a}x{b} is"
+        raise PatchGuardError(f"{needs} larger than the {height}x{width} map of local logits")
+    return a, b
+
+
 def map_size(input_px: int, receptive_field: int, stride: int) -> int:
     """Cells along one axis of the local-logit map: ``floor((input - r) / s) + 1``."""
     if input_px < receptive_field:

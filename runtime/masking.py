@@ -27,7 +27,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .errors import PatchGuardError
-from .geometry import IntOrPair, Pair, as_pair
+from .geometry import IntOrPair, Pair, as_pair, check_fits
 from .grid import DEFAULT_CEILING, Grid, exceeds_fraction, grid_for, to_grid
 
 #: Prediction given for a map that holds NaN or inf (no label can be trusted).
@@ -89,13 +89,7 @@ def check_params(thres: float, clip: Optional[float]) -> tuple[float, Optional[f
 
 def check_window(window: IntOrPair, shape: tuple[int, ...], name: str = "window") -> Pair:
     """(a, b) that fits inside the (H, W) map of ``shape`` (B, H, W, C)."""
-    a, b = as_pair(window, name)
-    height, width = shape[1], shape[2]
-    if a > height or b > width:
-        raise PatchGuardError(
-            f"{name} {a}x{b} is larger than the {height}x{width} map of local logits"
-        )
-    return a, b
+    return check_fits(as_pair(window, name), shape[1:3])
 
 
 def check_labels(labels: Optional[np.ndarray], batch: int, classes: int) -> Optional[np.ndarray]:

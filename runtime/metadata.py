@@ -1,22 +1,28 @@
 """Model facts as data: the record the exporter writes and the runtime reads.
 
 One :class:`ModelRecord` per model variant (torchvision ``models/_api.py``
-style). It travels inside the ONNX file (metadata entry ``patchguard``) and
-next to a TensorRT engine (``NAME.plan.json``), so nothing is configured
-twice. Torch-free on purpose: the robot reads it back.
+style). It travels inside the ONNX file (metadata entry ``patchguard``, read
+by :func:`record_from_metadata`) and next to a TensorRT engine
+(``NAME.plan.json``, the sidecar: :func:`sidecar_text` / :func:`read_sidecar`,
+the record plus an :class:`EngineInfo`), so nothing is configured twice. This
+module is the one place both formats are read and written. Torch-free on
+purpose: the robot reads it back.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional
 
 from .errors import PatchGuardError
-from .geometry import Pair, map_size
+from .files import PathText
+from .geometry import IntOrPair, Pair, check_fits, map_size, size_text, window_shape
 from .views import ViewDefense
 
 METADATA_KEY = "patchguard"
+SIDECAR_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,18 @@ class ModelRecord:
             map_size(w, self.receptive_field, self.stride),
         )
 
+    @property
+    def reference_patch_px(self) -> int:
+        """The record's default patch, or a seventh of the input's short side where it has none
+        (what export parity and calibration checks certify against)."""
+        return self.default_patch_px or max(1, min(self.input_size) // 7)
+
+    def window_for(self, patch_px: IntOrPair, where: str = "") -> Pair:
+        """Mask window (a, b) of a patch of model pixels; one error when it does not fit the map."""
+        r, s = self.receptive_field, self.stride
+        return check_fits(window_shape(patch_px, r, s), self.map_size,
+                          f"a {size_text(patch_px)} px patch{where} (r={r}, s={s})")
+
     def replace(self, **changes: Any) -> "ModelRecord":
         return dataclasses.replace(self, **changes)
 
@@ -178,3 +196,60 @@ class ModelRecord:
         if not isinstance(data, dict):
             raise PatchGuardError("model metadata must be a JSON object")
         return cls.from_dict(data)
+
+
+def record_from_metadata(metadata: Mapping[str, str], where: str) -> ModelRecord:
+    """The record in a model's metadata entries (ONNX ``metadata_props`` as a mapping)."""
+    if METADATA_KEY not in metadata:
+        raise PatchGuardError(f"{where} has no '{METADATA_KEY}' metadata; export it with pg-export")
+    return ModelRecord.from_json(metadata[METADATA_KEY])
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a ``.plan`` needs to run: recorded at build time, checked at load time.
+
+    The machine is keyed by TensorRT version, GPU name, compute capability and
+    SM count: every Orin module may report the same name ("Orin") and the same
+    capability (8.7) while an engine tuned for a 16-SM AGX Orin is not one for
+    an 8-SM Orin Nano (TensorRT itself warns that plans are not meant to cross
+    device models). ``sm_count`` 0 is a sidecar written before it was recorded.
+    """
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    max_batch: int
+    input_name: str
+    output_name: str
+    source_onnx: str = ""
+    sm_count: int = 0
+    tf32: Optional[bool] = None  # fp32 engines: TF32 products allowed (None: not fp32 / not recorded)
+
+
+def sidecar_path(plan: PathText) -> Path:
+    """``NAME.plan`` -> ``NAME.plan.json``."""
+    return Path(str(plan) + SIDECAR_SUFFIX)
+
+
+def sidecar_text(record: ModelRecord, info: EngineInfo) -> str:
+    """The sidecar JSON: the model record's fields plus an ``engine`` entry."""
+    data = record.to_dict()
+    data["engine"] = dataclasses.asdict(info)
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def read_sidecar(plan: PathText) -> tuple[ModelRecord, EngineInfo]:
+    path = sidecar_path(plan)
+    if not path.is_file():
+        raise PatchGuardError(f"{path} is missing; a .plan needs the sidecar pg-export wrote with it")
+    try:
+        data = json.loads(path.read_text())
+        engine = data["engine"]
+        info = EngineInfo(**{k: engine[k] for k in EngineInfo.__dataclass_fields__ if k in engine})
+        if int(info.max_batch) < 1 or int(info.sm_count) < 0:  # int(): a corrupt value is this error
+            raise ValueError(f"max_batch {info.max_batch} / sm_count {info.sm_count} out of range")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PatchGuardError(f"{path} is not a pg-export engine sidecar ({exc})") from None
+    return ModelRecord.from_dict(data), info

@@ -34,7 +34,7 @@ from .detection import DEFAULT_TAU
 from .errors import PatchGuardError
 from .files import PathText
 from .footprint import Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side
-from .geometry import IntOrPair, Pair
+from .geometry import IntOrPair, Pair, check_fits
 from .masking import NO_LABEL, check_logits, check_params
 from .metadata import ModelRecord
 from .preprocess import check_color, check_value_range, normalize, resize_plan, to_bgr8, to_model_image
@@ -282,12 +282,8 @@ class Pipeline:
                 plan = resize_plan(key, self.record)
                 side = patch_side(plan, self.record, self.patch_size, self.patch_frac)
                 found = camera_threat(plan, self.record, side)
-                h, w = self.record.map_size
-                if found.window[0] > h or found.window[1] > w:
-                    raise PatchGuardError(
-                        f"a {side} px patch in {key[1]}x{key[0]} frames needs a "
-                        f"{found.window[0]}x{found.window[1]} mask, larger than the model's "
-                        f"{h}x{w} map: choose a smaller patch")
+                check_fits(found.window, self.record.map_size,
+                           f"a {side} px patch in {key[1]}x{key[0]} frames")
                 if len(self._threats) >= _THREAT_CACHE:
                     self._threats.clear()  # a folder of many frame sizes must not grow it forever
                 self._threats[key] = found

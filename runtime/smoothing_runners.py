@@ -57,17 +57,18 @@ class AllViewsRunner(ViewRunner):
         predicted, certified, _ = self.decide(logits)
         return predicted, certified
 
-    def run(self, x: np.ndarray, certify: bool = False,
+    def run(self, x: np.ndarray, certify: bool | np.ndarray = False,
             labels: Optional[np.ndarray] = None) -> list[ViewResult]:
         return self.results(self.logits(x), labels, certify)
 
     def results(self, logits: np.ndarray, labels: Optional[np.ndarray] = None,
-                certify: bool = True) -> list[ViewResult]:
-        """Per-frame results from the logits (B, V, K) of :meth:`all_views`."""
+                certify: bool | np.ndarray = True) -> list[ViewResult]:
+        """Per-frame results from the logits (B, V, K) of :meth:`all_views`; ``certify``
+        for all frames or per frame (B,)."""
         predicted, certified, details = self.decide(logits, labels)
-        asked = certify or labels is not None
-        return [ViewResult(int(p), bool(c) if asked else None, self.views_per_frame, dict(details))
-                for p, c in zip(predicted, certified)]
+        asked = np.broadcast_to(np.asarray(certify, dtype=bool), (len(predicted),)) | (labels is not None)
+        return [ViewResult(int(p), bool(c) if a else None, self.views_per_frame, dict(details))
+                for p, c, a in zip(predicted, certified, asked)]
 
 
 class VoteRunner(AllViewsRunner):

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import PatchGuardError, first_line, lazy_import
 from ..files import PathText
-from ..metadata import METADATA_KEY, ModelRecord
+from ..metadata import ModelRecord, record_from_metadata
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -170,12 +170,7 @@ def load_session(
 
 def session_record(session: Any, path: Path) -> ModelRecord:
     """The :class:`ModelRecord` stored in the model's ``patchguard`` metadata entry."""
-    meta = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in meta:
-        raise PatchGuardError(
-            f"{path} has no '{METADATA_KEY}' metadata; export it with pg-export"
-        )
-    return ModelRecord.from_json(meta[METADATA_KEY])
+    return record_from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
 
 
 class OnnxRuntimeBackend(Backend):

@@ -16,8 +16,6 @@ backend per thread to run them in parallel).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +23,7 @@ import numpy as np
 
 from ..errors import PatchGuardError, lazy_import
 from ..files import PathText
-from ..metadata import ModelRecord
+from ..metadata import EngineInfo, read_sidecar
 from .base import Backend
 from .cuda import DeviceFacts, cuda_call, cuda_runtime, cuda_unavailable_reason, device_facts, native_handle
 
@@ -43,34 +41,10 @@ TRT_RUNTIME_ATTRIBUTES = (
     "TensorIOMode.INPUT", "TensorIOMode.OUTPUT",
     "DataType.FLOAT", "DataType.HALF",
 )
-SIDECAR_SUFFIX = ".json"
 
 
 def tensorrt_module() -> Any:
     return lazy_import("tensorrt", "trt")
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What a ``.plan`` needs to run: recorded at build time, checked at load time.
-
-    The machine is keyed by TensorRT version, GPU name, compute capability and
-    SM count: every Orin module may report the same name ("Orin") and the same
-    capability (8.7) while an engine tuned for a 16-SM AGX Orin is not one for
-    an 8-SM Orin Nano (TensorRT itself warns that plans are not meant to cross
-    device models). ``sm_count`` 0 is a sidecar written before it was recorded.
-    """
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    max_batch: int
-    input_name: str
-    output_name: str
-    source_onnx: str = ""
-    sm_count: int = 0
-    tf32: Optional[bool] = None  # fp32 engines: TF32 products allowed (None: not fp32 / not recorded)
 
 
 def machine_mismatches(info: EngineInfo, tensorrt_version: str, device: DeviceFacts) -> list[str]:
@@ -82,33 +56,6 @@ def machine_mismatches(info: EngineInfo, tensorrt_version: str, device: DeviceFa
     if int(info.sm_count) <= 0:
         del wanted["SMs"], found["SMs"]  # a sidecar from before SM counts were recorded
     return [f"{k} {wanted[k]} (this machine: {found[k]})" for k in wanted if found[k] != wanted[k]]
-
-
-def sidecar_path(plan: PathText) -> Path:
-    """``NAME.plan`` -> ``NAME.plan.json``."""
-    return Path(str(plan) + SIDECAR_SUFFIX)
-
-
-def sidecar_text(record: ModelRecord, info: EngineInfo) -> str:
-    """The sidecar JSON: the model record's fields plus an ``engine`` entry."""
-    data = record.to_dict()
-    data["engine"] = asdict(info)
-    return json.dumps(data, indent=2, sort_keys=True)
-
-
-def read_sidecar(plan: PathText) -> tuple[ModelRecord, EngineInfo]:
-    path = sidecar_path(plan)
-    if not path.is_file():
-        raise PatchGuardError(f"{path} is missing; a .plan needs the sidecar pg-export wrote with it")
-    try:
-        data = json.loads(path.read_text())
-        engine = data["engine"]
-        info = EngineInfo(**{k: engine[k] for k in EngineInfo.__dataclass_fields__ if k in engine})
-        if int(info.max_batch) < 1 or int(info.sm_count) < 0:  # int(): a corrupt value is this error
-            raise ValueError(f"max_batch {info.max_batch} / sm_count {info.sm_count} out of range")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PatchGuardError(f"{path} is not a pg-export engine sidecar ({exc})") from None
-    return ModelRecord.from_dict(data), info
 
 
 def check_machine(info: EngineInfo, plan: Path) -> None:

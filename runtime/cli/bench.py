@@ -339,7 +339,7 @@ def _bench_all_views(backend: Any, runner: Any, engine: str, batch: int, threads
     samples["score_views"] = timed(runner.score, [views], iterations)
     rules = runners_for(record, runner.patch, runner.score, runner.max_batch)
     for name, rule in rules.items():
-        samples[f"certify_{name}"] = timed(lambda z, r=rule: r.decide(z), [logits], iterations)
+        samples[f"certify_{name}"] = timed(rule.decide, [logits], iterations)
     stats = {k: percentiles(v) for k, v in samples.items()}
     per_frame = {k: round(s["p50"] / batch, 4) for k, s in stats.items()}
     made = per_frame["generate_views"] + per_frame["score_views"]
@@ -378,7 +378,7 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     from ..certificate import largest_certified
     from ..defenses import certify, predict
     from ..footprint import camera_threat, patch_side
-    from ..geometry import parse_pair
+    from ..geometry import check_fits, parse_pair
     from ..pipeline import certify_maps
     from ..preprocess import normalize, resize_plan, to_model_image
     from ..readouts import double_verdicts, mask_readouts
@@ -402,10 +402,7 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
         frames = [rng.integers(0, 256, size=(fh, fw, 3), dtype=np.uint8) for _ in range(batch)]
         plan = resize_plan((fh, fw), record)
         threat = camera_threat(plan, record, patch_side(plan, record, patch_size))
-        a, b = threat.window
-        if a > record.map_size[0] or b > record.map_size[1]:
-            raise PatchGuardError(f"a {threat.patch_px} px patch needs a {a}x{b} mask, larger than "
-                                  f"the {record.map_size[0]}x{record.map_size[1]} map")
+        a, b = check_fits(threat.window, record.map_size, f"a {threat.patch_px} px patch in {fw}x{fh} frames")
 
         def pre(batch_frames: list[np.ndarray]) -> np.ndarray:
             return normalize(np.stack([to_model_image(f, record) for f in batch_frames]), record)

@@ -310,14 +310,8 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
             return
         if dump is not None:
             raise PatchGuardError(f"--dump applies to view defenses; {engine} is a BagNet")
-        height, width = record.map_size
         for size in sizes:  # fail before the (long) inference, not after it
-            a, b = window_shape(size, record.receptive_field, record.stride)
-            if a > height or b > width:
-                raise PatchGuardError(
-                    f"a {size} px patch needs a {a}x{b} window, larger than the model's "
-                    f"{height}x{width} map (r={record.receptive_field}, s={record.stride})"
-                )
+            record.window_for(size)
         images, labels = _load_data(data, split, record)
         if limit is not None:
             images, labels = images[:limit], labels[:limit]

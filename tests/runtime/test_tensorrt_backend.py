@@ -16,16 +16,9 @@ import pytest
 
 from patchguard.runtime.backends.base import Backend
 from patchguard.runtime.backends.cuda import DeviceFacts
-from patchguard.runtime.backends.tensorrt import (
-    EngineInfo,
-    engine_io,
-    machine_mismatches,
-    read_sidecar,
-    sidecar_path,
-    sidecar_text,
-)
+from patchguard.runtime.backends.tensorrt import engine_io, machine_mismatches
 from patchguard.runtime.errors import PatchGuardError
-from patchguard.runtime.metadata import ModelRecord
+from patchguard.runtime.metadata import EngineInfo, ModelRecord, read_sidecar, sidecar_path, sidecar_text
 
 RECORD = ModelRecord(arch="tiny", num_classes=2, input_size=(8, 8), receptive_field=3, stride=1,
                      mean=(0.0,), std=(1.0,), in_channels=1)

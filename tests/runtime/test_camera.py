@@ -111,3 +111,21 @@ def test_missing_camera_and_camera_only_options_are_one_line(tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["--engine", str(model), "--source", str(tmp_path),
                                        "--reconnect", "2"])
     assert result.exit_code != 0 and "apply to --camera" in result.output
+
+
+def test_pg_run_on_a_camera_that_stops_exits_3(default_onnx: Path, tmp_path: Path) -> None:
+    """End to end through pg-run: a 'camera' (a video file opened the same way) that stops
+    delivering is a lost source (exit 3), with every row kept. (No --reconnect here: the
+    file would reopen every time; test_reconnect_with_back_off covers the tries.)"""
+    import json
+
+    from patchguard.runtime.cli.run import main
+
+    video, out = _video(tmp_path / "cam.avi", 8), tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["--engine", str(default_onnx), "--camera", str(video),
+                                       "--jsonl", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "stopped delivering frames" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["kind"] == "header" and rows[0]["settings"]["camera"] == str(video)
+    assert len(rows) > 1 and all(r["capture_time"] is not None for r in rows[1:])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -154,14 +154,17 @@ def format_table(rows: Sequence[ParityRow]) -> str:
 
 def write_report(
     path: PathText, rows: Sequence[ParityRow], record: ModelRecord, reference: str,
-    inputs: str, window: int,
+    inputs: str, window: int, proofs: Optional[dict[str, Any]] = None,
 ) -> None:
-    """``NAME.parity.json``: the rows plus what they were measured against."""
+    """``NAME.parity.json``: the rows plus what they were measured against, and the
+    geometry each ONNX artifact's graph proves (``proofs``: file name -> ProvedGeometry)."""
     if record.is_local:
         data = {
             "reference": reference, "inputs": inputs, "window": [window, window],
             "defense": "mask", "thres": 0.0, "clip": None, "arch": record.arch,
             "input_size": list(record.input_size), "map_size": list(record.map_size),
+            "receptive_field": record.receptive_field, "stride": record.stride,
+            "proved_geometry": {name: proof.to_dict() for name, proof in (proofs or {}).items()},
             "rows": [asdict(r) for r in rows],
         }
     else:

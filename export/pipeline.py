@@ -24,6 +24,7 @@ from ..runtime.backends.base import Backend
 from ..runtime.backends.onnxrt import OnnxRuntimeBackend
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
+from ..runtime.verify import ProvedGeometry, VerificationError, verify
 from . import parity as parity_mod
 from .bnfold import fold_batchnorm
 from .onnxfile import load_onnx, precision_of, save_onnx
@@ -59,6 +60,8 @@ class ExportResult:
     rows: list[parity_mod.ParityRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     probe: Optional[ProbeReport] = None
+    # The locality each ONNX artifact's graph proves (runtime/verify.py), by file name.
+    proofs: dict[str, ProvedGeometry] = field(default_factory=dict)
 
 
 def artifact_names(name: str) -> dict[str, str]:
@@ -152,7 +155,8 @@ def _engine(fp32_onnx: Path, record: ModelRecord, options: ExportOptions, stagin
 
 def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: ModelRecord,
             options: ExportOptions, staging: Staging, reference: Optional[Reference],
-            reference_label: str) -> list[parity_mod.ParityRow]:
+            reference_label: str,
+            proofs: Optional[dict[str, ProvedGeometry]] = None) -> list[parity_mod.ParityRow]:
     """Compare every artifact with the reference, write NAME.parity.json, refuse a bad fp32."""
     inputs, inputs_label = parity_mod.parity_inputs(record, options.parity_data, options.parity_n)
     views = not record.is_local
@@ -171,6 +175,7 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
     else:
         expected = outputs(reference)
     rows = []
+    proofs = dict(proofs or {})
     for label, precision, path in artifacts:
         tolerance = parity_mod.TOLERANCE.get(precision)
         if path.suffix == ".plan" and precision == "fp32" and options.tf32:
@@ -184,8 +189,10 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
                 got = parity_mod.run_backend(backend, inputs, options.max_batch)
                 rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window,
                                                tolerance))
+            if backend.proof is not None:  # every ONNX artifact proved at open (verify.py)
+                proofs[label] = backend.proof
     parity_mod.write_report(staging.path(artifact_names(options.name)["parity"]), rows, record,
-                            reference_label, inputs_label, window)
+                            reference_label, inputs_label, window, proofs)
     for row in rows:
         if row.precision == "fp32" and row.artifact.endswith(".onnx") and row.within_tolerance is False:
             raise PatchGuardError(
@@ -238,6 +245,13 @@ def finish_export(
     from .engine import engine_unavailable_reason
 
     result = ExportResult(record)
+    if record.is_local:
+        # The static proof first: it needs only onnx, and names the node that mixes positions.
+        try:
+            result.proofs[fp32_onnx.name] = verify(fp32_onnx, record)
+        except VerificationError as exc:
+            raise PatchGuardError(f"{fp32_onnx.name} is not proved local: {exc}; export refused") from None
+        result.notes.append(f"locality proved from the graph: {result.proofs[fp32_onnx.name].describe()}")
     checks = reference is not None or _has_onnxruntime()
     if checks and not record.is_local:
         result.notes.append(f"{record.defense_kind} defense: an ordinary classifier, any receptive field "
@@ -255,7 +269,8 @@ def finish_export(
     if engine is not None:
         artifacts.append(engine)
     if checks:
-        result.rows = _parity(artifacts, fp32_onnx, record, options, staging, reference, reference_label)
+        result.rows = _parity(artifacts, fp32_onnx, record, options, staging, reference, reference_label,
+                              result.proofs)
         drift = parity_drift(result.rows, reference_label or "the fp32 ONNX")
         if drift and not options.allow_parity_drift:
             # Before the commit: a model that decides differently is not written at all.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -98,6 +98,7 @@ class FrameResult:
     abstained: bool = False
     defense: str = "mask"
     views: Optional[dict[str, Any]] = None
+    uncertified_reason: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (lists for tuples)."""
@@ -116,6 +117,8 @@ class FrameResult:
             extra["defense"] = self.defense
         if self.views is not None:
             extra["views"] = dict(self.views)
+        if self.uncertified_reason is not None:
+            extra["uncertified_reason"] = self.uncertified_reason
         return {
             "label": self.label,
             "class_name": self.class_name,
@@ -204,6 +207,7 @@ class Pipeline:
         abstain_below: Optional[float] = None,
         abstain_spread: Optional[float] = None,
         certify: Optional[Union[str, int]] = None,
+        allow_unverified: bool = False,
     ) -> None:
         # Every option is checked here, so a bad one fails before the first frame.
         self.thres, self.clip = check_params(thres, clip)
@@ -216,6 +220,14 @@ class Pipeline:
         self.value_range = check_value_range(value_range)
         self.backend = backend
         self.record: ModelRecord = backend.record
+        #: Why frames get no certificate (None: they may): the model's locality is unproved.
+        self.unverified: Optional[str] = getattr(backend, "unverified", None)
+        if self.record.is_local and self.unverified is None and getattr(backend, "proof", None) is None:
+            self.unverified = "the backend proved nothing about the model's locality"
+        if self.unverified is not None and not allow_unverified:
+            raise PatchGuardError(
+                f"{self.unverified}; refusing to certify with it (allow_unverified=True runs it "
+                "for labels only)")
         self.patch_size = patch_size
         self.patch_frac = patch_frac
         self._infer_lock = threading.Lock()
@@ -255,17 +267,21 @@ class Pipeline:
         provider: Optional[str] = None,
         color: str = "bgr",
         value_range: Optional[Sequence[float]] = None,
+        allow_unverified: bool = False,
         **readouts: Any,
     ) -> "Pipeline":
         """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it;
         ``readouts`` are the per-frame options of :class:`Pipeline` (defense,
-        masks_per_axis, tau, top_k, abstain_below, abstain_spread)."""
+        masks_per_axis, tau, top_k, abstain_below, abstain_spread). The model's
+        locality is proved at load (:mod:`.verify`); one that does not prove is
+        refused, unless ``allow_unverified``: labels only, no frame certified."""
         from .backends import open_backend
 
-        backend = open_backend(path, provider=provider)
+        backend = open_backend(path, provider=provider, allow_unverified=allow_unverified)
         try:
             return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
-                       color=color, value_range=value_range, **readouts)
+                       color=color, value_range=value_range, allow_unverified=allow_unverified,
+                       **readouts)
         except BaseException:
             backend.close()
             raise
@@ -354,6 +370,7 @@ class Pipeline:
                     spread=float(r.spread[j]),
                     abstained=bool(abstained[j]),
                     defense=self.settings.defense,
+                    uncertified_reason=self.unverified,
                 )
         return [res for res in results if res is not None]
 
@@ -372,6 +389,10 @@ class Pipeline:
             verdicts = certify_maps(u, threat, self.record, self.thres, self.clip)
             readouts = mask_readouts(u, threat.window, settings, self.thres, self.clip,
                                      verdicts.labels)
+        if self.unverified is not None:  # labels only: an unproved model certifies nothing
+            verdicts = replace(verdicts, certified=np.zeros_like(verdicts.certified),
+                               certified_patch_px=np.zeros_like(verdicts.certified_patch_px))
+            readouts = replace(readouts, top_k_certified=None)
         abstained = abstains(readouts, settings) & (verdicts.labels >= 0)
         if abstained.any():
             keep = ~abstained

@@ -19,13 +19,18 @@ ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 def open_backend(path: PathText, provider: Optional[str] = None,
-                 threads: Optional[int] = None) -> Backend:
+                 threads: Optional[int] = None, allow_unverified: bool = False) -> Backend:
     """Open ``path`` with the backend its suffix names.
 
     ``provider`` picks the onnxruntime execution provider ("cpu", "cuda",
     "tensorrt" or a full name; default CPU); for a ``.plan`` only None or
     "tensorrt" make sense. ``threads``: onnxruntime's intra-op threads
     (default: its own choice, one per core); engines ignore it.
+
+    A local-logit model loads only when its locality is proved (an ONNX
+    file's graph, :mod:`..verify`; an engine's sidecar, written from a
+    verified ONNX); ``allow_unverified`` keeps one that is not, for labels
+    only (:attr:`Backend.unverified` says why).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -33,7 +38,8 @@ def open_backend(path: PathText, provider: Optional[str] = None,
     if suffix in ONNX_SUFFIXES:
         from .onnxrt import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, provider=provider, threads=threads)
+        return OnnxRuntimeBackend(path, provider=provider, threads=threads,
+                                  allow_unverified=allow_unverified)
     if suffix in ENGINE_SUFFIXES:
         from .tensorrt import TensorRTBackend
 

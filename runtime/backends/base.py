@@ -16,12 +16,13 @@ import abc
 import contextlib
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import PatchGuardError
+from ..errors import MissingDependencyError, PatchGuardError
 from ..metadata import ModelRecord
+from ..verify import ProvedGeometry, VerificationError
 
 
 class Backend(abc.ABC):
@@ -40,6 +41,13 @@ class Backend(abc.ABC):
     #: waits for a running one, so buffers are never freed under a kernel.
     serial: bool = False
 
+    #: The locality the runtime proved for this model (:mod:`..verify`); None when nothing
+    #: was proved (a view-based model, whose certificates do not rest on locality, or one
+    #: loaded with ``allow_unverified``).
+    proof: Optional[ProvedGeometry] = None
+    #: Why this model gets no certificates (None: it may certify); set by :meth:`attest`.
+    unverified: Optional[str] = None
+
     def __init__(self, path: Path, record: ModelRecord, max_batch: Optional[int] = None) -> None:
         self.path = Path(path)
         self.record = record
@@ -48,6 +56,23 @@ class Backend(abc.ABC):
         self._lock = threading.Lock()
 
     # -- checks shared by every backend ---------------------------------------------------
+    def attest(self, prove: Callable[[], ProvedGeometry], allow_unverified: bool = False) -> None:
+        """Run ``prove`` (this model's locality proof against its record) and keep its
+        geometry. A model that does not prove is refused with one line naming the
+        node; with ``allow_unverified`` it stays loaded for labels only, with the
+        reason in :attr:`unverified` (every frame then says ``certified: false``)."""
+        if not self.record.is_local:
+            return  # view-based defenses certify through their views, not locality
+        try:
+            self.proof, self.unverified = prove(), None
+        except (VerificationError, MissingDependencyError) as exc:
+            reason = f"{self.path.name} is not proved local: {exc}"
+            if not allow_unverified:
+                raise PatchGuardError(
+                    f"{reason}; refusing to certify with it (--allow-unverified runs it for "
+                    "labels only)") from None
+            self.proof, self.unverified = None, reason
+
     def check_output_shape(self, shape: Sequence[object]) -> None:
         """Refuse a model whose declared output disagrees with its record.
 

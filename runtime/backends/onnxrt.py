@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import PatchGuardError, first_line, lazy_import
 from ..files import PathText
 from ..metadata import ModelRecord, record_from_metadata
+from ..verify import verify
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ class OnnxRuntimeBackend(Backend):
         threads: Optional[int] = None,
         record: Optional[ModelRecord] = None,
         precision: Optional[str] = None,
+        allow_unverified: bool = False,
     ) -> None:
         path = Path(path)
         wanted = resolve_provider(provider)
@@ -209,6 +211,8 @@ class OnnxRuntimeBackend(Backend):
         self._input = inputs[0].name
         self._output = outputs[0].name
         self.check_output_shape(outputs[0].shape)
+        # The record's r and s are believed only as far as the graph proves them.
+        self.attest(lambda: verify(path, self.record), allow_unverified)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: batch})[0]

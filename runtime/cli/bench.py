@@ -186,12 +186,15 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
 @click.option("--top-k", type=int, default=1, show_default=True,
               help="Per-frame top-k (and, for mask, its certificate) as pg-run --top-k.")
 @click.option("--tau", type=float, default=None, help="Alert threshold of provable detection (default 0.8).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Time a model whose locality does not prove (its frames are never certified).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures to this JSON file ('-' for stdout only).")
 def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max_frames: Optional[int],
          batch: int, threads: Optional[int], frame: str, synthetic_map: Optional[str],
          patch_size: Optional[int], iterations: int, budget_ms: Optional[float],
          provider: Optional[str], defense: str, top_k: int, tau: Optional[float],
+         allow_unverified: bool,
          json_out: Optional[str]) -> None:
     """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
     from ..detection import DEFAULT_TAU
@@ -213,10 +216,10 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
         raise PatchGuardError(f"--budget-ms must be positive, got {budget_ms}")
     if source is not None:
         report, lines = _bench_real(engine or "", source, topic, max_frames, batch, threads,
-                                    patch_size, provider, budget_ms, settings)
+                                    patch_size, provider, budget_ms, settings, allow_unverified)
     else:
         report, lines = _bench_stages(engine, synthetic_map, batch, threads, frame, patch_size,
-                                      iterations, provider, budget_ms, settings)
+                                      iterations, provider, budget_ms, settings, allow_unverified)
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
@@ -227,15 +230,18 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
 
 def _bench_real(engine: str, source: str, topic: Optional[str], max_frames: Optional[int], batch: int,
                 threads: Optional[int], patch_size: Optional[int], provider: Optional[str],
-                budget_ms: Optional[float], settings: Any) -> tuple[dict[str, Any], list[str]]:
+                budget_ms: Optional[float], settings: Any,
+                allow_unverified: bool = False) -> tuple[dict[str, Any], list[str]]:
     from ..backends import open_backend
     from ..pipeline import Pipeline
     from ..sources import open_source
 
-    backend = open_backend(engine, provider=provider, threads=threads)
+    backend = open_backend(engine, provider=provider, threads=threads,
+                           allow_unverified=allow_unverified)
     try:
         pipeline = Pipeline(backend, patch_size=patch_size, defense=settings.defense,
-                            tau=settings.tau, top_k=settings.top_k)
+                            tau=settings.tau, top_k=settings.top_k,
+                            allow_unverified=allow_unverified)
         with open_source(source, topic=topic) as frames:
             found = bench_source(pipeline, frames, batch, max_frames)
             description = frames.description
@@ -374,7 +380,8 @@ def _cpu_ms(fn: Callable[[Any], Any], x: Any, rounds: int) -> float:
 
 def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: int, threads: Optional[int],
                   frame: str, patch_size: Optional[int], iterations: int, provider: Optional[str],
-                  budget_ms: Optional[float], settings: Any) -> tuple[dict[str, Any], list[str]]:
+                  budget_ms: Optional[float], settings: Any,
+                  allow_unverified: bool = False) -> tuple[dict[str, Any], list[str]]:
     from ..certificate import largest_certified
     from ..defenses import certify, predict
     from ..footprint import camera_threat, patch_side
@@ -388,7 +395,8 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     if engine is not None:
         from ..backends import open_backend
 
-        backend = open_backend(engine, provider=provider, threads=threads)
+        backend = open_backend(engine, provider=provider, threads=threads,
+                               allow_unverified=allow_unverified)
         record = backend.record
         if not record.is_local:
             try:

@@ -81,6 +81,9 @@ BATCH = 256
 @click.option("--top-k", type=int, default=1, show_default=True,
               help="Also certify that the label stays among the K highest masked scores "
                    "(defense mask).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Evaluate a model whose locality does not prove, for accuracy only: "
+                   "every certified figure is 0, with the reason.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the per-image results / the report to this JSON file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -94,7 +97,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
          split: str, limit: Optional[int], provider: Optional[str], window_text: Optional[str],
          patch_sizes: Sequence[str], rf: Optional[int], stride: Optional[int], thres: float,
          clip: Optional[float], defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
-         top_k: int, json_out: Optional[str], plot: Optional[str],
+         top_k: int, allow_unverified: bool, json_out: Optional[str], plot: Optional[str],
          save_logits: Optional[str], dump: Optional[str], threads: Optional[int]) -> None:
     """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
     feature-space double masking; provable detection and top-k in the reports)."""
@@ -122,7 +125,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         if threads is not None and threads < 1:
             raise PatchGuardError(f"--threads must be at least 1, got {threads}")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
-                     plot, save_logits, extras, dump, threads)
+                     plot, save_logits, extras, dump, threads, allow_unverified)
 
 
 def _extras(defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
@@ -284,7 +287,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
                  provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
                  json_out: Optional[str], plot: Optional[str], save_logits: Optional[str],
                  extras: dict[str, Any], dump: Optional[str] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, allow_unverified: bool = False) -> None:
     from ..backends import open_backend
     from ..evaluate import evaluate
     from ..masking import check_params
@@ -296,7 +299,9 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     if limit is not None and limit < 1:
         raise PatchGuardError(f"--limit must be at least 1, got {limit}")
     thres, clip = check_params(thres, clip)
-    with open_backend(engine, provider=provider, threads=threads) as backend:
+    with open_backend(engine, provider=provider, threads=threads,
+                      allow_unverified=allow_unverified) as backend:
+        unverified = backend.unverified
         record = backend.record
         if not record.is_local:
             for flag, value in (("--save-logits", save_logits), ("--plot", plot)):
@@ -326,6 +331,8 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
                       stride=record.stride, thres=thres, clip=clip, **extras)
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
               **report}
+    if unverified is not None:
+        report = labels_only(report, unverified)
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
     if plot:
@@ -372,6 +379,20 @@ def _views_mode(backend: Any, engine: str, data: str, split: str, images: np.nda
         click.echo(f"prediction tables: {dump}")
 
 
+def labels_only(report: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The report of a model whose locality did not prove: accuracies kept, every
+    certified figure 0 (nothing may be certified with it), the reason named."""
+    def zero(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (0.0 if k == "certified" and isinstance(v, (int, float)) else zero(v))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [zero(v) for v in node]
+        return node
+
+    return {**zero(report), "uncertified_reason": reason}
+
+
 def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarray]:
     if data == "fashion-mnist":
         from ..datasets import load_fashion_mnist
@@ -401,6 +422,8 @@ def _infer_all(backend: Any, images: np.ndarray, record: Any) -> np.ndarray:
 
 def _print_report(report: dict[str, Any]) -> None:
     click.echo(f"{report['n']} images, undefended accuracy {report['undefended_accuracy']:.4f}")
+    if report.get("uncertified_reason"):
+        click.echo(f"nothing certified (--allow-unverified): {report['uncertified_reason']}")
     names = list(report["results"][0]["defenses"]) if report["results"] else []
     click.echo(f"{'patch':>7} {'window':>7}  " + "  ".join(f"{name:>17}" for name in names))
     click.echo(f"{'':>7} {'':>7}  " + "  ".join(f"{'acc':>8} {'cert':>8}" for _ in names))

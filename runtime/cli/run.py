@@ -103,6 +103,9 @@ def _log_through(bar: Any) -> Any:
 @click.option("--certify", "certify", default="every", show_default=True, metavar="every|N|none",
               help="View defenses (PatchCleanser: up to |M|(|M|+1)/2 views per frame): certify every "
                    "frame, every N-th, or none; the label never depends on it. BagNets: every.")
+@click.option("--allow-unverified", is_flag=True,
+              help="Run a model whose locality does not prove, for labels only: every frame "
+                   "says certified: false, with the reason.")
 def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Optional[str],
          camera_fps: Optional[float], reconnect: int, source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
@@ -112,7 +115,8 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
          color: Optional[str],
          value_range: Optional[tuple[float, float]], defense: str, masks_per_axis: Optional[int],
          tau: Optional[float], on_alert: str, top_k: int, abstain_below: Optional[float],
-         abstain_spread: Optional[float], certify: str) -> None:
+         abstain_spread: Optional[float], certify: str,
+         allow_unverified: bool) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
     from ..camera import open_camera
     from ..detection import DEFAULT_TAU
@@ -143,7 +147,8 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None, defense=defense,
             masks_per_axis=masks_per_axis, top_k=top_k, abstain_below=abstain_below,
-            abstain_spread=abstain_spread, certify=certify, tau=DEFAULT_TAU if tau is None else tau))
+            abstain_spread=abstain_spread, certify=certify, allow_unverified=allow_unverified,
+            tau=DEFAULT_TAU if tau is None else tau))
         frames = stack.enter_context(
             open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None
             else open_source(source or "", topic=topic))

@@ -9,6 +9,7 @@ onnxruntime.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -207,3 +208,114 @@ def test_check_fits_wants_the_records_stride_and_map() -> None:
     check_fits(proof, ModelRecord(receptive_field=3, stride=2, **base))
     with pytest.raises(VerificationError, match="stride 2"):
         check_fits(proof, ModelRecord(receptive_field=3, stride=1, **base))
+
+
+# --------------------------------------------------------------------------
+# Every certifying entry point refuses a lying model; --allow-unverified certifies nothing.
+
+SAMPLES = Path(__file__).resolve().parents[1] / "models" / "samples" / "fashion-mnist-test"
+
+
+@pytest.fixture(scope="module")
+def lying_files(bundled: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from _lying_models import save_lying_models
+
+    return save_lying_models(bundled, tmp_path_factory.mktemp("lies"))
+
+
+def _invoke(main, args: list) -> object:
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_error_line(result) -> str:
+    text = result.output
+    assert result.exit_code != 0, text
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, text
+    return errors[0]
+
+
+def test_every_entry_point_refuses_every_lying_model(lying_files: dict, tmp_path: Path) -> None:
+    from patchguard.export.cli import main as export_main
+    from patchguard.runtime import PatchGuardError
+    from patchguard.runtime.cli.bench import main as bench_main
+    from patchguard.runtime.cli.certify import main as certify_main
+    from patchguard.runtime.cli.run import main as run_main
+    from patchguard.runtime.pipeline import Pipeline
+
+    frames = SAMPLES / "0-t-shirt-top"
+    for name, path in lying_files.items():
+        commands = {
+            "pg-run": (run_main, ["--engine", path, "--source", frames, "--max-frames", 2,
+                                  "--jsonl", tmp_path / f"{name}.jsonl"]),
+            "pg-certify": (certify_main, ["--engine", path, "--data", SAMPLES, "--patch-size", 3]),
+            "pg-bench": (bench_main, ["--engine", path, "--source", frames, "--max-frames", 2]),
+            "pg-export --onnx": (export_main, ["--onnx", path, "--out", tmp_path / f"export-{name}",
+                                               "--no-engine"]),
+        }
+        for command, (main, args) in commands.items():
+            line = _one_error_line(_invoke(main, args))
+            if name != "custom-op":  # onnxruntime itself cannot load an op it does not know
+                assert "not proved local" in line, (name, command, line)
+        assert not (tmp_path / f"export-{name}").exists() or not any((tmp_path / f"export-{name}").iterdir())
+        with pytest.raises(PatchGuardError):
+            Pipeline.from_engine(path)
+
+
+def test_allow_unverified_gives_labels_only(lying_files: dict, tmp_path: Path) -> None:
+    import cv2
+
+    from patchguard.runtime.cli.certify import main as certify_main
+    from patchguard.runtime.cli.run import main as run_main
+    from patchguard.runtime.pipeline import Pipeline
+
+    path = lying_files["global-mean"]
+    frames = SAMPLES / "0-t-shirt-top"
+    out = tmp_path / "frames.jsonl"
+    result = _invoke(run_main, ["--engine", path, "--source", frames, "--max-frames", 3,
+                                "--jsonl", out, "--allow-unverified"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = [r for r in rows if r.get("kind") == "frame"]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["certified"] is False and row["certified_patch_px"] == 0
+        assert "lie_mean" in row["uncertified_reason"]
+        assert row["label"] >= 0
+    report = tmp_path / "report.json"
+    result = _invoke(certify_main, ["--engine", path, "--data", SAMPLES, "--patch-size", 3,
+                                    "--allow-unverified", "--json", report])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert "lie_mean" in data["uncertified_reason"]
+    for row in data["results"]:
+        assert all(d["certified"] == 0.0 for d in row["defenses"].values())
+        assert all(d["certified"] == 0.0 for d in row["detection"])
+    with Pipeline.from_engine(path, allow_unverified=True) as pipeline:
+        frame = cv2.imread(str(next(iter(sorted(frames.iterdir())))), cv2.IMREAD_GRAYSCALE)
+        found = pipeline(frame)
+        assert found.certified is False and found.top_k_certified is None
+        assert "lie_mean" in (found.uncertified_reason or "")
+
+
+def test_genuine_model_still_certifies_and_reports_its_proof(bundled: Path, tmp_path: Path) -> None:
+    from patchguard.runtime.pipeline import Pipeline
+
+    with Pipeline.from_engine(bundled) as pipeline:
+        assert pipeline.unverified is None and pipeline.backend.proof.rows.receptive_field == 5
+
+
+def test_export_parity_report_holds_the_proved_geometry(bundled: Path, tmp_path: Path) -> None:
+    from patchguard.export.cli import main as export_main
+
+    out = tmp_path / "out"
+    result = _invoke(export_main, ["--onnx", bundled, "--out", out, "--name", "m", "--fp16", "--no-engine"])
+    assert result.exit_code == 0, result.output
+    proved = json.loads((out / "m.parity.json").read_text())["proved_geometry"]
+    assert set(proved) == {"bundled.onnx", "m.fp16.onnx"}
+    for geometry in proved.values():
+        assert geometry["receptive_field"] == [5, 5] and geometry["stride"] == [1, 1]
+        assert geometry["offset"] == [0, 0] and geometry["map_size"] == [24, 24]

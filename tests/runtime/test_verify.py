@@ -213,7 +213,6 @@ def test_check_fits_wants_the_records_stride_and_map() -> None:
 # --------------------------------------------------------------------------
 # Every certifying entry point refuses a lying model; --allow-unverified certifies nothing.
 
-SAMPLES = Path(__file__).resolve().parents[1] / "models" / "samples" / "fashion-mnist-test"
 
 
 @pytest.fixture(scope="module")

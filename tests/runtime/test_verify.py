@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _calibration_fixtures import write_images
+from _calibration_fixtures import SAMPLES, write_images
 from _lying_models import build_lying_models
 
 from patchguard.runtime.verify import VerificationError, check_fits, prove, verify
@@ -314,7 +314,7 @@ def test_export_parity_report_holds_the_proved_geometry(bundled: Path, tmp_path:
     result = _invoke(export_main, ["--onnx", bundled, "--out", out, "--name", "m", "--fp16", "--no-engine"])
     assert result.exit_code == 0, result.output
     proved = json.loads((out / "m.parity.json").read_text())["proved_geometry"]
-    assert set(proved) == {"bundled.onnx", "m.fp16.onnx"}
+    assert set(proved) == {bundled.name, "m.fp16.onnx"}
     for geometry in proved.values():
         assert geometry["receptive_field"] == [5, 5] and geometry["stride"] == [1, 1]
         assert geometry["offset"] == [0, 0] and geometry["map_size"] == [24, 24]

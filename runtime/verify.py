@@ -307,8 +307,8 @@ class _Prover:
         for out in node.output:
             if out:
                 self.consts[out] = value
-        if node.op_type in ("Cast", "QuantizeLinear", "DequantizeLinear") and node.output[0]:
-            rank = self.rank(node.input[0])  # same shape, other values
+        if (node.op_type in _UNARY or node.op_type == "Transpose") and node.output[0]:
+            rank = self.rank(node.input[0])  # same rank (a transposed weight, a DQ'd one)
             if rank is not None:
                 self.ranks[node.output[0]] = rank
 

@@ -15,8 +15,8 @@ from patchguard.export.onnx import export_onnx
 from patchguard.export.onnxfile import save_onnx
 from patchguard.export.pipeline import ExportOptions, run_export
 from patchguard.export.probe import LocalityError, probe_locality, touched_cells
-from patchguard.runtime.errors import PatchGuardError
 from patchguard.models import build_model, record_for, small_record
+from patchguard.runtime.errors import PatchGuardError
 
 
 def exported(model: nn.Module, record, folder, name="m"):

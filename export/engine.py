@@ -37,6 +37,7 @@ from ..runtime.backends.tensorrt import tensorrt_module
 from ..runtime.errors import MissingDependencyError, PatchGuardError
 from ..runtime.files import PathText, atomic_path, write_text_atomic
 from ..runtime.metadata import EngineInfo, ModelRecord, sidecar_path, sidecar_text
+from ..runtime.verify import VerificationError, onnx_digest, verify
 from .bnfold import fold_batchnorm
 from .onnxfile import get_record, load_onnx, precision_of
 
@@ -113,8 +114,15 @@ def build_engine(
         raise PatchGuardError(f"cannot build a TensorRT engine: {reason}")
     trt = tensorrt_module()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    digest = onnx_digest(onnx_path)  # of the bytes proved and built from, read before them
     model = load_onnx(onnx_path)
     record = record or get_record(model, str(onnx_path))
+    proof = None
+    if record.is_local:  # an engine cannot be read back: prove the graph it is built from now
+        try:
+            proof = verify(model, record)
+        except VerificationError as exc:
+            raise PatchGuardError(f"{onnx_path.name} is not proved local: {exc}; no engine built") from None
     precision = precision_of(model)
     data = fold_batchnorm(model).SerializeToString()
     del model
@@ -152,6 +160,8 @@ def build_engine(
         precision=precision, max_batch=int(max_batch), input_name=tensor.name,
         output_name=output_name, source_onnx=onnx_path.name,
         tf32=bool(tf32) if precision == "fp32" else None,
+        onnx_sha256=digest,
+        proved_geometry=None if proof is None else proof.to_dict(),
     )
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(bytes(serialized))

@@ -226,6 +226,10 @@ class EngineInfo:
     source_onnx: str = ""
     sm_count: int = 0
     tf32: Optional[bool] = None  # fp32 engines: TF32 products allowed (None: not fp32 / not recorded)
+    # Provenance (DESIGN section 7): the SHA-256 of the ONNX file the engine was built from and
+    # the geometry its graph proved (runtime/verify.py); the runtime refuses a local model without.
+    onnx_sha256: str = ""
+    proved_geometry: Optional[dict[str, Any]] = None
 
 
 def sidecar_path(plan: PathText) -> Path:

@@ -268,16 +268,19 @@ class Pipeline:
         color: str = "bgr",
         value_range: Optional[Sequence[float]] = None,
         allow_unverified: bool = False,
+        onnx: Optional[PathText] = None,
         **readouts: Any,
     ) -> "Pipeline":
         """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it;
         ``readouts`` are the per-frame options of :class:`Pipeline` (defense,
         masks_per_axis, tau, top_k, abstain_below, abstain_spread). The model's
         locality is proved at load (:mod:`.verify`); one that does not prove is
-        refused, unless ``allow_unverified``: labels only, no frame certified."""
+        refused, unless ``allow_unverified``: labels only, no frame certified.
+        ``onnx``: for a TensorRT engine, the ONNX it was built from, proved again
+        and checked against the SHA-256 in the engine's sidecar."""
         from .backends import open_backend
 
-        backend = open_backend(path, provider=provider, allow_unverified=allow_unverified)
+        backend = open_backend(path, provider=provider, allow_unverified=allow_unverified, onnx=onnx)
         try:
             return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
                        color=color, value_range=value_range, allow_unverified=allow_unverified,

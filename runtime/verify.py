@@ -136,8 +136,9 @@ def _onnx() -> Any:
         import onnx
     except ImportError:
         raise MissingDependencyError(
-            "proving a model's locality needs the onnx package: "
-            "pip install 'patchguard-edge[cpu]'"
+            "proving a model's locality needs the onnx package: pip install "
+            "'patchguard-edge[cpu]' (on a Jetson, where onnxruntime comes from JetPack: "
+            "pip install 'patchguard-edge[onnx]')"
         ) from None
     return onnx
 
@@ -575,4 +576,30 @@ def verify(model: Any, record: ModelRecord) -> ProvedGeometry:
     """:func:`prove` the graph at the record's input size, then :func:`check_fits`."""
     proof = prove(model, record.input_size)
     check_fits(proof, record)
+    return proof
+
+
+def engine_proof(digest: str, proved: dict[str, Any] | None, record: ModelRecord,
+                 onnx: str | Path | None = None) -> ProvedGeometry:
+    """The locality a TensorRT engine (which cannot be read back) is trusted with.
+
+    ``digest`` and ``proved`` come from its sidecar: the SHA-256 of the ONNX
+    file ``pg-export`` built it from and the geometry that file's graph
+    proved. Both must be there, and the geometry must fit the record. With
+    ``onnx`` (the file it was built from) the digest must match and the graph
+    is proved again here.
+    """
+    if not digest or not proved:
+        raise VerificationError(
+            "its sidecar holds no ONNX digest and proved geometry (an engine from an older "
+            "pg-export, or not from pg-export): rebuild it with pg-export --onnx MODEL.onnx")
+    proof = ProvedGeometry.from_dict(proved)
+    check_fits(proof, record)
+    if onnx is not None:
+        found = onnx_digest(onnx)
+        if found != digest:
+            raise VerificationError(
+                f"{Path(onnx).name} is not the ONNX it was built from (SHA-256 {found[:16]}..., "
+                f"the sidecar says {digest[:16]}...)")
+        proof = verify(onnx, record)
     return proof

@@ -19,7 +19,8 @@ ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 def open_backend(path: PathText, provider: Optional[str] = None,
-                 threads: Optional[int] = None, allow_unverified: bool = False) -> Backend:
+                 threads: Optional[int] = None, allow_unverified: bool = False,
+                 onnx: Optional[PathText] = None) -> Backend:
     """Open ``path`` with the backend its suffix names.
 
     ``provider`` picks the onnxruntime execution provider ("cpu", "cuda",
@@ -30,11 +31,16 @@ def open_backend(path: PathText, provider: Optional[str] = None,
     A local-logit model loads only when its locality is proved (an ONNX
     file's graph, :mod:`..verify`; an engine's sidecar, written from a
     verified ONNX); ``allow_unverified`` keeps one that is not, for labels
-    only (:attr:`Backend.unverified` says why).
+    only (:attr:`Backend.unverified` says why). ``onnx``: for an engine, the
+    ONNX file it was built from, proved again and checked against the
+    sidecar's SHA-256.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     _finish_interrupted_export(path.parent)
+    if onnx is not None and suffix not in ENGINE_SUFFIXES:
+        raise PatchGuardError(
+            f"--onnx names the ONNX a TensorRT engine was built from; {path.name} is not an engine")
     if suffix in ONNX_SUFFIXES:
         from .onnxrt import OnnxRuntimeBackend
 
@@ -43,7 +49,8 @@ def open_backend(path: PathText, provider: Optional[str] = None,
     if suffix in ENGINE_SUFFIXES:
         from .tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path, provider=provider)
+        return TensorRTBackend(path, provider=provider, onnx=onnx,
+                               allow_unverified=allow_unverified)
     raise PatchGuardError(
         f"cannot tell the backend of {path.name}: expected one of "
         f"{', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)}"

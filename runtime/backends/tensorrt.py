@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import PatchGuardError, lazy_import
 from ..files import PathText
 from ..metadata import EngineInfo, read_sidecar
+from ..verify import engine_proof
 from .base import Backend
 from .cuda import DeviceFacts, cuda_call, cuda_runtime, cuda_unavailable_reason, device_facts, native_handle
 
@@ -110,7 +111,8 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     serial = True  # one execution context and one set of device buffers
 
-    def __init__(self, path: PathText, provider: Optional[str] = None) -> None:
+    def __init__(self, path: PathText, provider: Optional[str] = None,
+                 onnx: Optional[PathText] = None, allow_unverified: bool = False) -> None:
         path = Path(path)
         if not path.is_file():
             raise PatchGuardError(f"engine {path} does not exist")
@@ -119,6 +121,10 @@ class TensorRTBackend(Backend):
         record, info = read_sidecar(path)
         super().__init__(path, record, max_batch=int(info.max_batch))
         self.info = info
+        # Trusted by provenance, before anything touches the GPU: the sidecar's digest and
+        # proved geometry (and, given the ONNX it was built from, a fresh proof of it).
+        self.attest(lambda: engine_proof(info.onnx_sha256, info.proved_geometry, record, onnx),
+                    allow_unverified)
         self._buffers: list[int] = []
         self._stream: Any = None
         self._context: Any = None

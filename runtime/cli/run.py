@@ -103,6 +103,9 @@ def _log_through(bar: Any) -> Any:
 @click.option("--certify", "certify", default="every", show_default=True, metavar="every|N|none",
               help="View defenses (PatchCleanser: up to |M|(|M|+1)/2 views per frame): certify every "
                    "frame, every N-th, or none; the label never depends on it. BagNets: every.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+              help="With a .plan engine: the ONNX it was built from; its graph is proved again and "
+                   "its SHA-256 checked against the engine's sidecar.")
 @click.option("--allow-unverified", is_flag=True,
               help="Run a model whose locality does not prove, for labels only: every frame "
                    "says certified: false, with the reason.")
@@ -116,7 +119,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
          value_range: Optional[tuple[float, float]], defense: str, masks_per_axis: Optional[int],
          tau: Optional[float], on_alert: str, top_k: int, abstain_below: Optional[float],
          abstain_spread: Optional[float], certify: str,
-         allow_unverified: bool) -> None:
+         allow_unverified: bool, onnx_path: Optional[str]) -> None:
     """Label every frame with robust masking and certify it against a patch of camera pixels."""
     from ..camera import open_camera
     from ..detection import DEFAULT_TAU
@@ -137,7 +140,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
     # Before anything is opened or written: no output may destroy an input.
     check_outputs({"--jsonl": jsonl, "--jsonl-header": jsonl_header, "--save-video": save_video,
                    "--save-bag": save_bag},
-                  {"--engine": engine, "--source": source,
+                  {"--engine": engine, "--source": source, "--onnx": onnx_path,
                    "the engine's sidecar": f"{engine}.json" if engine.endswith(".plan") else None})
     code = ExitCode.OK
     with contextlib.ExitStack() as stack:
@@ -147,7 +150,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
             engine, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
             provider=provider, value_range=value_range or None, defense=defense,
             masks_per_axis=masks_per_axis, top_k=top_k, abstain_below=abstain_below,
-            abstain_spread=abstain_spread, certify=certify, allow_unverified=allow_unverified,
+            abstain_spread=abstain_spread, certify=certify, allow_unverified=allow_unverified, onnx=onnx_path,
             tau=DEFAULT_TAU if tau is None else tau))
         frames = stack.enter_context(
             open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None

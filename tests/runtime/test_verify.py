@@ -318,3 +318,55 @@ def test_export_parity_report_holds_the_proved_geometry(bundled: Path, tmp_path:
     for geometry in proved.values():
         assert geometry["receptive_field"] == [5, 5] and geometry["stride"] == [1, 1]
         assert geometry["offset"] == [0, 0] and geometry["map_size"] == [24, 24]
+
+
+# --------------------------------------------------------------------------
+# Engines are trusted by provenance: the sidecar's ONNX digest and proved geometry.
+
+def _fake_engine(folder: Path, record, **provenance) -> Path:
+    """A .plan (not a real engine: every check here runs before TensorRT is touched)
+    and its sidecar, as pg-export writes them."""
+    from patchguard.runtime.metadata import EngineInfo, sidecar_path, sidecar_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = folder / "model.plan"
+    plan.write_bytes(b"not an engine")
+    info = EngineInfo(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                      precision="fp16", max_batch=4, input_name="input", output_name="local_logits",
+                      **provenance)
+    sidecar_path(plan).write_text(sidecar_text(record, info))
+    return plan
+
+
+def test_engine_sidecars_must_carry_a_digest_and_a_fitting_proof(bundled: Path, lying_files: dict,
+                                                                  tmp_path: Path) -> None:
+    from patchguard.runtime import PatchGuardError
+    from patchguard.runtime.backends import open_backend
+    from patchguard.runtime.cli.run import main as run_main
+    from patchguard.runtime.verify import onnx_digest
+
+    record = _record(bundled)
+    good = {"onnx_sha256": onnx_digest(bundled), "proved_geometry": verify(bundled, record).to_dict()}
+
+    def refusal(plan: Path, **kw) -> str:
+        with pytest.raises(PatchGuardError) as caught:
+            open_backend(plan, **kw)
+        return str(caught.value)
+
+    old = _fake_engine(tmp_path / "old", record)
+    assert "no ONNX digest and proved geometry" in refusal(old)
+    # labels only: the refusal is gone; what stops it now is the missing TensorRT / GPU
+    assert "not proved local" not in refusal(old, allow_unverified=True)
+
+    wide = dict(good, proved_geometry=prove(build_lying_models(bundled)["padded-maxpool"]).to_dict())
+    assert "outside the record's" in refusal(_fake_engine(tmp_path / "wide", record, **wide))
+
+    plan = _fake_engine(tmp_path / "good", record, **good)
+    assert "not proved local" not in refusal(plan)
+    assert "not proved local" not in refusal(plan, onnx=bundled)  # the same file, proved again
+    lie = lying_files["global-mean"]
+    assert "is not the ONNX it was built from" in refusal(plan, onnx=lie)
+    line = _one_error_line(_invoke(run_main, ["--engine", plan, "--onnx", lie, "--source", SAMPLES]))
+    assert "is not the ONNX it was built from" in line
+    line = _one_error_line(_invoke(run_main, ["--engine", bundled, "--onnx", bundled, "--source", SAMPLES]))
+    assert "is not an engine" in line

@@ -159,8 +159,8 @@ class DoubleMaskEvidence:
     @classmethod
     def of(cls, u: np.ndarray, masks: MaskSet, clip: Optional[float]) -> "DoubleMaskEvidence":
         grid = grid_for(u.shape, clip)
-        table = clipped_integral(u, grid)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):  # 1e300 * unit / c_h: inf, saturated
+            table = clipped_integral(u, grid)
             scores = two_mask_scores(table, masks)
         return cls(scores, finite_maps(u), grid)
 

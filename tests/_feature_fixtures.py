@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from fractions import Fraction
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -158,3 +158,27 @@ def naive_top_k_certify(u: np.ndarray, a: int, b: int, pa: int, pb: int, thres: 
         if not lower > uppers[k - 1]:
             return False
     return True
+
+
+def survives_extremes(u: np.ndarray, y: int, pa: int, pb: int,
+                      predict_one: Callable[[np.ndarray], np.ndarray]) -> bool:
+    """The brute-force adversary's float extremes at every (pa, pb) position:
+    +-1e300, +-float32 max, 1e16 on one class with -1e16 on the others (the
+    magnitudes that break float sums); True if the prediction stays y."""
+    h, w, classes = u.shape
+    big = float(np.finfo(np.float32).max)
+    contents = [np.full((pa, pb, classes), v) for v in (1e300, -1e300, big, -big)]
+    for c in range(classes):
+        spike = np.full((pa, pb, classes), -1e16)
+        spike[:, :, c] = 1e16
+        contents.append(spike)
+        huge = np.zeros((pa, pb, classes))
+        huge[:, :, c] = 1e300
+        contents.append(huge)
+    attacked = []
+    for i, j in itertools.product(range(h - pa + 1), range(w - pb + 1)):
+        for content in contents:
+            x = u.copy()
+            x[i : i + pa, j : j + pb] = content
+            attacked.append(x)
+    return bool((predict_one(np.stack(attacked)) == y).all())

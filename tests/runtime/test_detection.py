@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _certify_fixtures import biased_maps, survives
-from _feature_fixtures import integer_maps, naive_certify_detection, naive_detect
+from _feature_fixtures import integer_maps, naive_certify_detection, naive_detect, survives_extremes
 
 from patchguard.runtime import PatchGuardError
 from patchguard.runtime.detection import WindowReadout, certify_detection, detect
@@ -106,7 +106,8 @@ def test_certified_detection_survives_brute_force() -> None:
                 return np.where(found.alerts, y, found.labels)
 
             certified += 1
-            if not survives(u[n], y, *window, label_or_alert, rng):
+            if not (survives(u[n], y, *window, label_or_alert, rng)
+                    and survives_extremes(u[n], y, *window, label_or_alert)):
                 broken += 1
         for n in np.flatnonzero(~verdict)[:1]:
             y = int(labels[n])

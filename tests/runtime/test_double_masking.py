@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 from _certify_fixtures import biased_maps, survives
-from _feature_fixtures import integer_maps, naive_double, naive_double_certify, naive_mask_starts
+from _feature_fixtures import integer_maps, naive_double, naive_double_certify, naive_mask_starts, survives_extremes
 
 from patchguard.runtime import PatchGuardError
 from patchguard.runtime.double_masking import DoubleMaskEvidence, certify_double, double_masking, mask_set
@@ -94,7 +94,8 @@ def test_double_masking_certificates_survive_brute_force() -> None:
 
         for n in np.flatnonzero(verdict):
             certified += 1
-            if not survives(u[n], int(labels[n]), *patch, defended, rng, clip):
+            if not (survives(u[n], int(labels[n]), *patch, defended, rng, clip)
+                    and survives_extremes(u[n], int(labels[n]), *patch, defended)):
                 broken += 1
         for n in np.flatnonzero(~verdict)[:1]:
             uncertified += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _certify_fixtures import biased_maps, survives
-from _feature_fixtures import integer_maps, naive_top_k_certify
+from _feature_fixtures import integer_maps, naive_top_k_certify, survives_extremes
 
 from patchguard.runtime import PatchGuardError, certify, robust_masking
 from patchguard.runtime.topk import certification_margin, certify_top_k
@@ -81,7 +81,8 @@ def test_top_k_certificates_survive_brute_force() -> None:
 
             if verdict[n]:
                 certified += 1
-                broken += not survives(u[n], label, *patch, kept, rng, clip)
+                broken += not (survives(u[n], label, *patch, kept, rng, clip)
+                               and survives_extremes(u[n], label, *patch, kept))
             elif uncertified < 100 and kept(u[n : n + 1])[0] == label:
                 uncertified += 1
                 flipped += not survives(u[n], label, *patch, kept, rng, clip)

@@ -9,6 +9,7 @@ import click
 from ..calibration.int8 import FLAVORS
 from ..runtime.console import Command, info
 from ..runtime.errors import PatchGuardError, lazy_import
+from ..runtime.limits import MAX_CLASSES, check_side
 
 EXAMPLES = """
 \b
@@ -33,9 +34,11 @@ def _class_names(path: Optional[str]) -> Optional[list[str]]:
     if path is None:
         return None
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise PatchGuardError(f"cannot read --class-names {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PatchGuardError(f"--class-names {path} is not a UTF-8 text file (one name per line)") from None
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         raise PatchGuardError(f"--class-names {path} holds no names (one per line)")
@@ -49,6 +52,9 @@ def _load_torch_model(arch: Optional[str], checkpoint: Optional[str], num_classe
     from ..runtime.geometry import parse_pair
 
     size = parse_pair(input_size, "--input-size") if input_size else None
+    if size is not None:
+        for side in size:
+            check_side(side, "--input-size")
     if random_init:
         if checkpoint:
             raise PatchGuardError("--random-init and --checkpoint contradict each other; pick one")
@@ -146,8 +152,18 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
          engine: Optional[bool], random_init: bool, onnx_path: Optional[str], parity_data: Optional[str],
          parity_n: int, tf32: bool, allow_parity_drift: bool) -> None:
     """Export a BagNet for deployment and check every artifact against the original."""
+    from ..runtime.files import check_name
     from .pipeline import ExportOptions, run_export
 
+    if name is not None:
+        check_name(name, "--name")
+    if not int8:
+        int8_only = [flag for flag, value in (("--calib-data", calib_data), ("--int8-flavor", int8_flavor),
+                                              ("--calib-size", calib_size != 256)) if value]
+        if int8_only:
+            raise PatchGuardError(f"{', '.join(int8_only)} only apply with --int8; add --int8 or drop them")
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise PatchGuardError(f"--num-classes must be in 1..{MAX_CLASSES}, got {num_classes}")
     if max_batch is not None and max_batch < 1:
         raise PatchGuardError(f"--max-batch must be at least 1, got {max_batch}")
     if calib_size < 1 or parity_n < 1:

@@ -45,7 +45,7 @@ def read_checkpoint(path: PathText) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _unpickling_error(path, str(exc)) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # garbage bytes reach the unpickler's internals (IndexError, ...)
         raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {first_line(exc)}") from None
 
 

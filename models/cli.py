@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -86,6 +87,12 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
 
     if epochs < 1 or batch_size < 1:
         raise PatchGuardError("--epochs and --batch-size must be at least 1")
+    if not (math.isfinite(lr) and lr > 0):
+        raise PatchGuardError(f"--lr must be a positive number, got {lr}")
+    if limit is not None and limit < 1:
+        raise PatchGuardError(f"--limit must be at least 1, got {limit}")
+    if eval_limit < 0:
+        raise PatchGuardError(f"--eval-limit must be 0 or more, got {eval_limit}")
     if masks_per_axis < 1:
         raise PatchGuardError(f"--masks-per-axis must be at least 1, got {masks_per_axis}")
     if threads is not None:
@@ -286,10 +293,13 @@ def attack_main(checkpoint: str | None, data: str, split: str, limit: int | None
 
     torch = lazy_import("torch", "export")
 
-    from ..runtime.files import write_text_atomic
+    from ..runtime.files import check_outputs, write_text_atomic
     from .attack import AttackConfig, PatchAttack, summarize
     from .checkpoints import DEFAULT_CHECKPOINT, load_checkpoint
 
+    check_outputs({"--json": json_out}, {"--checkpoint": checkpoint})
+    if limit is not None and limit < 1:
+        raise PatchGuardError(f"--limit must be at least 1, got {limit}")
     torch.manual_seed(seed)
     path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     model, record = load_checkpoint(path)

@@ -66,6 +66,17 @@ def write_text_atomic(target: PathText, text: str) -> Path:
     return Path(target)
 
 
+def check_name(name: str, flag: str) -> str:
+    """A base name for files in an output folder: no folder part, not hidden, not empty."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise PatchGuardError(f"{flag} {name!r} must be a plain file name (no folder part); "
+                              "put the folder in --out")
+    if name.startswith("."):
+        raise PatchGuardError(f"{flag} {name!r} must not start with '.' (hidden names are the "
+                              "exporter's staging files)")
+    return name
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         try:
@@ -82,8 +93,9 @@ def check_outputs(outputs: Mapping[str, Optional[PathText]],
     ``outputs`` and ``inputs`` map the option (``--jsonl``) to the path given
     (None: not given; ``-`` is stdout and never clashes). Refused, one line
     each: an output that is the same file as an input (also through links),
-    two outputs naming one file, an output that is an existing folder, and an
-    output under a path whose parent is a file.
+    two outputs naming one file, an output that is an existing folder, an
+    output under a path whose parent is a file, and a folder that cannot be
+    written (checked by creating and removing a hidden file there).
     """
     seen: dict[Path, str] = {}
     for flag, value in outputs.items():
@@ -99,6 +111,7 @@ def check_outputs(outputs: Mapping[str, Optional[PathText]],
             ancestor = ancestor.parent
         if ancestor.exists() and not ancestor.is_dir():
             raise PatchGuardError(f"{flag} {value}: {ancestor} is a file, not a folder")
+        _probe_writable(ancestor, flag, value)
         for in_flag, source in inputs.items():
             if source is not None and str(source).strip() and _same_file(path, Path(source)):
                 raise PatchGuardError(
@@ -108,6 +121,18 @@ def check_outputs(outputs: Mapping[str, Optional[PathText]],
         if key in seen:
             raise PatchGuardError(f"{seen[key]} and {flag} name the same file {value}")
         seen[key] = flag
+
+
+def _probe_writable(folder: Path, flag: str, value: PathText) -> None:
+    """Create and remove a hidden file in ``folder``: the one test that also catches
+    /proc, read-only mounts and root's blind spots of ``os.access``."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pg-write-probe-", dir=folder)
+    except OSError as exc:
+        raise PatchGuardError(f"{flag} {value}: cannot write into {folder}: {exc.strerror}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 class LineFile:

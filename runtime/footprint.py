@@ -129,6 +129,12 @@ def camera_threat(plan: ResizePlan, record: ModelRecord, patch_px: int) -> Camer
     """Mask window and candidate patch sizes for square ``patch_px`` camera patches."""
     if patch_px < 1:
         raise PatchGuardError(f"patch size must be at least 1 pixel, got {patch_px}")
+    # Before the per-side footprints (arrays of patch_px entries): a patch larger than the
+    # frame covers all of it, and a certificate against it means nothing.
+    fh, fw = plan.frame_size
+    if patch_px > max(fh, fw):
+        raise PatchGuardError(f"a {patch_px} px patch is larger than the {fw}x{fh} frame; "
+                              "choose a smaller patch")
     (_, _, ch, cw), (h, w) = plan.crop, plan.input_size
     r, s = record.receptive_field, record.stride
     rows = footprints(ch, h, plan.interpolation, patch_px)
@@ -149,10 +155,13 @@ def check_patch_options(patch_size: Optional[int], patch_frac: Optional[float]) 
     """At most one of a patch side >= 1 pixel and an area fraction in (0, 1]."""
     if patch_size is not None and patch_frac is not None:
         raise PatchGuardError("give either a patch size in pixels or a fraction of the frame, not both")
-    if patch_size is not None and int(patch_size) < 1:
-        raise PatchGuardError(f"patch size must be at least 1 pixel, got {patch_size}")
-    if patch_frac is not None and not 0.0 < float(patch_frac) <= 1.0:
-        raise PatchGuardError(f"patch fraction must be in (0, 1], got {patch_frac}")
+    if patch_size is not None and (isinstance(patch_size, bool)
+                                   or not isinstance(patch_size, (int, np.integer)) or patch_size < 1):
+        raise PatchGuardError(f"patch size must be a whole number of pixels, at least 1, got {patch_size!r}")
+    if patch_frac is not None and (isinstance(patch_frac, bool)
+                                   or not isinstance(patch_frac, (int, float, np.integer, np.floating))
+                                   or not 0.0 < float(patch_frac) <= 1.0):
+        raise PatchGuardError(f"patch fraction must be a number in (0, 1], got {patch_frac!r}")
 
 
 def patch_side(

@@ -321,6 +321,10 @@ class Pipeline:
         if self._views is not None:
             return self._views.run_batch(frames, order)
         start = time.perf_counter()
+        for i, f in enumerate(frames):
+            if not isinstance(f, np.ndarray) or f.ndim not in (2, 3):
+                got = f"a {f.ndim}-D array" if isinstance(f, np.ndarray) else type(f).__name__
+                raise PatchGuardError(f"frame {i}: expected an image array (H, W) or (H, W, C), got {got}")
         sizes = [(int(np.shape(f)[0]), int(np.shape(f)[1])) for f in frames]
         groups: dict[Pair, list[int]] = {}
         for i, size in enumerate(sizes):

@@ -5,7 +5,9 @@
 
 ``export``: pg-export into the same --out and --name, alternating two models
 (the bundled Fashion-MNIST BagNet with --fp16, and a random-init smallbagnet
-without it, so each re-export also removes a file of the other's set). Half
+without it, so each re-export also removes a file of the other's set); each
+round exports the model whose set is not in place, so the old and the new
+set always differ. Half
 the rounds are killed at a uniform instant over the whole run; the other half
 are aimed inside the commit (PATCHGUARD_COMMIT_STEP_DELAY spreads its renames
 over time; the kill comes at a random instant after the commit journal
@@ -86,7 +88,8 @@ def drill_export(rounds: int, seed: int, folder: Path) -> dict[str, Any]:
               "uniform": 0, "finished before the kill": 0}
     violations = []
     for i in range(rounds):
-        model = ("B", "A")[i % 2]
+        # Always the model whose set is NOT in place, so "old" and "new" can be told apart.
+        model = "B" if previous["files"]["m.onnx"]["sha256"] == known["A"] else "A"
         aimed = i % 4 >= 2  # rounds 2, 3 of every 4 aim inside the commit
         env = dict(os.environ, **({STEP_DELAY_ENV: "0.05"} if aimed else {}))
         proc = subprocess.Popen(export_args(out, model), env=env, stdout=subprocess.DEVNULL,
@@ -175,7 +178,8 @@ def drill_run(rounds: int, seed: int, folder: Path, model: Optional[Path]) -> di
         try:
             data = out.read_bytes()
             assert data.endswith(b"\n"), "the last line is cut off"
-            rows = [json.loads(line) for line in data.decode().splitlines()]
+            lines = [json.loads(line) for line in data.decode().splitlines()]
+            rows = [row for row in lines if row.get("kind") != "header"]
             assert [r["frame"] for r in rows] == list(range(len(rows))), "frame numbers have gaps"
             if sig == signal.SIGTERM:
                 assert proc.returncode == 143, f"exit {proc.returncode}"

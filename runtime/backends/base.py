@@ -88,6 +88,19 @@ class Backend(abc.ABC):
             if isinstance(got, (int, np.integer)) and got >= 0 and int(got) != want:
                 raise PatchGuardError(self._map_mismatch(dims[1:]))
 
+    def check_input_shape(self, shape: Sequence[object]) -> None:
+        """Refuse a model whose declared input (B, C, H, W) disagrees with its record's
+        channels or input size (the runtime would fail at the first frame otherwise)."""
+        expected = (self.record.model_channels, *self.record.input_size)
+        dims = list(shape)
+        if len(dims) != 4:
+            raise PatchGuardError(f"{self.path.name}: input has {len(dims)} axes, expected (B, C, H, W)")
+        for got, want in zip(dims[1:], expected):
+            if isinstance(got, (int, np.integer)) and got >= 0 and int(got) != want:
+                raise PatchGuardError(
+                    f"{self.path.name}: the graph takes {'x'.join(str(v) for v in dims[1:])} inputs but "
+                    f"its metadata says {expected[0]} channels at {expected[1]}x{expected[2]}")
+
     def _map_mismatch(self, got: Sequence[object]) -> str:
         if not self.record.is_local:
             return (f"{self.path.name}: model outputs {'x'.join(str(v) for v in got)} values per image "
@@ -124,7 +137,15 @@ class Backend(abc.ABC):
             if self._closed:
                 raise PatchGuardError(f"{self.path.name}: backend is closed")
             # Engines have a largest batch (their optimisation profile); larger ones run in chunks.
-            parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+            try:
+                parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+            except PatchGuardError:
+                raise
+            except Exception as exc:  # onnxruntime's / TensorRT's own errors: one line, file and cause
+                text = str(exc).strip()
+                cause = text.splitlines()[0] if text else type(exc).__name__
+                raise PatchGuardError(f"{self.path.name}: {self.name} failed on a batch of "
+                                      f"{len(batch)}: {cause}") from None
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         expected = (batch.shape[0], *self.record.output_shape)
         if tuple(out.shape) != expected:

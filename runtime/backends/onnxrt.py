@@ -210,6 +210,7 @@ class OnnxRuntimeBackend(Backend):
             )
         self._input = inputs[0].name
         self._output = outputs[0].name
+        self.check_input_shape(inputs[0].shape)
         self.check_output_shape(outputs[0].shape)
         # The record's r and s are believed only as far as the graph proves them.
         self.attest(lambda: verify(path, self.record), allow_unverified)

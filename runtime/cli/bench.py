@@ -10,6 +10,7 @@ import numpy as np
 
 from ..console import Command, progress
 from ..errors import PatchGuardError
+from ..limits import MAX_CLASSES, MAX_MAP_CELLS, check_memory, check_side, memory_budget
 
 EXAMPLES = """
 \b
@@ -71,7 +72,24 @@ def parse_map(text: str) -> tuple[int, int, int]:
         raise PatchGuardError(f"--synthetic-map must look like 26x26x1000, got {text!r}") from None
     if min(h, w, c) < 1:
         raise PatchGuardError(f"--synthetic-map needs positive sizes, got {text!r}")
+    if h * w > MAX_MAP_CELLS or c > MAX_CLASSES:
+        raise PatchGuardError(f"--synthetic-map {text}: at most {MAX_MAP_CELLS} cells and "
+                              f"{MAX_CLASSES} classes")
     return h, w, c
+
+
+# Bytes per local-logit value the certify stage holds at once: the float32 map and
+# float64 working copies (clipped evidence, integral images, window sums).
+CERTIFY_BYTES_PER_VALUE = 4 + 6 * 8
+
+
+def bench_memory(batch: int, frame: tuple[int, int], record: Any, maps: int) -> float:
+    """Rough peak bytes of one stage-by-stage run: the frames, the model input, ``maps``
+    batches of local logits and the certify stage's working set for one of them."""
+    fw, fh = frame
+    values = batch * int(np.prod(record.output_shape))
+    model_input = batch * record.in_channels * record.input_size[0] * record.input_size[1] * 4
+    return batch * fw * fh * 3 + model_input + maps * values * 4 + values * CERTIFY_BYTES_PER_VALUE
 
 
 def synthetic_record(h: int, w: int, classes: int) -> Any:
@@ -190,17 +208,21 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
               help="Time a model whose locality does not prove (its frames are never certified).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures to this JSON file ('-' for stdout only).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Refuse a run estimated to need more, e.g. 4G [default: half the RAM].")
 def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max_frames: Optional[int],
          batch: int, threads: Optional[int], frame: str, synthetic_map: Optional[str],
          patch_size: Optional[int], iterations: int, budget_ms: Optional[float],
          provider: Optional[str], defense: str, top_k: int, tau: Optional[float],
          allow_unverified: bool,
-         json_out: Optional[str]) -> None:
+         json_out: Optional[str], max_memory: Optional[str]) -> None:
     """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
     from ..detection import DEFAULT_TAU
-    from ..files import write_text_atomic
+    from ..files import check_outputs, write_text_atomic
     from ..readouts import frame_settings
 
+    check_outputs({"--json": json_out}, {"--engine": engine, "--source": source})
+    budget = memory_budget(max_memory)
     settings = frame_settings(defense, None, DEFAULT_TAU if tau is None else tau, top_k=top_k)
     if (engine is None) == (synthetic_map is None):
         raise PatchGuardError("give exactly one of --engine M or --synthetic-map HxWxC")
@@ -219,7 +241,7 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
                                     patch_size, provider, budget_ms, settings, allow_unverified)
     else:
         report, lines = _bench_stages(engine, synthetic_map, batch, threads, frame, patch_size,
-                                      iterations, provider, budget_ms, settings, allow_unverified)
+                                      iterations, provider, budget_ms, settings, budget, allow_unverified)
     if json_out == "-":
         click.echo(json.dumps(report, indent=2))
         return
@@ -380,7 +402,7 @@ def _cpu_ms(fn: Callable[[Any], Any], x: Any, rounds: int) -> float:
 
 def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: int, threads: Optional[int],
                   frame: str, patch_size: Optional[int], iterations: int, provider: Optional[str],
-                  budget_ms: Optional[float], settings: Any,
+                  budget_ms: Optional[float], settings: Any, budget: int,
                   allow_unverified: bool = False) -> tuple[dict[str, Any], list[str]]:
     from ..certificate import largest_certified
     from ..defenses import certify, predict
@@ -391,6 +413,8 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     from ..readouts import double_verdicts, mask_readouts
 
     fw, fh = parse_pair(frame, "--frame")
+    check_side(fw, "--frame width")
+    check_side(fh, "--frame height")
     backend: Any = None
     if engine is not None:
         from ..backends import open_backend
@@ -406,6 +430,9 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     else:
         record = synthetic_record(*parse_map(synthetic_map or ""))
     try:
+        check_memory(bench_memory(batch, (fw, fh), record, 1 if backend is not None else 16), budget,
+                     f"a batch of {batch} {fw}x{fh} frames with {'x'.join(map(str, record.output_shape))} "
+                     "outputs")
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, size=(fh, fw, 3), dtype=np.uint8) for _ in range(batch)]
         plan = resize_plan((fh, fw), record)

@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from ..console import Command, progress
-from ..errors import PatchGuardError
+from ..errors import PatchGuardError, lazy_import
 from ..files import atomic_path, write_text_atomic
 from ..geometry import Pair, parse_pair, window_shape
 
@@ -101,8 +101,16 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
          save_logits: Optional[str], dump: Optional[str], threads: Optional[int]) -> None:
     """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
     feature-space double masking; provable detection and top-k in the reports)."""
+    from ..files import check_outputs
+
     sizes = _parse_sizes(patch_sizes)
     extras = _extras(defense, masks_per_axis, taus, top_k)
+    # Before any work: no output may overwrite an input, every output folder must be writable.
+    check_outputs({"--json": json_out, "--plot": plot, "--save-logits": save_logits,
+                   "--save-logits (labels)": _labels_path(save_logits) if save_logits else None},
+                  {"--logits": logits, "--labels": labels, "--engine": engine, "--data": data})
+    if plot:  # a missing extra fails now, not after the whole inference
+        lazy_import("matplotlib", "plot")
     if (logits is None) == (engine is None):
         raise PatchGuardError("give exactly one of --logits X.npy or --engine MODEL")
     if logits is not None:
@@ -325,7 +333,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
         np_path = Path(save_logits)
         with atomic_path(np_path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, u)
-        with atomic_path(np_path.with_suffix(".labels.npy")) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(_labels_path(save_logits)) as tmp, open(tmp, "wb") as handle:
             np.save(handle, labels)
     report = evaluate(u, labels, sizes, receptive_field=record.receptive_field,
                       stride=record.stride, thres=thres, clip=clip, **extras)
@@ -393,6 +401,10 @@ def labels_only(report: dict[str, Any], reason: str) -> dict[str, Any]:
     return {**zero(report), "uncertified_reason": reason}
 
 
+def _labels_path(save_logits: str) -> Path:
+    return Path(save_logits).with_suffix(".labels.npy")
+
+
 def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarray]:
     if data == "fashion-mnist":
         from ..datasets import load_fashion_mnist
@@ -443,8 +455,6 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def plot_report(report: dict[str, Any], path: str) -> None:
     """Certified accuracy against patch size, one line per defense, to a PNG."""
-    from ..errors import lazy_import
-
     matplotlib = lazy_import("matplotlib", "plot")
     matplotlib.use("Agg")
     plt = lazy_import("matplotlib.pyplot", "plot")

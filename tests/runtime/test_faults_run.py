@@ -22,7 +22,7 @@ from patchguard.runtime.cli.run import main
 from patchguard.runtime.errors import ExitCode
 
 cv2 = pytest.importorskip("cv2")
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 CODE = "import sys; from patchguard.runtime.cli.run import main; sys.exit(main())"
 
 
@@ -34,6 +34,11 @@ def pg_run(*args: str) -> subprocess.CompletedProcess:
 def error_lines(stderr: str) -> list[str]:
     assert "Traceback" not in stderr, stderr
     return [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
+def frame_rows(path: Path) -> list[dict]:
+    """The per-frame rows (header lines left out), every line parsed."""
+    return [row for row in parse_all(path) if row.get("kind") != "header"]
 
 
 def parse_all(path: Path) -> list[dict]:
@@ -113,9 +118,9 @@ def test_append_keeps_the_earlier_rows(default_onnx: Path, image: Path, tmp_path
     for _ in range(2):
         assert pg_run("--engine", str(default_onnx), "--source", str(image), "--jsonl", str(out),
                       "--append").returncode == 0
-    assert len(parse_all(out)) == 2
+    assert len(frame_rows(out)) == 2 and len(parse_all(out)) == 4  # a header per run
     done = pg_run("--engine", str(default_onnx), "--source", str(image), "--jsonl", str(out))
-    assert done.returncode == 0 and len(parse_all(out)) == 1  # without --append: replaced
+    assert done.returncode == 0 and len(frame_rows(out)) == 1  # without --append: replaced
     out.write_bytes(b'{"frame": 0}')  # no final newline: appending would glue two rows
     done = pg_run("--engine", str(default_onnx), "--source", str(image), "--jsonl", str(out),
                   "--append")
@@ -158,7 +163,7 @@ def test_disk_full_cuts_back_to_whole_lines(default_onnx: Path, long_video: Path
     assert done.returncode == ExitCode.OUTPUT_FAILED, done.stderr
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and "No space left" in lines[0] and "cut back" in lines[0]
-    rows = parse_all(out)
+    rows = frame_rows(out)
     assert 0 < len(rows) < 400 and [r["frame"] for r in rows] == list(range(len(rows)))
     assert f"{len(rows)} rows written" in done.stderr
     assert "an output could not be written" in done.stderr
@@ -237,7 +242,7 @@ def test_sigterm_and_sigint_finish_cleanly(default_onnx: Path, long_video: Path,
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
-    rows = parse_all(out)
+    rows = frame_rows(out)
     assert f"{len(rows)} frames" in stderr and "SIG" in stderr  # the summary came
     # The video is finalised under its name, readable, with every frame; no hidden part file.
     capture = cv2.VideoCapture(str(saved))

@@ -33,12 +33,13 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 	mkdir -p $(TYPECHECK)/patchguard
 	for stage in models export calibration runtime; do ln -sfn ../../../$$stage $(TYPECHECK)/patchguard/$$stage; done
+	ln -sfn ../../../patchguard/__init__.py $(TYPECHECK)/patchguard/__init__.py
 	MYPYPATH=$(TYPECHECK) $(BIN)/python -m mypy
 
 # Speed figures, printed (CI runs them with --short).
+# Every script in benchmarks/, in full (SHORT=--short for the quick CI form where a script has one).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/certify.py
-	$(BIN)/python benchmarks/int8.py
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script $(SHORT) || exit 1; done
 
 # On a GPU machine with TensorRT (a Jetson: see README, Jetson): engines, GPU providers, GPU tests.
 # Where TensorRT or a GPU is missing those steps print SKIP and the check still exits 0.

@@ -1,6 +1,6 @@
 """fp32 ONNX -> INT8 QDQ ONNX, calibrated on images (onnxruntime.quantization).
 
-Flavours, because the hardware disagrees (DESIGN section 4):
+Flavours, because the hardware disagrees (README.md, "INT8 (calibration/)"):
 
 - ``tensorrt`` (default): S8S8 symmetric (activations and weights QInt8,
   zero points 0, per-channel weights). TensorRT only consumes symmetric

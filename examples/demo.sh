@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/demo}
-SAMPLE=models/samples/fashion-mnist-test   # 200 Fashion-MNIST test images, one folder per class
+SAMPLE=samples/fashion-mnist-test   # 200 Fashion-MNIST test images, one folder per class
 mkdir -p "$OUT"
 
 echo "== 1/4 export the bundled model (fp32 + INT8, parity against PyTorch)"
@@ -15,11 +15,11 @@ echo "== 2/4 make a 120-frame 112x112 clip from the sample (the stand-in camera)
 python examples/make_clip.py "$SAMPLE" "$OUT/clip.avi" --frames 120 --size 112
 
 echo "== 3/4 pg-run: label + certificate per frame (default patch: 20 camera px, the model's 5 px scaled to the frame)"
-pg-run --engine "$OUT/fashion_mnist_bagnet.onnx" --source "$OUT/clip.avi" \
+pg-run --model "$OUT/fashion_mnist_bagnet.onnx" --source "$OUT/clip.avi" \
     --jsonl "$OUT/frames.jsonl" --save-video "$OUT/overlay.avi"
 
 echo "== 4/4 pg-certify on the sample: certified accuracy for 2, 3 and 5 px patches"
-pg-certify --engine "$OUT/fashion_mnist_bagnet.onnx" --data "$SAMPLE" --patch-size 2 3 5 \
+pg-certify --model "$OUT/fashion_mnist_bagnet.onnx" --data "$SAMPLE" --patch-size 2 3 5 \
     --json "$OUT/certify.json"
 
 python examples/summary.py "$OUT"

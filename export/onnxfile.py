@@ -2,10 +2,10 @@
 
 Torch-free on purpose: ``pg-export --onnx model.onnx`` on a Jetson runs this
 with only the ``onnx`` package. The model record travels in the metadata
-entry ``patchguard`` (DESIGN section 6). Graph input ``input``: float32
+entry ``patchguard`` (docs/architecture.md). Graph input ``input``: float32
 (B, C, H, W) with a symbolic batch axis; graph output ``local_logits``:
 float32 (B, H', W', K) for a BagNet, ``logits`` (B, K) for an ordinary
-classifier run by a view defense (DESIGN section 9).
+classifier run by a view defense (README.md, "View defenses").
 """
 from __future__ import annotations
 

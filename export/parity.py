@@ -9,7 +9,7 @@ logits u (N, H, W, K) on the same N inputs are compared with a reference
   (Algorithm 2, each map's own prediction) with the mask window of the
   record's default patch, T = 0, no clipping (``patchguard.runtime``).
 
-For a view defense's classifier (DESIGN section 9) the comparison runs
+For a view defense's classifier (README.md, "View defenses") the comparison runs
 through the views: every view a frame can need (PatchCleanser: all two-mask
 views) is scored by the reference and by the artifact, and the defense's
 decisions and certificates from both sets of logits are compared

@@ -1,6 +1,6 @@
 """A compact ResNet-style classifier: logits (B, C), any receptive field.
 
-View-based defenses (DESIGN section 9: DS, Mask-DS, crop voting,
+View-based defenses (README.md, "View defenses": DS, Mask-DS, crop voting,
 PatchCleanser) run an *ordinary* classifier many times per frame, so what
 matters is a low cost per view, not locality. The network is a strided stem,
 a few stages of basic residual blocks (3x3 + 3x3, a strided 1x1 shortcut

@@ -1,4 +1,4 @@
-"""Training ordinary classifiers for view defenses (DESIGN section 9).
+"""Training ordinary classifiers for view defenses (README.md, "View defenses").
 
 One loop for every view defense: each step draws a batch, ablates it the
 way the defense will see it at test time (``augment``: PatchCleanser's

@@ -1,4 +1,4 @@
-"""Ablated views for DS, Mask-DS and crop voting (DESIGN.md section 9), in numpy.
+"""Ablated views for DS, Mask-DS and crop voting (README.md, "View defenses"), in numpy.
 
 A view keeps a region of the image (a column band, or a square crop) and
 ablates everything else. The classifier must tell "ablated" from "black", so

@@ -1,7 +1,7 @@
 """Certificates for robust masking (PatchGuard Algorithm 2), whole batches.
 
 For a label y, every (pa, pb) patch position P under an (a, b) mask
-(DESIGN.md section 2, "Smaller patches than the mask"):
+(README.md, "The math, in one screen", "Smaller patches than the mask"):
 
 - upper bound of a class c != y: ``(S_c - max_{W >= P} sum v[W, c]) / (1 - T)``;
 - lower bound of y: with ``v'`` = ``v[..., y]`` with P zeroed and ``t = sum v'``,

@@ -1,6 +1,6 @@
 """Provable detection (PatchGuard++, Xiang & Mittal 2021), whole batches.
 
-Symbols (DESIGN.md section 8): local logits u (B, H, W, C), *unclipped*;
+Symbols (README.md, "The math, in one screen"): local logits u (B, H, W, C), *unclipped*;
 class totals S (B, C); mean logits ``g = S / (H W)``; for every position of
 the (a, b) patch window w, ``g_w = (S - W(w)) / (H W)`` (the window's cells
 removed), its prediction ``argmax g_w`` and softmax confidence

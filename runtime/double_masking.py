@@ -1,7 +1,7 @@
 """Feature-space double masking (PatchCURE's secure pooling), whole batches.
 
 PatchCleanser's double-masking rule applied to the local logits instead of
-the pixels (DESIGN.md section 8). Symbols: local logits u (B, H, W, C),
+the pixels (README.md, "The math, in one screen"). Symbols: local logits u (B, H, W, C),
 evidence ``v = clip(u, 0, c_h)`` as for robust masking, class totals S (B, C),
 the patch window (pa, pb) in cells. The mask set: per axis, k masks of side
 ``m >= p`` (:func:`geometry.mask_starts`), listed row-major; every patch

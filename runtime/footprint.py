@@ -7,7 +7,7 @@ reads the frame pixels ``lo[x] .. hi[x]`` of the crop (its *support*). A run
 of frame pixels ``[p0, p0 + p)`` changes exactly the model pixels whose
 support meets it; the *footprint* of a p-pixel patch is the largest number of
 such model pixels over every position p0. The mask window is then
-``cells_touched(footprint, r, s)`` per axis (DESIGN section 2): a p-pixel
+``cells_touched(footprint, r, s)`` per axis (README.md, "The math, in one screen"): a p-pixel
 camera patch reaches ``p / scale`` model pixels plus the kernel's reach, and
 non-square scaling gives rectangular windows.
 

@@ -1,6 +1,6 @@
 """Robust masking (PatchGuard Algorithm 1) over whole batches, in numpy.
 
-Symbols follow DESIGN.md section 2: local logits ``u`` (B, H, W, C), clipped
+Symbols follow README.md, "The math, in one screen": local logits ``u`` (B, H, W, C), clipped
 evidence ``v = clip(u, 0, c_h)``, class totals ``S_c`` (B, C), largest window
 sums ``M_c`` over (a, b) windows, detection threshold ``T``. The evidence
 lives on the exact fixed-point grid of :mod:`.grid` (integers held in

@@ -1,6 +1,6 @@
 """Aggregations of view logits with sound certificates: DS, Mask-DS, crop voting.
 
-DESIGN.md section 9. An ordinary classifier scores V views of a frame; its
+README.md, "View defenses". An ordinary classifier scores V views of a frame; its
 logits are (B, V, C). Ties always go to the lowest class index.
 
 - **Votes** (DS, Levine & Feizi 2020; crop voting): view v votes its argmax

@@ -1,8 +1,8 @@
 """Top-k certificates and certification margins for robust masking.
 
-Algorithm 2's bounds (DESIGN.md section 2) at every (pa, pb) patch position P
+Algorithm 2's bounds (README.md, "The math, in one screen") at every (pa, pb) patch position P
 under the (a, b) mask: ``lower(P)`` of label y (exact, every position) and
-``upper_c(P)`` of every class c != y. Then (DESIGN.md section 8):
+``upper_c(P)`` of every class c != y. Then (README.md, "The math, in one screen"):
 
 - **top-k**: y stays among the k highest masked scores under every patch iff
   at every P, ``lower(P)`` beats the k-th largest ``upper_c(P)`` (fewer than

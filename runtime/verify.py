@@ -1,4 +1,4 @@
-"""Static proof that an ONNX model's outputs are local (DESIGN.md section 7).
+"""Static proof that an ONNX model's outputs are local (docs/architecture.md).
 
 A certificate is a theorem about a model whose output cell (i, j) sees only
 the pixels of its receptive field. This module proves that premise from the
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MissingDependencyError, PatchGuardError
+from .files import PathText
 from .geometry import Pair
 from .metadata import ModelRecord
 
@@ -143,7 +144,7 @@ def _onnx() -> Any:
     return onnx
 
 
-def onnx_digest(path: str | Path) -> str:
+def onnx_digest(path: PathText) -> str:
     """SHA-256 (hex) of an ONNX file's bytes: what an engine sidecar records."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -580,7 +581,7 @@ def verify(model: Any, record: ModelRecord) -> ProvedGeometry:
 
 
 def engine_proof(digest: str, proved: dict[str, Any] | None, record: ModelRecord,
-                 onnx: str | Path | None = None) -> ProvedGeometry:
+                 onnx: PathText | None = None) -> ProvedGeometry:
     """The locality a TensorRT engine (which cannot be read back) is trusted with.
 
     ``digest`` and ``proved`` come from its sidecar: the SHA-256 of the ONNX

@@ -1,4 +1,4 @@
-"""The per-frame path of :class:`~.pipeline.Pipeline` for view defenses (DESIGN section 9).
+"""The per-frame path of :class:`~.pipeline.Pipeline` for view defenses (README.md, "View defenses").
 
 A frame is preprocessed as for a BagNet; the camera patch's model-pixel
 footprint (per axis, :func:`.footprint.footprint`, the same threat model as

@@ -1,6 +1,6 @@
 """Views: defenses that run an ordinary classifier many times per frame.
 
-DESIGN section 9. One frame becomes V ablated copies ("views"); an ordinary
+README.md, "View defenses". One frame becomes V ablated copies ("views"); an ordinary
 classifier f (logits (B, K), any receptive field) scores them as one batch;
 a numpy rule decides and certifies. Numpy only, no torch.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLES = Path(__file__).resolve().parents[1] / "models" / "samples" / "fashion-mnist-test"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "fashion-mnist-test"
 
 
 def write_images(folder: Path, count: int, size: int = 28, seed: int = 0) -> list[Path]:

@@ -1,5 +1,5 @@
 """Helpers for the masking / certification tests: a naive loop implementation
-written straight from DESIGN.md section 2, random maps near the decision
+written straight from README.md, "The math, in one screen", random maps near the decision
 boundary, and a brute-force patch adversary. Deliberately slow and plain."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Naive loop implementations of the defenses read from one BagNet pass beyond
-robust masking (DESIGN.md section 8), written straight from the math, one map
+robust masking (README.md, "The math, in one screen"), written straight from the math, one map
 at a time, with explicit cell masks and no integral images. Deliberately slow
 and plain: the vectorized code in patchguard.runtime must agree with them.
 

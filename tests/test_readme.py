@@ -31,7 +31,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SAMPLE = ROOT / "models" / "samples" / "fashion-mnist-test"
+SAMPLE = ROOT / "samples" / "fashion-mnist-test"
 MARKER = re.compile(r"<!--\s*readme:\s*(run|install|make|test|skip)\b:?\s*(.*?)\s*-->")
 
 

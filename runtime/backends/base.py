@@ -3,9 +3,9 @@
 A backend is a context manager holding one loaded model. ``infer`` takes a
 float32 NCHW batch (B, C, H, W) and returns the model's output as float32:
 for a BagNet the local logits u (B, H', W', K), one class-logit vector per
-feature cell; for an ordinary classifier run by a view defense (DESIGN
-section 9) the logits (B, K) (``record.output_shape``). The base class does
-the checking once, so the backends stay thin: the input must match the
+feature cell; for an ordinary classifier run by a view defense (README.md,
+"View defenses") the logits (B, K) (``record.output_shape``). The base class
+does the checking once, so the backends stay thin: the input must match the
 record's channels and input size, and a BagNet's map must have the size
 ``floor((input - r) / s) + 1`` that the record's receptive field r and stride
 s promise (a certificate computed on any other map would be unsound).

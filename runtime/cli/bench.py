@@ -15,9 +15,9 @@ from ..limits import MAX_CLASSES, MAX_MAP_CELLS, check_memory, check_side, memor
 EXAMPLES = """
 \b
 Examples:
-  pg-bench --engine model.onnx --source clip.avi        # real frames, what pg-run sees
-  pg-bench --engine model.onnx --source drive.mcap --topic /camera/image_raw --budget-ms 33.3
-  pg-bench --engine model.plan --batch 8 --frame 1280x720 --threads 4
+  pg-bench --model model.onnx --source clip.avi        # real frames, what pg-run sees
+  pg-bench --model model.onnx --source drive.mcap --topic /camera/image_raw --budget-ms 33.3
+  pg-bench --model model.plan --batch 8 --frame 1280x720 --threads 4
   pg-bench --synthetic-map 26x26x1000                    # no model: BagNet-17-like maps
 \b
 Every stage is reported as mean, p50, p95, p99 and max in milliseconds.
@@ -182,7 +182,8 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
 
 
 @click.command(cls=Command, epilog=EXAMPLES)
-@click.option("--engine", type=click.Path(dir_okay=False), default=None, help="Model: .onnx or .plan.")
+@click.option("--model", "--engine", "engine", type=click.Path(dir_okay=False), default=None,
+              help="Model: .onnx or .plan (--engine: the older name).")
 @click.option("--source", default=None,
               help="Time real frames: a video, image folder, glob or ROS bag (as pg-run --source).")
 @click.option("--topic", default=None, help="Image topic of a ROS bag --source.")
@@ -225,9 +226,9 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
     budget = memory_budget(max_memory)
     settings = frame_settings(defense, None, DEFAULT_TAU if tau is None else tau, top_k=top_k)
     if (engine is None) == (synthetic_map is None):
-        raise PatchGuardError("give exactly one of --engine M or --synthetic-map HxWxC")
+        raise PatchGuardError("give exactly one of --model M or --synthetic-map HxWxC")
     if source is not None and engine is None:
-        raise PatchGuardError("--source needs --engine (real frames go through the model)")
+        raise PatchGuardError("--source needs --model (real frames go through the model)")
     if batch < 1 or iterations < 1:
         raise PatchGuardError("--batch and --iterations must be at least 1")
     if threads is not None and threads < 1:

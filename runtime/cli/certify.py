@@ -4,7 +4,7 @@ Two modes, one command:
 
 - ``--logits X.npy``: local logits (N, H, W, C) a researcher dumped; one
   threat model; per-image predictions and certificates.
-- ``--engine MODEL --data fashion-mnist|DIR``: run the model on a labelled
+- ``--model MODEL --data fashion-mnist|DIR``: run the model on a labelled
   set and report accuracy and certified accuracy per patch size
   (:func:`patchguard.runtime.evaluate.evaluate`, also used by the first mode
   when labels and patch sizes are given, so both give the same numbers).
@@ -32,13 +32,13 @@ Examples:
   pg-certify --logits feats.npy --window 6x4 --defense vote
   pg-certify --logits feats.npy --labels labels.npy --window 9 --defense double --masks-per-axis 8
   pg-certify --logits feats.npy --labels labels.npy --window 9 --top-k 3
-  pg-certify --engine model.onnx --data fashion-mnist --patch-size 2 3 5 --json report.json
-  pg-certify --engine model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
-  pg-certify --engine model.onnx --data fashion-mnist --patch-size 5 --tau 0.6 0.8 --top-k 3
-  pg-certify --engine cleanser.onnx --data fashion-mnist --patch-size 2 3 5 --dump tables.npz
+  pg-certify --model model.onnx --data fashion-mnist --patch-size 2 3 5 --json report.json
+  pg-certify --model model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
+  pg-certify --model model.onnx --data fashion-mnist --patch-size 5 --tau 0.6 0.8 --top-k 3
+  pg-certify --model cleanser.onnx --data fashion-mnist --patch-size 2 3 5 --dump tables.npz
 \b
 --window is the mask in feature cells (AxB: rows x columns); --patch-size P
-(pixels) with --rf R and --stride S derives it. In --engine mode the receptive
+(pixels) with --rf R and --stride S derives it. In --model mode the receptive
 field and stride come from the model. Several --patch-size values (2 3 5, a
 repeated option or a comma list) make an evaluation report per size. The
 report also gives feature-space double masking (--masks-per-axis), provable
@@ -54,15 +54,15 @@ BATCH = 256
               help="Local logits (N, H, W, C) as a .npy file.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="True labels (N,) as a .npy file (--logits mode).")
-@click.option("--engine", type=click.Path(dir_okay=False), default=None,
-              help="Exported model (.onnx or .plan) to evaluate on --data.")
+@click.option("--model", "--engine", "engine", type=click.Path(dir_okay=False), default=None,
+              help="Exported model (.onnx or .plan) to evaluate on --data (--engine: the older name).")
 @click.option("--data", default=None, help="fashion-mnist, or a folder with one sub-folder per class.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Fashion-MNIST split.")
 @click.option("--limit", type=int, default=None, help="Use the first N images only.")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
 @click.option("--threads", type=int, default=None,
-              help="onnxruntime intra-op threads (--engine mode) [default: onnxruntime's choice].")
+              help="onnxruntime intra-op threads (--model mode) [default: onnxruntime's choice].")
 @click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
 @click.option("--patch-size", "patch_sizes", multiple=True,
               help="Patch side(s) in pixels: --patch-size 2 3 5, repeated, or a comma list.")
@@ -77,7 +77,7 @@ BATCH = 256
                    "plus 1 gives stride 1).")
 @click.option("--tau", "taus", multiple=True,
               help="Provable detection: alert threshold(s) in [0, 1) to report "
-                   "(default 0.5 0.7 0.9; --engine mode, or --logits with labels and --patch-size).")
+                   "(default 0.5 0.7 0.9; --model mode, or --logits with labels and --patch-size).")
 @click.option("--top-k", type=int, default=1, show_default=True,
               help="Also certify that the label stays among the K highest masked scores "
                    "(defense mask).")
@@ -87,9 +87,9 @@ BATCH = 256
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the per-image results / the report to this JSON file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Plot certified accuracy against patch size to this PNG (--engine mode).")
+              help="Plot certified accuracy against patch size to this PNG (--model mode).")
 @click.option("--save-logits", type=click.Path(dir_okay=False), default=None,
-              help="Also save the model's logits (.npy) and labels (.labels.npy) (--engine mode).")
+              help="Also save the model's logits (.npy) and labels (.labels.npy) (--model mode).")
 @click.option("--dump", type=click.Path(dir_okay=False), default=None,
               help="View defenses (PatchCleanser): score every two-mask view (no early exit) and save "
                    "the prediction tables (N, M, M) per patch size with the labels to this .npz.")
@@ -112,12 +112,12 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
     if plot:  # a missing extra fails now, not after the whole inference
         lazy_import("matplotlib", "plot")
     if (logits is None) == (engine is None):
-        raise PatchGuardError("give exactly one of --logits X.npy or --engine MODEL")
+        raise PatchGuardError("give exactly one of --logits X.npy or --model MODEL")
     if logits is not None:
         for flag, value in (("--data", data), ("--plot", plot), ("--save-logits", save_logits),
                             ("--limit", limit), ("--dump", dump), ("--threads", threads)):
             if value is not None:
-                raise PatchGuardError(f"{flag} belongs to --engine mode, not --logits")
+                raise PatchGuardError(f"{flag} belongs to --model mode, not --logits")
         _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out,
                      extras)
     else:
@@ -125,11 +125,11 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
                             ("--stride", stride)):
             if value is not None:
                 raise PatchGuardError(
-                    f"{flag} belongs to --logits mode; --engine takes the labels from --data and "
+                    f"{flag} belongs to --logits mode; --model takes the labels from --data and "
                     "r, s from the model"
                 )
         if defense != "mask":
-            raise PatchGuardError("--engine mode reports every defense; drop --defense")
+            raise PatchGuardError("--model mode reports every defense; drop --defense")
         if threads is not None and threads < 1:
             raise PatchGuardError(f"--threads must be at least 1, got {threads}")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
@@ -289,7 +289,7 @@ def load_npy(path: str, what: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# --engine mode.
+# --model mode.
 
 def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[int],
                  provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
@@ -301,9 +301,9 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     from ..masking import check_params
 
     if data is None:
-        raise PatchGuardError("--engine mode needs --data fashion-mnist or --data DIR")
+        raise PatchGuardError("--model mode needs --data fashion-mnist or --data DIR")
     if not sizes:
-        raise PatchGuardError("--engine mode needs at least one --patch-size")
+        raise PatchGuardError("--model mode needs at least one --patch-size")
     if limit is not None and limit < 1:
         raise PatchGuardError(f"--limit must be at least 1, got {limit}")
     thres, clip = check_params(thres, clip)

@@ -14,13 +14,13 @@ from ..errors import EXIT_CODES_HELP, ExitCode, OutputError, PatchGuardError, Te
 EXAMPLES = """
 \b
 Examples:
-  pg-run --engine model.plan --camera 0 --show
-  pg-run --engine model.onnx --source clip.avi --jsonl frames.jsonl --save-video out.avi
-  pg-run --engine model.onnx --source photos/ --patch-frac 0.02 --jsonl -
-  pg-run --engine model.onnx --camera 0 --on-alert exit --abstain-below 0.4 --abstain-spread 4
-  pg-run --engine model.onnx --source clip.avi --defense double --top-k 3 --jsonl out.jsonl
-  pg-run --engine cleanser.int8.onnx --source clip.avi --certify 10 --jsonl out.jsonl  # PatchCleanser
-  pg-run --engine model.plan --source "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,\\
+  pg-run --model model.plan --camera 0 --show
+  pg-run --model model.onnx --source clip.avi --jsonl frames.jsonl --save-video out.avi
+  pg-run --model model.onnx --source photos/ --patch-frac 0.02 --jsonl -
+  pg-run --model model.onnx --camera 0 --on-alert exit --abstain-below 0.4 --abstain-spread 4
+  pg-run --model model.onnx --source clip.avi --defense double --top-k 3 --jsonl out.jsonl
+  pg-run --model cleanser.int8.onnx --source clip.avi --certify 10 --jsonl out.jsonl  # PatchCleanser
+  pg-run --model model.plan --source "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,\\
 height=720 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink"
 \b
 The patch is stated in camera pixels (a square of --patch-size PX, or of
@@ -48,8 +48,9 @@ def _log_through(bar: Any) -> Any:
 
 
 @click.command(cls=Command, epilog=EXAMPLES + EXIT_STATUS)
-@click.option("--engine", "engine", type=click.Path(dir_okay=False), required=True,
-              help="Exported model: .onnx (onnxruntime) or .plan (TensorRT, with its .plan.json).")
+@click.option("--model", "--engine", "engine", type=click.Path(dir_okay=False), required=True,
+              help="Exported model: .onnx (onnxruntime) or .plan (TensorRT, with its .plan.json); "
+                   "--engine is the older name.")
 @click.option("--camera", default=None,
               help="Camera: an index (0), a device (/dev/video0) or a udev path (/dev/v4l/by-id/...).")
 @click.option("--camera-size", default=None, metavar="WxH", help="Ask the camera for this frame size.")
@@ -140,7 +141,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
     # Before anything is opened or written: no output may destroy an input.
     check_outputs({"--jsonl": jsonl, "--jsonl-header": jsonl_header, "--save-video": save_video,
                    "--save-bag": save_bag},
-                  {"--engine": engine, "--source": source, "--onnx": onnx_path,
+                  {"--model": engine, "--source": source, "--onnx": onnx_path,
                    "the engine's sidecar": f"{engine}.json" if engine.endswith(".plan") else None})
     code = ExitCode.OK
     with contextlib.ExitStack() as stack:

@@ -12,7 +12,7 @@ from _export_fixtures import assert_one_line_error, run_cli, visible_files
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
-SAMPLE = Path(__file__).resolve().parents[2] / "models" / "samples" / "fashion-mnist-test"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "fashion-mnist-test"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from patchguard.models import SmallBagNet, bagnet9, bagnet17, bagnet33
 from patchguard.models.records import small_record
 
 BUILDERS = {"bagnet9": bagnet9, "bagnet17": bagnet17, "bagnet33": bagnet33}
-# DESIGN.md section 3: blocks per stage with a 3x3 middle conv, and r.
+# models/bagnet.py, after the official bagnets package: blocks per stage with a 3x3 middle conv, and r.
 KERNEL3 = {"bagnet9": (1, 1, 0, 0), "bagnet17": (1, 1, 1, 0), "bagnet33": (1, 1, 1, 1)}
 RECEPTIVE_FIELD = {"bagnet9": 9, "bagnet17": 17, "bagnet33": 33}
 
@@ -30,7 +30,7 @@ def bagnet(request) -> tuple[str, torch.nn.Module]:
 
 def official_shapes(arch: str, resnet50: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """The official BagNet's state dict shapes, derived from torchvision's ResNet-50
-    (same key naming) and the differences DESIGN.md section 3 lists."""
+    (same key naming) and the differences models/bagnet.py, after the official bagnets package lists."""
     shapes = dict(resnet50)
     shapes["conv1.weight"] = (64, 3, 1, 1)  # 1x1 stem instead of 7x7
     shapes["conv2.weight"] = (64, 64, 3, 3)  # extra unpadded 3x3 stem conv

@@ -1,7 +1,7 @@
 """The PyTorch reference defense on tiny maps whose answers are worked out by hand.
 
 Each map is written per class as (H, W) cells; the expected evidence, bounds
-and verdicts in the comments follow DESIGN.md section 2 step by step.
+and verdicts in the comments follow README.md, "The math, in one screen" step by step.
 """
 from __future__ import annotations
 

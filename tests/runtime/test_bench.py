@@ -51,7 +51,7 @@ def test_bench_needs_exactly_one_model() -> None:
     for args in ([], ["--engine", "m.onnx", "--synthetic-map", "2x2x2"], ["--synthetic-map", "26x26"]):
         result = runner.invoke(main, args)
         assert result.exit_code != 0 and "Error" in result.output
-    assert "pg-bench --engine" in runner.invoke(main, ["--help"]).output
+    assert "pg-bench --model" in runner.invoke(main, ["--help"]).output
 
 
 def test_bench_percentiles_on_real_frames_of_a_folder(default_onnx: Path, tmp_path: Path) -> None:
@@ -92,4 +92,4 @@ def test_bench_stage_percentiles_and_bad_options(default_onnx: Path) -> None:
         result = runner.invoke(main, ["--engine", str(default_onnx), *args])
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["--synthetic-map", "8x8x3", "--source", "x/"])
-    assert result.exit_code == 1 and "--source needs --engine" in result.output
+    assert result.exit_code == 1 and "--source needs --model" in result.output

@@ -1,5 +1,5 @@
 """pg-certify through click's CliRunner: summary, JSON, every error case, and the
---engine mode on a real exported model (identical numbers to --logits mode)."""
+--model mode on a real exported model (identical numbers to --logits mode)."""
 from __future__ import annotations
 
 import json
@@ -39,7 +39,7 @@ def maps(tmp_path: Path):
 
 def test_help_has_examples() -> None:
     result = _run("--help")
-    assert result.exit_code == 0 and "Examples:" in result.output and "--engine" in result.output
+    assert result.exit_code == 0 and "Examples:" in result.output and "--model" in result.output
 
 
 def test_summary_and_json_with_labels(maps) -> None:
@@ -96,7 +96,7 @@ def test_patch_sizes_give_per_image_sizes_and_the_evaluation(maps) -> None:
     (["--logits", "{d}/u.npy", "--window", "3", "--patch-size", "5", "--rf", "5", "--stride", "2"],
      "not both"),
     (["--logits", "{d}/u.npy", "--window", "3", "--thres", "1.5"], "thres"),
-    (["--logits", "{d}/u.npy", "--window", "3", "--data", "fashion-mnist"], "--engine mode"),
+    (["--logits", "{d}/u.npy", "--window", "3", "--data", "fashion-mnist"], "--model mode"),
     (["--engine", "{d}/model.onnx", "--data", "fashion-mnist", "--window", "3"], "--logits mode"),
     (["--engine", "{d}/model.onnx", "--patch-size", "3"], "needs --data"),
 ])
@@ -170,3 +170,10 @@ def test_double_masking_top_k_and_detection_options(maps) -> None:
     _one_line_error(_run("--logits", folder / "u.npy", "--window", "2", "--defense", "vote",
                          "--top-k", "2"), "--top-k applies")
     _one_line_error(_run("--logits", folder / "u.npy", "--window", "2", "--tau", "x"), "--tau")
+
+
+@pytest.mark.parametrize("flag", ["--model", "--engine"])
+def test_model_flag_and_its_engine_alias_are_one_option(maps, flag: str) -> None:
+    folder, _, _ = maps
+    result = _run("--logits", folder / "u.npy", flag, folder / "model.onnx")
+    _one_line_error(result, "give exactly one of --logits X.npy or --model MODEL")

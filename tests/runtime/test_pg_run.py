@@ -34,7 +34,7 @@ def _rows(path: Path) -> list[dict]:
 
 def test_help_has_an_example() -> None:
     result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 0 and "pg-run --engine" in result.output
+    assert result.exit_code == 0 and "pg-run --model" in result.output
 
 
 @pytest.mark.slow

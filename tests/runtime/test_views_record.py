@@ -1,4 +1,4 @@
-"""The ``defense`` entry of the model record (DESIGN section 9), read and written with the record."""
+"""The ``defense`` entry of the model record (README.md, "View defenses"), read and written with the record."""
 from __future__ import annotations
 
 import json

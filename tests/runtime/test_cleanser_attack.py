@@ -20,12 +20,8 @@ import os
 
 import numpy as np
 import pytest
-from _cleanser_fixtures import (
-    attacked_labels,
-    certified_test_images,
-    export_cleanser,
-    pgd_patch,
-)
+from _cleanser_fixtures import attacked_labels, certified_test_images, export_cleanser, pgd_patch
+
 from patchguard.runtime.backends import open_backend
 from patchguard.runtime.views import view_runner
 

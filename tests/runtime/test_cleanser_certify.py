@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from _cleanser_fixtures import export_cleanser, naive_double_masking
 from click.testing import CliRunner
+
 from patchguard.runtime.cli.certify import main as certify_main
 
 

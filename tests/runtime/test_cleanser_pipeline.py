@@ -11,6 +11,7 @@ import shutil
 import pytest
 from _cleanser_fixtures import export_cleanser
 from click.testing import CliRunner
+
 from patchguard.runtime import PatchGuardError
 from patchguard.runtime.cli.run import main as run_main
 from patchguard.runtime.datasets import load_fashion_mnist

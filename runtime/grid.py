@@ -95,6 +95,12 @@ def to_grid(u: np.ndarray, grid: Grid, out: np.ndarray | None = None) -> np.ndar
     ``unit``, -inf gives 0. Each cell's value depends on that cell alone
     (IEEE operations, rounded the same wherever the cell sits).
     """
+    if out is not None and not out.flags.c_contiguous and out.size <= 1 << 14:
+        # numpy's clip into a small strided view (an integral image's inner part) is
+        # slower than into a contiguous buffer plus one strided copy; larger buffers
+        # would cost fresh pages on every call.
+        out[...] = to_grid(u, grid)
+        return out
     if out is None:
         out = np.empty(u.shape, dtype=np.float64)
     scale = grid.unit / grid.ceiling

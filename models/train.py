@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -81,6 +81,74 @@ def evaluate(
     return correct / len(x), certified / len(x)
 
 
+class TrainingRun:
+    """What every training loop here shares: the model, the data as tensors, AdamW with
+    a one-cycle schedule, resuming from ``last.pt``, and the per-epoch checkpoints."""
+
+    def __init__(self, record: ModelRecord, images: np.ndarray, labels: np.ndarray, out_dir: Path,
+                 config: TrainConfig, init_state: Optional[dict] = None, resume: bool = False) -> None:
+        torch.manual_seed(config.seed)
+        self.record, self.config, self.out_dir = record, config, out_dir
+        self.model = build_model(record)
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
+        self.x = torch.from_numpy(normalize(images, record))
+        self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.steps_per_epoch = math.ceil(len(self.x) / config.batch_size)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=config.epochs * self.steps_per_epoch,
+            pct_start=0.15)
+        self.start_epoch = 0
+        self.last = out_dir / "last.pt"
+        if resume:
+            if not self.last.exists():
+                raise PatchGuardError(f"--resume: no {self.last} to resume from")
+            content = read_checkpoint(self.last)
+            state, _ = unwrap(content)
+            self.model.load_state_dict(state)
+            self.optimizer.load_state_dict(content["optimizer"])
+            self.schedule.load_state_dict(content["schedule"])
+            self.start_epoch = int(content["epoch"])
+            log.info("resuming after epoch %d", self.start_epoch)
+
+    def batches(self, order: torch.Tensor,
+                flip_generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's (images, labels) batches in ``order``, half of them mirrored with ``config.flip``."""
+        size = self.config.batch_size
+        for step in range(self.steps_per_epoch):
+            idx = order[step * size : (step + 1) * size]
+            xb, yb = self.x[idx], self.y[idx]
+            if self.config.flip:
+                flip = torch.rand(len(xb), generator=flip_generator) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            yield xb, yb
+
+    def step(self, loss: torch.Tensor) -> float:
+        """One optimiser and schedule step on ``loss``; its value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.item())
+
+    def end_epoch(self, epoch: int) -> None:
+        """``last.pt`` (resumable: optimiser, schedule, epoch, config) and ``epochNN.pt``."""
+        save_checkpoint(
+            self.model, self.record, self.last, extra={
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "epoch": epoch + 1, "config": asdict(self.config),
+            },
+        )
+        save_checkpoint(self.model, self.record, self.out_dir / f"epoch{epoch + 1:02d}.pt")
+
+    def finish(self) -> Path:
+        final = self.out_dir / "model.pt"
+        save_checkpoint(self.model, self.record, final)
+        return final
+
+
 def train(
     record: ModelRecord,
     images: np.ndarray,
@@ -97,72 +165,33 @@ def train(
 
     ``progress(total_steps)`` may return a tqdm-like object with ``update``.
     """
-    torch.manual_seed(config.seed)
-    model = build_model(record)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    window = record.window_for(config.patch_px)
-    x = torch.from_numpy(normalize(images, record))
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
-    )
-    start_epoch = 0
-    last = out_dir / "last.pt"
-    if resume:
-        if not last.exists():
-            raise PatchGuardError(f"--resume: no {last} to resume from")
-        content = read_checkpoint(last)
-        state, _ = unwrap(content)
-        model.load_state_dict(state)
-        optimizer.load_state_dict(content["optimizer"])
-        schedule.load_state_dict(content["schedule"])
-        start_epoch = int(content["epoch"])
-        log.info("resuming after epoch %d", start_epoch)
+    window = record.window_for(config.patch_px)  # refused before any work
+    run = TrainingRun(record, images, labels, out_dir, config, init_state, resume)
+    model = run.model
     ev = None
     if eval_data is not None:
         ev = (torch.from_numpy(normalize(eval_data[0], record)), torch.from_numpy(eval_data[1]))
-    bar = progress((config.epochs - start_epoch) * steps_per_epoch) if progress else None
-    for epoch in range(start_epoch, config.epochs):
+    bar = progress((config.epochs - run.start_epoch) * run.steps_per_epoch) if progress else None
+    for epoch in range(run.start_epoch, config.epochs):
         model.train()
         began = time.time()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed + epoch))
+        order = torch.randperm(len(run.x), generator=torch.Generator().manual_seed(config.seed + epoch))
         total_loss = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            xb, yb = x[idx], y[idx]
-            if config.flip:
-                flip = torch.rand(len(xb)) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        for xb, yb in run.batches(order):
             if config.defense == "double":
                 logits = double_masked_training_logits(model(xb), yb, window, config.masks_per_axis,
                                                        config.clip)
             else:
                 logits = masked_training_logits(model(xb), yb, window, config.clip)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item()
+            total_loss += run.step(F.cross_entropy(logits, yb))
             if bar is not None:
                 bar.update(1)
-        report = EpochReport(epoch + 1, total_loss / steps_per_epoch, time.time() - began)
+        report = EpochReport(epoch + 1, total_loss / run.steps_per_epoch, time.time() - began)
         if ev is not None:
             report.accuracy, report.certified = evaluate(
                 model, record, *ev, config.patch_px, defense=config.defense,
                 masks_per_axis=config.masks_per_axis)
-        save_checkpoint(
-            model, record, last, extra={
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "epoch": epoch + 1, "config": asdict(config),
-            },
-        )
-        save_checkpoint(model, record, out_dir / f"epoch{epoch + 1:02d}.pt")
+        run.end_epoch(epoch)
         if on_epoch is not None:
             on_epoch(report)
-    final = out_dir / "model.pt"
-    save_checkpoint(model, record, final)
-    return final
+    return run.finish()

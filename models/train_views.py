@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,7 @@ from torch import nn
 from ..runtime.cleanser import DoubleMasking, MaskSet, mask_set
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
-from ..runtime.preprocess import normalize
-from .checkpoints import read_checkpoint, save_checkpoint, unwrap
-from .records import build_model
-from .train import EpochReport, TrainConfig
+from .train import EpochReport, TrainConfig, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -97,66 +93,27 @@ def train_classifier(
     progress: Callable[[int], Any] | None = None,
 ) -> Path:
     """Train ``record``'s classifier on ablated views; returns the path of ``model.pt``."""
-    torch.manual_seed(config.seed)
-    model = build_model(record)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    x = torch.from_numpy(normalize(images, record))
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
-    )
-    start_epoch = 0
-    last = out_dir / "last.pt"
-    if resume:
-        if not last.exists():
-            raise PatchGuardError(f"--resume: no {last} to resume from")
-        content = read_checkpoint(last)
-        state, _ = unwrap(content)
-        model.load_state_dict(state)
-        optimizer.load_state_dict(content["optimizer"])
-        schedule.load_state_dict(content["schedule"])
-        start_epoch = int(content["epoch"])
-        log.info("resuming after epoch %d", start_epoch)
-    bar = progress((config.epochs - start_epoch) * steps_per_epoch) if progress else None
-    for epoch in range(start_epoch, config.epochs):
+    run = TrainingRun(record, images, labels, out_dir, config, init_state, resume)
+    model = run.model
+    bar = progress((config.epochs - run.start_epoch) * run.steps_per_epoch) if progress else None
+    for epoch in range(run.start_epoch, config.epochs):
         model.train()
         began = time.time()
         # Per-epoch seeds: a resumed run draws the same batches and masks as an uninterrupted one.
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(len(run.x), generator=generator)
         total_loss = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            xb, yb = x[idx], y[idx]
-            if config.flip:
-                flip = torch.rand(len(xb), generator=generator) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            loss = F.cross_entropy(model(augment(xb, generator)), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item()
+        for xb, yb in run.batches(order, generator):
+            total_loss += run.step(F.cross_entropy(model(augment(xb, generator)), yb))
             if bar is not None:
                 bar.update(1)
-        report = EpochReport(epoch + 1, total_loss / steps_per_epoch, time.time() - began)
+        report = EpochReport(epoch + 1, total_loss / run.steps_per_epoch, time.time() - began)
         if evaluate is not None:
             figures = evaluate(model, record)
             report.accuracy = figures.pop("accuracy", math.nan)
             report.certified = figures.pop("certified", math.nan)
             report.extra = figures
-        save_checkpoint(
-            model, record, last, extra={
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "epoch": epoch + 1, "config": asdict(config),
-            },
-        )
-        save_checkpoint(model, record, out_dir / f"epoch{epoch + 1:02d}.pt")
+        run.end_epoch(epoch)
         if on_epoch is not None:
             on_epoch(report)
-    final = out_dir / "model.pt"
-    save_checkpoint(model, record, final)
-    return final
+    return run.finish()

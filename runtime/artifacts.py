@@ -23,7 +23,6 @@ folder guards the staging, the commit and recovery.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .errors import OutputError, PatchGuardError
-from .files import ensure_dir, write_text_atomic
+from .files import ensure_dir, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,6 @@ def manifest_name(name: str) -> str:
 
 def _journal(out: Path, name: str) -> Path:
     return out / f".{name}.commit.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

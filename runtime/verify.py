@@ -35,14 +35,13 @@ which is the footprint :mod:`.footprint` assumes); :func:`verify` does both.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import MissingDependencyError, PatchGuardError
-from .files import PathText
+from .files import PathText, sha256_file
 from .geometry import Pair
 from .metadata import ModelRecord
 
@@ -146,11 +145,7 @@ def _onnx() -> Any:
 
 def onnx_digest(path: PathText) -> str:
     """SHA-256 (hex) of an ONNX file's bytes: what an engine sidecar records."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def load_graph(model: Any) -> Any:

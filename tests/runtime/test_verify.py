@@ -300,6 +300,26 @@ def test_allow_unverified_gives_labels_only(lying_files: dict, tmp_path: Path) -
         assert "lie_mean" in (found.uncertified_reason or "")
 
 
+def test_allow_unverified_certifies_nothing_for_any_lying_model(lying_files: dict, tmp_path: Path) -> None:
+    from patchguard.runtime.cli.bench import main as bench_main
+    from patchguard.runtime.cli.run import main as run_main
+
+    frames = SAMPLES / "1-trouser"
+    for name, path in lying_files.items():
+        if name == "custom-op":  # onnxruntime cannot run it at all
+            continue
+        out = tmp_path / f"{name}.jsonl"
+        result = _invoke(run_main, ["--engine", path, "--source", frames, "--max-frames", 2,
+                                    "--jsonl", out, "--allow-unverified"])
+        assert result.exit_code == 0, (name, result.output)
+        rows = [r for r in map(json.loads, out.read_text().splitlines()) if r.get("kind") == "frame"]
+        assert len(rows) == 2 and not any(r["certified"] or r["certified_patch_px"] for r in rows), name
+        assert all("not proved local" in r["uncertified_reason"] for r in rows), name
+        result = _invoke(bench_main, ["--engine", path, "--source", frames, "--max-frames", 6,
+                                      "--allow-unverified"])
+        assert result.exit_code == 0, (name, result.output)
+
+
 def test_genuine_model_still_certifies_and_reports_its_proof(bundled: Path, tmp_path: Path) -> None:
     from patchguard.runtime.pipeline import Pipeline
 

@@ -14,12 +14,13 @@ COMMANDS = {
     "pg-certify": "patchguard.runtime.cli.certify:main",
     "pg-run": "patchguard.runtime.cli.run:main",
     "pg-bench": "patchguard.runtime.cli.bench:main",
+    "pg-serve": "patchguard.runtime.cli.serve:main",
 }
 # What a base install lacks: the heavy extras are blocked in the child process.
 # Each case starts a fresh interpreter.
 pytestmark = pytest.mark.slow
 
-BLOCK = "import sys\nfor m in ('torch', 'onnx', 'onnxruntime', 'cv2', 'tensorrt'): sys.modules[m] = None\n"
+BLOCK = "import sys\nfor m in ('torch', 'onnx', 'onnxruntime', 'cv2', 'tensorrt', 'pytriton', 'ray'): sys.modules[m] = None\n"
 
 
 def run(target: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -41,6 +42,7 @@ def test_help_without_extras(command: str) -> None:
     ("pg-export", [], "export"),
     ("pg-export", ["--onnx", "model.onnx", "--fp16"], "onnx"),  # on the target: no torch needed
     ("pg-run", ["--engine", "model.onnx", "--camera", "0"], "cpu"),
+    ("pg-serve", ["--model", "model.onnx"], "serve"),
 ])
 def test_missing_extra_is_one_line(command: str, args: list[str], extra: str, tmp_path) -> None:
     model = tmp_path / "model.onnx"

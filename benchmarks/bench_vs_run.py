@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "models" / "samples" / "fashion-mnist-test"
+SAMPLE = ROOT / "samples" / "fashion-mnist-test"
 
 
 def command(module: str, *args: str) -> subprocess.CompletedProcess:

@@ -118,7 +118,7 @@ def synthetic_logits(count: int, batch: int, h: int, w: int, classes: int,
 
 
 def bench_source(pipeline: Any, frames: Any, batch: int, max_frames: Optional[int],
-                 warmup: int = 2) -> dict[str, Any]:
+                 warmup: int = 2, color: Optional[str] = None) -> dict[str, Any]:
     """Per-frame latencies of ``pipeline`` over a frame source, as pg-run measures them.
 
     The first ``warmup`` batches (session start-up, caches) are run but not counted.
@@ -131,7 +131,7 @@ def bench_source(pipeline: Any, frames: Any, batch: int, max_frames: Optional[in
     def flush() -> None:
         nonlocal certified, counted, batches
         results = pipeline.run_batch([item.image for item in pending],
-                                     color=pending[0].color if pending else None)
+                                     color=color or (pending[0].color if pending else None))
         batches += 1
         if batches <= warmup:
             return
@@ -188,6 +188,10 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
               help="Time real frames: a video, image folder, glob or ROS bag (as pg-run --source).")
 @click.option("--topic", default=None, help="Image topic of a ROS bag --source.")
 @click.option("--max-frames", type=int, default=None, help="With --source: stop after N frames.")
+@click.option("--color", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default=None,
+              help="With --source: channel order of the frames [default: as pg-run, the source's own].")
+@click.option("--value-range", type=float, nargs=2, default=None, metavar="LO HI",
+              help="With --source: map frames that are not uint8 (mono16, float) from LO..HI onto 0..255.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads [default: onnxruntime's choice, one per core].")
@@ -216,7 +220,8 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
          patch_size: Optional[int], iterations: int, budget_ms: Optional[float],
          provider: Optional[str], defense: str, top_k: int, tau: Optional[float],
          allow_unverified: bool,
-         json_out: Optional[str], max_memory: Optional[str]) -> None:
+         json_out: Optional[str], max_memory: Optional[str], color: Optional[str],
+         value_range: Optional[tuple[float, float]]) -> None:
     """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
     from ..detection import DEFAULT_TAU
     from ..files import check_outputs, write_text_atomic
@@ -229,6 +234,8 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
         raise PatchGuardError("give exactly one of --model M or --synthetic-map HxWxC")
     if source is not None and engine is None:
         raise PatchGuardError("--source needs --model (real frames go through the model)")
+    if source is None and (color or value_range or topic):
+        raise PatchGuardError("--color, --value-range and --topic apply to --source")
     if batch < 1 or iterations < 1:
         raise PatchGuardError("--batch and --iterations must be at least 1")
     if threads is not None and threads < 1:
@@ -239,7 +246,8 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
         raise PatchGuardError(f"--budget-ms must be positive, got {budget_ms}")
     if source is not None:
         report, lines = _bench_real(engine or "", source, topic, max_frames, batch, threads,
-                                    patch_size, provider, budget_ms, settings, allow_unverified)
+                                    patch_size, provider, budget_ms, settings, allow_unverified,
+                                    color, value_range or None)
     else:
         report, lines = _bench_stages(engine, synthetic_map, batch, threads, frame, patch_size,
                                       iterations, provider, budget_ms, settings, budget, allow_unverified)
@@ -254,7 +262,8 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
 def _bench_real(engine: str, source: str, topic: Optional[str], max_frames: Optional[int], batch: int,
                 threads: Optional[int], patch_size: Optional[int], provider: Optional[str],
                 budget_ms: Optional[float], settings: Any,
-                allow_unverified: bool = False) -> tuple[dict[str, Any], list[str]]:
+                allow_unverified: bool = False, color: Optional[str] = None,
+                value_range: Optional[tuple[float, float]] = None) -> tuple[dict[str, Any], list[str]]:
     from ..backends import open_backend
     from ..pipeline import Pipeline
     from ..sources import open_source
@@ -264,9 +273,9 @@ def _bench_real(engine: str, source: str, topic: Optional[str], max_frames: Opti
     try:
         pipeline = Pipeline(backend, patch_size=patch_size, defense=settings.defense,
                             tau=settings.tau, top_k=settings.top_k,
-                            allow_unverified=allow_unverified)
+                            allow_unverified=allow_unverified, value_range=value_range)
         with open_source(source, topic=topic) as frames:
-            found = bench_source(pipeline, frames, batch, max_frames)
+            found = bench_source(pipeline, frames, batch, max_frames, color=color)
             description = frames.description
     finally:
         backend.close()

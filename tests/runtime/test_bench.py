@@ -93,3 +93,8 @@ def test_bench_stage_percentiles_and_bad_options(default_onnx: Path) -> None:
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["--synthetic-map", "8x8x3", "--source", "x/"])
     assert result.exit_code == 1 and "--source needs --model" in result.output
+
+
+def test_bench_source_options_apply_to_source_only() -> None:
+    result = CliRunner().invoke(main, ["--synthetic-map", "8x8x3", "--color", "rgb"])
+    assert result.exit_code == 1 and "apply to --source" in result.output

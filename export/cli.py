@@ -9,7 +9,7 @@ import click
 from ..calibration.int8 import FLAVORS
 from ..runtime.console import Command, info
 from ..runtime.errors import PatchGuardError, lazy_import
-from ..runtime.limits import MAX_CLASSES, check_side
+from ..runtime.limits import MAX_CLASSES, check_memory, check_side, memory_budget
 
 EXAMPLES = """
 \b
@@ -55,6 +55,9 @@ def _load_torch_model(arch: Optional[str], checkpoint: Optional[str], num_classe
     if size is not None:
         for side in size:
             check_side(side, "--input-size")
+        # The probe and parity runs hold a few activation maps of ~64 channels at the input
+        # size, float32: refuse before torch tries (100000 px asks for terabytes).
+        check_memory(4 * 64 * 4 * size[0] * size[1], memory_budget(), f"exporting at {size[0]}x{size[1]}")
     if random_init:
         if checkpoint:
             raise PatchGuardError("--random-init and --checkpoint contradict each other; pick one")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import torch
 from torch import nn
 
 from ..runtime.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -133,7 +134,26 @@ def with_overrides(
 
 
 def build_model(record: ModelRecord) -> nn.Module:
-    """A fresh (randomly initialised) module for ``record``."""
+    """A fresh (randomly initialised) module for ``record``.
+
+    Built first on torch's ``meta`` device (shapes only, no memory) to count
+    the parameters: a record asking for absurd layer widths is refused with
+    one line instead of an allocation failure or the OOM killer.
+    """
+    from ..runtime.limits import check_memory, memory_budget
+
+    try:
+        with torch.device("meta"):
+            shapes_only = _construct(record)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise PatchGuardError(f"the {record.arch} record's config is malformed: {exc}") from None
+    count = sum(p.numel() for p in shapes_only.parameters())
+    # Weights, gradients and the optimiser's two moments when training: four copies.
+    check_memory(16 * count, memory_budget(), f"a {record.arch} with {count:,} parameters")
+    return _construct(record)
+
+
+def _construct(record: ModelRecord) -> nn.Module:
     if record.arch in BAGNET_RF:
         return getattr(bagnet, record.arch)(num_classes=record.num_classes)
     if record.arch == "smallbagnet":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -22,6 +23,78 @@ from .geometry import IntOrPair, Pair, check_fits, map_size, size_text, window_s
 from .views import ViewDefense
 
 METADATA_KEY = "patchguard"
+
+
+def _whole(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _numbers(value: Any, positive: bool = False) -> bool:
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if positive and v <= 0:
+            return False
+    return True
+
+
+def field_problems(data: dict[str, Any]) -> list[str]:
+    """One message per field of a record that is outside its type or sane range.
+
+    Checked before anything is computed from the record (a stride of 0 divides
+    by zero, a default patch of 1e9 pixels allocates gigabytes, a string of
+    class names becomes one name per character): sizes <= 16384 pixels, class
+    count <= 100000, stride >= 1, 1 <= receptive field <= the input, a map of
+    at most 2^20 cells.
+    """
+    from .limits import MAX_CLASSES, MAX_MAP_CELLS, MAX_SIDE
+
+    problems: list[str] = []
+
+    def need(name: str, ok: bool, what: str) -> bool:
+        if name in data and not ok:
+            shown = repr(data[name])
+            problems.append(f"{name} must be {what}, got {shown[:60]}{'...' if len(shown) > 60 else ''}")
+            return False
+        return name in data
+
+    need("arch", isinstance(data.get("arch"), str) and bool(str(data.get("arch")).strip()), "a non-empty string")
+    need("num_classes", _whole(data.get("num_classes"), 1, MAX_CLASSES), f"a whole number in 1..{MAX_CLASSES}")
+    size = data.get("input_size")
+    size_ok = need("input_size", isinstance(size, (list, tuple)) and len(size) == 2
+                   and all(_whole(v, 1, MAX_SIDE) for v in size),
+                   f"[height, width] in whole pixels, 1..{MAX_SIDE}")
+    need("in_channels", _whole(data.get("in_channels"), 1, 64), "a whole number in 1..64")
+    need("mean", _numbers(data.get("mean")), "a list of finite numbers")
+    need("std", _numbers(data.get("std"), positive=True), "a list of finite numbers > 0")
+    names = data.get("class_names")
+    need("class_names", isinstance(names, (list, tuple)) and all(isinstance(v, str) for v in names),
+         "a list of strings (one per class)")
+    crop = data.get("crop_fraction")
+    need("crop_fraction", not isinstance(crop, bool) and isinstance(crop, (int, float))
+         and 0.0 < float(crop) <= 1.0, "a number in (0, 1]")
+    need("default_patch_px", _whole(data.get("default_patch_px"), 0,
+                                     max(size) if size_ok and "input_size" in data else MAX_SIDE),
+         "a whole number of model pixels, 0 (none) up to the input size")
+    need("config", isinstance(data.get("config"), dict), "an object")
+    if data.get("defense") is None:  # a BagNet: r and s are the certificate's premises
+        r, s = data.get("receptive_field"), data.get("stride")
+        side = min(size) if size_ok and "input_size" in data else MAX_SIDE
+        r_ok = need("receptive_field", _whole(r, 1, side), f"a whole number of pixels in 1..{side} (the input)")
+        s_ok = need("stride", _whole(s, 1, MAX_SIDE), f"a whole number of pixels in 1..{MAX_SIDE}")
+        if r_ok and s_ok and size_ok and "input_size" in data:
+            cells = map_size(size[0], r, s) * map_size(size[1], r, s)
+            need("stride", cells <= MAX_MAP_CELLS, f"large enough for a map of at most {MAX_MAP_CELLS} cells")
+    return problems
+
+
+def check_fields(data: dict[str, Any], what: str) -> None:
+    """:func:`field_problems` as one error line, every bad field named."""
+    problems = field_problems(data)
+    if problems:
+        raise PatchGuardError(f"{what}: " + "; ".join(problems))
 SIDECAR_SUFFIX = ".json"
 
 
@@ -56,6 +129,8 @@ class ModelRecord:
     defense: Optional[ViewDefense] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.class_names, str):  # would become one name per character
+            raise PatchGuardError(f"class_names must be a list of strings, got the string {self.class_names[:40]!r}")
         if isinstance(self.defense, dict):
             object.__setattr__(self, "defense", ViewDefense.from_dict(self.defense))
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -75,6 +150,14 @@ class ModelRecord:
             raise PatchGuardError(
                 f"mean/std need {self.in_channels} values each, got {self.mean} / {self.std}"
             )
+        # Ranges, on every record however it was made (flags, checkpoints, metadata).
+        check_fields({"arch": self.arch, "num_classes": self.num_classes,
+                      "input_size": list(self.input_size), "in_channels": self.in_channels,
+                      "mean": list(self.mean), "std": list(self.std),
+                      "class_names": list(self.class_names), "crop_fraction": self.crop_fraction,
+                      "default_patch_px": self.default_patch_px, "config": self.config,
+                      "defense": self.defense, "receptive_field": self.receptive_field,
+                      "stride": self.stride}, "model record")
 
     @property
     def is_local(self) -> bool:
@@ -166,6 +249,8 @@ class ModelRecord:
         missing = sorted(required - set(data))
         if missing:
             raise PatchGuardError(f"model metadata lacks {', '.join(missing)}")
+        # Field by field, before any of them is used (stride 0 divides by zero, ...).
+        check_fields(data, "model metadata")
         fields = {k: v for k, v in data.items() if k in known}
         fields["defense"] = defense
         if defense is not None:

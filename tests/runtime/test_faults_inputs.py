@@ -218,3 +218,54 @@ def test_plot_without_matplotlib_fails_before_inference(default_onnx: Path, tmp_
     assert done.returncode == ExitCode.USAGE, done.stderr
     assert "matplotlib" in done.stderr and "Traceback" not in done.stderr
     assert "inference" not in done.stderr  # no progress of a run that would be thrown away
+
+
+# -- metadata, field by field ---------------------------------------------------------------
+
+METADATA_CASES = {
+    "stride 0": ({"stride": 0}, "stride must be"),
+    "receptive field a string": ({"receptive_field": "5"}, "receptive_field must be"),
+    "receptive field null": ({"receptive_field": None}, "receptive_field must be"),
+    "receptive field true": ({"receptive_field": True}, "receptive_field must be"),
+    "receptive field larger than the input": ({"receptive_field": 29}, "receptive_field must be"),
+    "default patch 1e9": ({"default_patch_px": 1000000000}, "default_patch_px must be"),
+    "class names a string": ({"class_names": "abcdefghij"}, "class_names must be a list"),
+    "a million classes": ({"num_classes": 1000000}, "num_classes must be"),
+    "input size 100000": ({"input_size": [100000, 100000]}, "input_size must be"),
+    "two bad fields": ({"stride": 0, "std": [0]}, "std must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(METADATA_CASES))
+def test_metadata_is_validated_field_by_field(default_onnx: Path, tmp_path: Path, photo: Path,
+                                             case: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    change, fragment = METADATA_CASES[case]
+    model = onnx.load(str(default_onnx))
+    for prop in model.metadata_props:
+        if prop.key == "patchguard":
+            record = json.loads(prop.value)
+            record.update(change)
+            record.pop("map_size", None)  # so each field's own check speaks
+            prop.value = json.dumps(record)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    from patchguard.runtime.cli.run import main
+
+    line = one_error(invoke(main, ["--engine", str(bad), "--source", str(photo)]), "model metadata", fragment)
+    if case == "two bad fields":
+        assert "stride must be" in line  # every bad field named, on the one line
+
+
+def test_a_checkpoint_asking_for_huge_layers_is_one_line(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from patchguard.export.cli import main
+    from patchguard.models import record_for
+
+    record = record_for("smallbagnet").to_dict()
+    record["config"] = {"spatial": [[3, 1, 1000000], [3, 1, 1000000]], "pointwise": [128]}
+    checkpoint = tmp_path / "huge.pt"
+    torch.save({"format": "patchguard-edge", "record": record, "state_dict": {}}, checkpoint)
+    one_error(invoke(main, ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]),
+              "parameters", "memory budget")
+    assert not (tmp_path / "out").exists()

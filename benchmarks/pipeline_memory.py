@@ -92,6 +92,11 @@ def main() -> int:
     print(f"rows written: {rows}")
     print(f"RSS after {args.warmup} warm-up frames: {start_rss:.1f} MiB; at the end: {end_rss:.1f} MiB; "
           f"growth {end_rss - start_rss:+.1f} MiB over {summary.frames - args.warmup} frames")
+    first = dict(samples).get(1000)
+    if first and samples[-1][0] > 1000:
+        last, at = samples[-1][1], samples[-1][0]
+        print(f"RSS at frame {at}: {last:.1f} MiB vs {first:.1f} MiB at frame 1000: "
+              f"{100 * (last - first) / first:+.2f}%")
     return 0 if rows == summary.frames == args.frames else 1
 
 

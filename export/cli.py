@@ -164,7 +164,8 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         int8_only = [flag for flag, value in (("--calib-data", calib_data), ("--int8-flavor", int8_flavor),
                                               ("--calib-size", calib_size != 256)) if value]
         if int8_only:
-            raise PatchGuardError(f"{', '.join(int8_only)} only apply with --int8; add --int8 or drop them")
+            verb = "applies" if len(int8_only) == 1 else "apply"
+            raise PatchGuardError(f"{', '.join(int8_only)} only {verb} with --int8; add --int8 or drop them")
     if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
         raise PatchGuardError(f"--num-classes must be in 1..{MAX_CLASSES}, got {num_classes}")
     if max_batch is not None and max_batch < 1:

@@ -218,7 +218,9 @@ def test_empty_source_is_not_the_current_folder(default_onnx: Path) -> None:
 def _start(default_onnx: Path, video: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CODE, "--engine", str(default_onnx), "--source",
                              str(video), "--jsonl", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # As a foreground process: a background job inherits SIGINT ignored.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 (no threads here)
 
 
 def _wait_for_rows(proc: subprocess.Popen, out: Path, timeout: float = 120.0) -> None:

@@ -158,8 +158,8 @@ def test_garbage_checkpoint_is_one_line(tmp_path: Path) -> None:
     (["--arch", "bagnet17", "--random-init", "--num-classes", "0"], "--num-classes"),
     (["--name", "../x"], "plain file name"),
     (["--name", ".hidden"], "must not start with '.'"),
-    (["--calib-data", "fashion-mnist"], "only apply with --int8"),
-    (["--int8-flavor", "cpu"], "only apply with --int8"),
+    (["--calib-data", "fashion-mnist"], "with --int8"),
+    (["--int8-flavor", "cpu"], "with --int8"),
 ])
 def test_export_flag_mistakes(tmp_path: Path, args: list[str], fragment: str) -> None:
     pytest.importorskip("torch")

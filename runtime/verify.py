@@ -403,6 +403,11 @@ class _Prover:
             kernel = list(weight.shape[2:])
         if kernel is None or len(kernel) != 2:
             raise self.fail(node, f"has a kernel of {kernel}, not 2-D")
+        if not pool and node.input[1] in self.consts:
+            weight = self.value(node.input[1])
+            if weight is not None and list(weight.shape[2:]) != [int(k) for k in kernel]:
+                # The proof must reason about the kernel a runtime actually applies.
+                raise self.fail(node, f"has kernel_shape {list(kernel)} but weights of {list(weight.shape[2:])}")
         strides = self.attr(node, "strides") or [1, 1]
         dilations = self.attr(node, "dilations") or [1, 1]
         pads = self.attr(node, "pads") or [0, 0, 0, 0]
@@ -459,6 +464,10 @@ class _Prover:
         fields = dict(source.fields)
         for start, end, axis, step in zip(starts, ends, axes, steps):
             role = source.roles[int(axis) % len(source.roles)]
+            if role == BATCH and not (int(start) == 0 and int(end) >= 2 ** 31 - 1 and step == 1):
+                # One frame's slice broadcast onto the others would let a patch
+                # in one frame reach another frame's cells.
+                raise self.fail(node, "slices the batch axis (mixes frames)")
             if role not in _SPATIAL:
                 continue
             if step < 1:

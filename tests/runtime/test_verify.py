@@ -390,3 +390,48 @@ def test_engine_sidecars_must_carry_a_digest_and_a_fitting_proof(bundled: Path, 
     assert "is not the ONNX it was built from" in line
     line = _one_error_line(_invoke(run_main, ["--engine", bundled, "--onnx", bundled, "--source", SAMPLES]))
     assert "is not an engine" in line
+
+
+def _tiny_graph(nodes: list, inits: list, batch: object = 1):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_slicing_the_batch_axis_is_refused() -> None:
+    """Frame 0 sliced off and added to every frame: a patch in one frame of a
+    batch would change another frame's cells (onnxruntime runs it)."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    def ints(name: str, v: list) -> object:
+        return numpy_helper.from_array(np.array(v, np.int64), name)
+
+    model = _tiny_graph([
+        helper.make_node("Slice", ["x", "s0", "s1", "ax"], ["f0"]),
+        helper.make_node("Add", ["x", "f0"], ["a"]),
+        helper.make_node("Transpose", ["a"], ["y"], perm=[0, 2, 3, 1])],
+        [ints("s0", [0]), ints("s1", [1]), ints("ax", [0])], batch="N")
+    session = ort.InferenceSession(model.SerializeToString())
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    before = session.run(None, {"x": x})[0]
+    x[0, 0, 0, 0] = 5.0
+    assert (session.run(None, {"x": x})[0][1] != before[1]).any()  # frame 1 reads frame 0
+    with pytest.raises(VerificationError, match="batch"):
+        prove(model)
+
+
+def test_conv_kernel_shape_must_match_its_weights() -> None:
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+    model = _tiny_graph([
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])], [weight])
+    with pytest.raises(VerificationError, match="kernel_shape"):
+        prove(model)

@@ -61,6 +61,11 @@ BATCH = 256
               help="Fashion-MNIST split.")
 @click.option("--limit", type=int, default=None, help="Use the first N images only.")
 @click.option("--provider", default=None, help="onnxruntime provider: cpu (default), cuda, tensorrt.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the model on Ray Data actors (the [ray] extra): a local Ray cluster, or the "
+                   "cluster at ADDRESS (ray://host:10001, auto). Same report as without --ray.")
+@click.option("--ray-workers", type=int, default=2, show_default=True,
+              help="--ray: actors, one model each.")
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads (--model mode) [default: onnxruntime's choice].")
 @click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
@@ -98,7 +103,8 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
          patch_sizes: Sequence[str], rf: Optional[int], stride: Optional[int], thres: float,
          clip: Optional[float], defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
          top_k: int, allow_unverified: bool, json_out: Optional[str], plot: Optional[str],
-         save_logits: Optional[str], dump: Optional[str], threads: Optional[int]) -> None:
+         save_logits: Optional[str], dump: Optional[str], threads: Optional[int],
+         ray_address: Optional[str], ray_workers: int) -> None:
     """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
     feature-space double masking; provable detection and top-k in the reports)."""
     from ..files import check_outputs
@@ -115,7 +121,8 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         raise PatchGuardError("give exactly one of --logits X.npy or --model MODEL")
     if logits is not None:
         for flag, value in (("--data", data), ("--plot", plot), ("--save-logits", save_logits),
-                            ("--limit", limit), ("--dump", dump), ("--threads", threads)):
+                            ("--limit", limit), ("--dump", dump), ("--threads", threads),
+                            ("--ray", ray_address)):
             if value is not None:
                 raise PatchGuardError(f"{flag} belongs to --model mode, not --logits")
         _logits_mode(logits, labels, window_text, sizes, rf, stride, thres, clip, defense, json_out,
@@ -133,7 +140,9 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
         if threads is not None and threads < 1:
             raise PatchGuardError(f"--threads must be at least 1, got {threads}")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
-                     plot, save_logits, extras, dump, threads, allow_unverified)
+                     plot, save_logits, extras, dump, threads, allow_unverified,
+                     (None if ray_address == "local" else ray_address, ray_workers)
+                     if ray_address is not None else None)
 
 
 def _extras(defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
@@ -295,7 +304,8 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
                  provider: Optional[str], sizes: list[int], thres: float, clip: Optional[float],
                  json_out: Optional[str], plot: Optional[str], save_logits: Optional[str],
                  extras: dict[str, Any], dump: Optional[str] = None,
-                 threads: Optional[int] = None, allow_unverified: bool = False) -> None:
+                 threads: Optional[int] = None, allow_unverified: bool = False,
+                 ray: Optional[tuple[Optional[str], int]] = None) -> None:
     from ..backends import open_backend
     from ..evaluate import evaluate
     from ..masking import check_params
@@ -319,6 +329,9 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
             images, labels = _load_data(data, split, record)
             if limit is not None:
                 images, labels = images[:limit], labels[:limit]
+            if ray is not None:
+                raise PatchGuardError("--ray runs BagNets (their local logits); view defenses run "
+                                      "without it")
             _views_mode(backend, engine, data, split, images, labels, sizes, json_out, dump)
             return
         if dump is not None:
@@ -328,7 +341,13 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
         images, labels = _load_data(data, split, record)
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
-        u = _infer_all(backend, images, record)
+        if ray is not None:
+            from ..raydata import infer_with_ray
+
+            u = infer_with_ray(engine, images, workers=ray[1], chunk=BATCH, address=ray[0],
+                               provider=provider, threads=threads, allow_unverified=allow_unverified)
+        else:
+            u = _infer_all(backend, images, record)
     if save_logits:
         np_path = Path(save_logits)
         with atomic_path(np_path) as tmp, open(tmp, "wb") as handle:

@@ -126,6 +126,9 @@ def _onnx_name(path: Path) -> str:
               help="tensorrt: S8S8 symmetric QDQ, zero points 0, what engines are built from; cpu: U8S8 "
                    "QDQ, the fastest in onnxruntime on x86 CPUs (VNNI); cpu-avx2: U8S8 with 7-bit weights "
                    "for x86 CPUs without VNNI. Default: tensorrt when an engine is built, else cpu.")
+@click.option("--triton-repo", default=None, metavar="DIR",
+              help="Also write a Triton model repository (ONNX backend + Python-backend certification + "
+                   "ensemble) to this new folder.")
 @click.option("--out", "out_dir", default=".", show_default=True, metavar="DIR", help="Output folder.")
 @click.option("--name", default=None, help="Base name of the files (default: checkpoint / ONNX / arch name).")
 @click.option("--max-batch", type=int, default=None,
@@ -153,10 +156,13 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
          int8_flavor: Optional[str], out_dir: str, name: Optional[str], max_batch: Optional[int],
          opset: Optional[int],
          engine: Optional[bool], random_init: bool, onnx_path: Optional[str], parity_data: Optional[str],
-         parity_n: int, tf32: bool, allow_parity_drift: bool) -> None:
+         parity_n: int, tf32: bool, allow_parity_drift: bool, triton_repo: Optional[str]) -> None:
     """Export a BagNet for deployment and check every artifact against the original."""
     from ..runtime.files import check_name
     from .pipeline import ExportOptions, run_export
+
+    if triton_repo is not None and Path(triton_repo).exists() and any(Path(triton_repo).iterdir()):
+        raise PatchGuardError(f"--triton-repo {triton_repo} exists and is not empty; give a new folder")
 
     if name is not None:
         check_name(name, "--name")
@@ -233,3 +239,12 @@ def main(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[i
         click.echo(note, err=True)
     for path in result.files:
         click.echo(f"wrote {path}")
+    if triton_repo is not None:
+        from .triton_repo import write_triton_repo
+
+        fp32 = options.out / f"{options.name}.onnx"
+        if not fp32.is_file() and onnx_path is not None:
+            fp32 = Path(onnx_path)  # --onnx exports from this file without copying it
+        repo = write_triton_repo(fp32, Path(triton_repo),
+                                 max_batch=max_batch or 64)
+        click.echo(f"wrote Triton model repository {repo}")

@@ -183,12 +183,12 @@ def parity_inputs(record: ModelRecord, data: Optional[str], n: int, seed: int = 
     ``data``: "fashion-mnist", an image folder, or None (Fashion-MNIST test images
     when the model takes 28x28 gray and they are installed, else random inputs).
     """
-    from ..runtime.datasets import fashion_mnist_available, load_fashion_mnist
+    from ..runtime.datasets import fashion_mnist_available, fits_fashion_mnist, load_fashion_mnist
     from ..runtime.preprocess import normalize
 
     if n < 1:
         raise PatchGuardError(f"--parity-n must be at least 1, got {n}")
-    fits_fmnist = record.in_channels == 1 and tuple(record.input_size) == (28, 28)
+    fits_fmnist = fits_fashion_mnist(record)
     if data == "fashion-mnist" or (data is None and fits_fmnist and fashion_mnist_available()):
         if not fits_fmnist:
             raise PatchGuardError(

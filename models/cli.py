@@ -236,23 +236,10 @@ def _attack_images(data: str, split: str, record, limit: int | None):
     """(N, C, H, W) float pixels in [0, 1] and labels (N,) in dataset order."""
     import numpy as np
 
-    from ..runtime.datasets import fashion_mnist_available, load_fashion_mnist
+    from ..runtime.datasets import load_labelled
 
-    if data == "fashion-mnist" or (Path(data).is_dir() and fashion_mnist_available(data)):
-        images, labels = load_fashion_mnist(split, None if data == "fashion-mnist" else data)
-    elif Path(data).is_dir():
-        try:
-            from ..runtime.sources import read_image_folder
-        except ImportError:
-            raise PatchGuardError("reading image folders needs patchguard.runtime.sources") from None
-        images, labels, _ = read_image_folder(Path(data), record)
-    else:
-        raise PatchGuardError(f"--data {data}: not 'fashion-mnist' and not a folder")
-    if limit is not None:
-        if limit < 1:
-            raise PatchGuardError(f"--limit must be at least 1, got {limit}")
-        images, labels = images[:limit], labels[:limit]
-    images = np.asarray(images)
+    found = load_labelled(data, record, split, limit)
+    images, labels = np.asarray(found.images), found.labels
     if images.ndim == 3:
         images = images[..., None]
     if tuple(images.shape[1:3]) != tuple(record.input_size) or images.shape[-1] != record.in_channels:

@@ -1,12 +1,11 @@
 """Training data: Fashion-MNIST arrays or an image folder (one sub-folder per class)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..runtime.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ..runtime.datasets import FASHION_MNIST, fits_fashion_mnist, load_labelled
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
 
@@ -17,25 +16,13 @@ def load_training_data(
     data: str, record: ModelRecord, limit: Optional[int], eval_limit: int
 ) -> tuple[Arrays, Optional[Arrays], ModelRecord]:
     """(train images, labels), optional evaluation arrays, and the record fitted to the data."""
-    if data == "fashion-mnist":
-        if record.in_channels != 1 or tuple(record.input_size) != (28, 28):
-            raise PatchGuardError(f"{record.arch} takes {record.input_size} x{record.in_channels} "
-                                  "images; Fashion-MNIST is 28x28 grayscale (use --arch smallbagnet)")
-        images, labels = load_fashion_mnist("train")
-        evaluation = None
-        if eval_limit > 0:
-            test_images, test_labels = load_fashion_mnist("test")
-            evaluation = (test_images[:eval_limit], test_labels[:eval_limit])
-        record = record.replace(num_classes=10, class_names=FASHION_MNIST_CLASSES)
-    else:
-        from ..runtime.sources import read_image_folder
-
-        folder = Path(data)
-        if not folder.is_dir():
-            raise PatchGuardError(f"--data {data}: not 'fashion-mnist' and not a folder")
-        images, labels, names = read_image_folder(folder, record)
-        record = record.replace(num_classes=len(names), class_names=tuple(names))
-        evaluation = None
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return (images, labels), evaluation, record
+    if data == FASHION_MNIST and not fits_fashion_mnist(record):
+        raise PatchGuardError(f"{record.arch} takes {record.input_size} x{record.in_channels} "
+                              "images; Fashion-MNIST is 28x28 grayscale (use --arch smallbagnet)")
+    train = load_labelled(data, record, "train", limit)
+    evaluation = None
+    if data == FASHION_MNIST and eval_limit > 0:
+        test = load_labelled(data, record, "test", eval_limit)
+        evaluation = (test.images, test.labels)
+    record = record.replace(num_classes=len(train.class_names), class_names=train.class_names)
+    return (train.images, train.labels), evaluation, record

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -75,3 +76,51 @@ def load_fashion_mnist(
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise PatchGuardError(f"Fashion-MNIST files in {folder} do not match each other")
     return images, labels.astype(np.int64)
+
+
+FASHION_MNIST = "fashion-mnist"
+
+
+def fits_fashion_mnist(record: Any) -> bool:
+    """The model takes Fashion-MNIST as it is: 28x28, one channel."""
+    return record.in_channels == 1 and tuple(record.input_size) == (28, 28)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A labelled image set at model size: uint8 images (N, H, W) or (N, H, W, C),
+    int64 labels (N,), the class names and where it came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    description: str
+
+
+def load_labelled(data: str, record: Any, split: str = "test", limit: Optional[int] = None) -> Labelled:
+    """The one loader of labelled data: ``"fashion-mnist"`` (or a folder with its idx
+    files; ``split`` "train" or "test") or a folder with one sub-folder per class.
+
+    Images come at the record's size and channels (Fashion-MNIST is resized for
+    models that take other inputs); ``limit`` keeps the first N.
+    """
+    if limit is not None and limit < 1:
+        raise PatchGuardError(f"--limit must be at least 1, got {limit}")
+    folder = Path(data)
+    if data == FASHION_MNIST or (folder.is_dir() and fashion_mnist_available(folder)):
+        images, labels = load_fashion_mnist(split, None if data == FASHION_MNIST else folder)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        if not fits_fashion_mnist(record):
+            from .preprocess import to_model_image
+
+            images = np.stack([to_model_image(image, record) for image in images])
+        return Labelled(images, labels, FASHION_MNIST_CLASSES, f"{FASHION_MNIST} {split}")
+    if not folder.is_dir():
+        raise PatchGuardError(f"--data {data}: not '{FASHION_MNIST}' and not a folder")
+    from .sources import read_image_folder
+
+    images, labels, names = read_image_folder(folder, record)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return Labelled(images, labels, tuple(names), str(folder))

@@ -425,18 +425,10 @@ def _labels_path(save_logits: str) -> Path:
 
 
 def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarray]:
-    if data == "fashion-mnist":
-        from ..datasets import load_fashion_mnist
-        from ..preprocess import to_model_image
+    from ..datasets import load_labelled
 
-        images, labels = load_fashion_mnist(split)
-        if record.in_channels != 1 or tuple(images.shape[1:3]) != tuple(record.input_size):
-            images = np.stack([to_model_image(image, record) for image in images])
-        return images, labels
-    from ..sources import read_image_folder
-
-    images, labels, _ = read_image_folder(data, record)
-    return images, labels
+    found = load_labelled(data, record, split)
+    return found.images, found.labels
 
 
 def _infer_all(backend: Any, images: np.ndarray, record: Any) -> np.ndarray:

@@ -216,6 +216,13 @@ class _Prover:
             return self.ranks.get(name)
         return value.ndim if hasattr(value, "ndim") else len(value.dims)
 
+    def shape(self, name: str) -> list[int] | None:
+        """A constant's shape when known (an initializer's dims, a folded value's shape)."""
+        value = self.consts.get(name)
+        if value is None:
+            return None
+        return list(value.shape) if hasattr(value, "shape") else [int(d) for d in value.dims]
+
     # -- helpers
     def fail(self, node: Any, why: str) -> VerificationError:
         name = node.name or (node.output[0] if node.output else "?")
@@ -326,6 +333,14 @@ class _Prover:
                 const_rank = self.rank(name)
                 if const_rank is not None and const_rank > rank:
                     raise self.fail(node, "broadcasts a constant of higher rank")
+                shape = self.shape(name)
+                if shape is not None:
+                    # Right-aligned broadcasting: a constant longer than a map's spatial
+                    # axis would copy its cells to positions the proof never counted.
+                    for dim, role in zip(reversed(shape), reversed(maps[0].roles)):
+                        if role in _SPATIAL and dim not in (1, maps[0].fields[role].cells):
+                            raise self.fail(node, f"broadcasts a constant of {dim} along {role} "
+                                                  f"onto {maps[0].fields[role].cells} cells")
         first = maps[0]
         if any(m.roles != first.roles for m in maps[1:]):
             raise self.fail(node, "combines maps whose axes differ")

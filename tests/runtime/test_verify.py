@@ -435,3 +435,21 @@ def test_conv_kernel_shape_must_match_its_weights() -> None:
         helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])], [weight])
     with pytest.raises(VerificationError, match="kernel_shape"):
         prove(model)
+
+
+def test_a_constant_broadcast_along_a_spatial_axis_is_refused() -> None:
+    """A one-row map plus an (8, 1) constant is 8 rows of copies: the proof
+    would count 1 cell where the runtime sees 8."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = _tiny_graph([
+        helper.make_node("Conv", ["x", "w"], ["k"]),
+        helper.make_node("Add", ["k", "c"], ["a"]),
+        helper.make_node("Transpose", ["a"], ["y"], perm=[0, 2, 3, 1])],
+        [numpy_helper.from_array(np.ones((1, 1, 8, 3), np.float32), "w"),
+         numpy_helper.from_array(np.zeros((1, 1, 8, 1), np.float32), "c")])
+    out = ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.zeros((1, 1, 8, 8), np.float32)})[0]
+    assert out.shape == (1, 8, 6, 1)
+    with pytest.raises(VerificationError, match="broadcasts a constant"):
+        prove(model)

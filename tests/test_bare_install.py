@@ -20,7 +20,8 @@ COMMANDS = {
 # Each case starts a fresh interpreter.
 pytestmark = pytest.mark.slow
 
-BLOCK = "import sys\nfor m in ('torch', 'onnx', 'onnxruntime', 'cv2', 'tensorrt', 'pytriton', 'ray'): sys.modules[m] = None\n"
+BLOCK = ("import sys\nfor m in ('torch', 'onnx', 'onnxruntime', 'cv2', 'tensorrt', 'pytriton', 'ray'):\n"
+         "    sys.modules[m] = None\n")
 
 
 def run(target: str, args: list[str]) -> subprocess.CompletedProcess:

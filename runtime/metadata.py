@@ -62,7 +62,7 @@ def field_problems(data: dict[str, Any]) -> list[str]:
 
     need("arch", isinstance(data.get("arch"), str) and bool(str(data.get("arch")).strip()), "a non-empty string")
     need("num_classes", _whole(data.get("num_classes"), 1, MAX_CLASSES), f"a whole number in 1..{MAX_CLASSES}")
-    size = data.get("input_size")
+    size: Any = data.get("input_size")  # checked by size_ok before any use
     size_ok = need("input_size", isinstance(size, (list, tuple)) and len(size) == 2
                    and all(_whole(v, 1, MAX_SIDE) for v in size),
                    f"[height, width] in whole pixels, 1..{MAX_SIDE}")
@@ -80,7 +80,8 @@ def field_problems(data: dict[str, Any]) -> list[str]:
          "a whole number of model pixels, 0 (none) up to the input size")
     need("config", isinstance(data.get("config"), dict), "an object")
     if data.get("defense") is None:  # a BagNet: r and s are the certificate's premises
-        r, s = data.get("receptive_field"), data.get("stride")
+        r: Any = data.get("receptive_field")  # checked by r_ok / s_ok before use
+        s: Any = data.get("stride")
         side = min(size) if size_ok and "input_size" in data else MAX_SIDE
         r_ok = need("receptive_field", _whole(r, 1, side), f"a whole number of pixels in 1..{side} (the input)")
         s_ok = need("stride", _whole(s, 1, MAX_SIDE), f"a whole number of pixels in 1..{MAX_SIDE}")

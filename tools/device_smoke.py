@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "models" / "samples" / "fashion-mnist-test"
+SAMPLE = ROOT / "samples" / "fashion-mnist-test"
 PRECISIONS = ("fp32", "fp16", "int8")
 LATENCY_BATCHES = (1, 8)
 

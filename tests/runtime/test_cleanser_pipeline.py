@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+from _calibration_fixtures import SAMPLES
 from _cleanser_fixtures import export_cleanser
 from click.testing import CliRunner
 
@@ -72,10 +73,7 @@ def test_bagnet_and_view_options_do_not_mix(onnx_model):
 @pytest.mark.fashion_mnist
 def test_pg_run_jsonl_says_defense_views_and_second_round(onnx_model, tmp_path):
     samples = tmp_path / "frames"
-    from patchguard.models.checkpoints import CLEANSER_CHECKPOINT
-
-    folder = CLEANSER_CHECKPOINT.parent.parent / "samples" / "fashion-mnist-test"
-    shutil.copytree(folder / "1-trouser", samples)
+    shutil.copytree(SAMPLES / "1-trouser", samples)
     out = tmp_path / "frames.jsonl"
     result = CliRunner().invoke(run_main, ["--engine", str(onnx_model), "--source", str(samples),
                                            "--jsonl", str(out), "--max-frames", "6", "--certify", "2"])

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,export,dev
 
-.PHONY: install demo test test-fast lint bench device-check clean
+.PHONY: install demo test acceptance test-fast lint bench device-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 # The whole test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+# The hour-scale acceptance runs (300 certified images per view defense attacked at every position).
+acceptance: $(STAMP)
+	PATCHGUARD_ACCEPTANCE=1 $(BIN)/python -m pytest -q -ra -s -m acceptance
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"

@@ -3,7 +3,10 @@
 Markers: tests marked ``gpu`` / ``tensorrt`` skip, with the reason, where the
 GPU or the package is missing; tests marked ``fashion_mnist`` skip without the
 Debian dataset, except where ``PATCHGUARD_REQUIRE_DATA=1`` (CI): there they run
-and fail, so a missing dataset can never pass unnoticed.
+and fail, so a missing dataset can never pass unnoticed. Tests marked
+``acceptance`` are the hour-scale acceptance runs (300 certified images attacked
+in pixel space at every position); their quick twins run in every suite, and
+they run themselves with ``PATCHGUARD_ACCEPTANCE=1`` (``make acceptance``).
 
 Fixtures that several areas use live here, session-scoped, so each real export
 happens once per test run (importing a fixture into a test module instead would
@@ -55,6 +58,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "gpu": (_cuda_available, "needs a CUDA GPU (neither cuda-python nor torch sees one)"),
         "tensorrt": (_tensorrt_available, "needs the tensorrt package and a CUDA GPU"),
         "fashion_mnist": (fashion_mnist_or_required, NO_FASHION_MNIST),
+        "acceptance": (lambda: os.environ.get("PATCHGUARD_ACCEPTANCE") == "1",
+                       "hour-scale acceptance run: make acceptance (PATCHGUARD_ACCEPTANCE=1)"),
     }
     verdicts: dict[str, bool] = {}
     for item in items:

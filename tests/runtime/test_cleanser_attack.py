@@ -74,7 +74,7 @@ def test_certified_images_keep_their_label_under_every_patch(setup):
     assert placements == 2 * 3 * 576 and changed == 0
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @pytest.mark.fashion_mnist
 def test_300_certified_images_under_extreme_random_and_pgd_patches(setup):
     count = int(os.environ.get("PATCHGUARD_ATTACK_IMAGES", "300"))

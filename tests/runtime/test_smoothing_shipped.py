@@ -96,7 +96,7 @@ def test_certified_labels_survive_every_patch_position_quick(shipped) -> None:
         assert broken == 0, f"{name}: {broken} of {attacks} attacks changed a certified label"
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_certified_labels_survive_every_patch_position_300_images(shipped) -> None:
     kind, _, backend = shipped
     tally = attack_certified(backend, PATCH[kind], want=300, per_position=1)

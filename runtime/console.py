@@ -97,7 +97,8 @@ class Command(click.Command):
 
 def _exit_with(message: str, code: int) -> click.ClickException:
     error = click.ClickException(message)
-    error.exit_code = int(code)
+    # ClickException.exit_code is a class variable (click >= 8.5 types it so); one instance carries its own code.
+    setattr(error, "exit_code", int(code))  # noqa: B010 (a plain assignment fails type checks on click >= 8.5)
     return error
 
 

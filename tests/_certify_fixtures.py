@@ -156,9 +156,16 @@ def survives(u: np.ndarray, y: int, pa: int, pb: int, predict_one: Callable[[np.
     ``predict_one`` maps a batch (N, H, W, C) to predictions (N,); every
     position's contents are stacked into one batch.
     """
-    h, w, classes = u.shape
     scale = float(np.abs(u).max()) + 1.0
-    contents = list(patch_contents(rng, pa, pb, classes, clip, scale))
+    contents = list(patch_contents(rng, pa, pb, u.shape[2], clip, scale))
+    return keeps_label(u, y, pa, pb, contents, predict_one)
+
+
+def keeps_label(u: np.ndarray, y: int, pa: int, pb: int, contents: list[np.ndarray],
+                predict_one: Callable[[np.ndarray], np.ndarray]) -> bool:
+    """True if writing each of ``contents`` (pa, pb, C) at every (pa, pb)
+    position of u (H, W, C) leaves the prediction y; one batch for all."""
+    h, w, _ = u.shape
     attacked = []
     for i, j in itertools.product(range(h - pa + 1), range(w - pb + 1)):
         for content in contents:

@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -24,21 +25,20 @@ import numpy as np
 
 from patchguard.calibration.data import DEFAULT_CALIB_SIZE, FASHION_MNIST
 from patchguard.calibration.int8 import FLAVORS, quantize_int8
-from patchguard.calibration.parity import MAX_CERTIFIED_DROP, MIN_AGREEMENT, int8_agreement
+from patchguard.export.agreement import measure
 from patchguard.runtime.backends import open_backend
 from patchguard.runtime.console import Command
 from patchguard.runtime.datasets import load_fashion_mnist
 from patchguard.runtime.geometry import window_size
+from patchguard.runtime.metadata import ModelRecord
 from patchguard.runtime.preprocess import preprocess
 
 
-def local_logits(model: Path, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, object]:
+def local_logits(model: Path, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, ModelRecord]:
     """Local logits (N, H, W, C) of ``model`` on uint8 frames, and its record."""
     with open_backend(model) as backend:
         record = backend.record
-        parts = [backend.infer(preprocess(list(images[i : i + batch]), record))
-                 for i in range(0, len(images), batch)]
-    return np.concatenate(parts), record
+        return backend.infer_all(images, batch, prepare=lambda chunk: preprocess(list(chunk), record)), record
 
 
 @click.command(cls=Command, epilog="\b\nExamples:\n" + __doc__.split("\n\n")[-1].rstrip())
@@ -77,24 +77,24 @@ def main(model: Path, int8_model: Optional[Path], flavors: tuple[str, ...], cali
                 click.echo(f"{name}: quantized in {time.perf_counter() - start:.1f} s", err=True)
         for name, path in candidates.items():
             int8, _ = local_logits(path, images)
-            report = int8_agreement(fp32, int8, labels, window)
-            ok = (report["prediction_agreement"] >= MIN_AGREEMENT
-                  and report["certified_accuracy_drop"] <= MAX_CERTIFIED_DROP)
-            failed |= not ok
-            report.update(flavor=name, patch_px=patch, passed=ok)
+            agreement = measure(fp32, int8, window, labels=labels)
+            shortfall = agreement.shortfall(name, "fp32")
+            failed |= shortfall is not None
             if json_out:
-                click.echo(json.dumps(report, sort_keys=True))
+                click.echo(json.dumps({**asdict(agreement), "certified_accuracy_drop": agreement.certified_drop,
+                                       "flavor": name, "patch_px": patch, "window": window,
+                                       "passed": shortfall is None, "shortfall": shortfall}, sort_keys=True))
                 continue
             click.echo(
-                f"{name}: {report['images']} images, {patch}px patch (window {window}): "
-                f"prediction agreement {100 * report['prediction_agreement']:.2f}%, "
-                f"certificate agreement {100 * report['certificate_agreement']:.2f}%, "
-                f"accuracy {100 * report['fp32_accuracy']:.2f}% -> "
-                f"{100 * report['int8_accuracy']:.2f}%, "
-                f"certified accuracy {100 * report['fp32_certified_accuracy']:.2f}% -> "
-                f"{100 * report['int8_certified_accuracy']:.2f}% "
-                f"(drop {report['certified_accuracy_drop']:.2f} points): "
-                f"{'PASS' if ok else 'FAIL'}"
+                f"{name}: {agreement.n} images, {patch}px patch (window {window}): "
+                f"prediction agreement {100 * agreement.prediction_agreement:.2f}%, "
+                f"certificate agreement {100 * agreement.certificate_agreement:.2f}%, "
+                f"accuracy {100 * (agreement.accuracy_reference or 0):.2f}% -> "
+                f"{100 * (agreement.accuracy_candidate or 0):.2f}%, "
+                f"certified accuracy {100 * (agreement.certified_accuracy_reference or 0):.2f}% -> "
+                f"{100 * (agreement.certified_accuracy_candidate or 0):.2f}% "
+                f"(drop {agreement.certified_drop:.2f} points): "
+                f"{'PASS' if shortfall is None else 'FAIL'}"
             )
     sys.exit(1 if failed else 0)
 

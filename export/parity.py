@@ -7,7 +7,8 @@ logits u (N, H, W, K) on the same N inputs are compared with a reference
 - ``max_abs`` = max |u - u_ref|; ``max_rel`` = max_abs / max |u_ref|;
 - agreement of robust-masking predictions (Algorithm 1) and of certificates
   (Algorithm 2, each map's own prediction) with the mask window of the
-  record's default patch, T = 0, no clipping (``patchguard.runtime``).
+  record's default patch, T = 0, no clipping (:mod:`.agreement`, which also
+  holds the bars a reduced-precision artifact must meet).
 
 For a view defense's classifier (README.md, "View defenses") the comparison runs
 through the views: every view a frame can need (PatchCleanser: all two-mask
@@ -25,12 +26,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..runtime import certify, robust_masking
-from ..runtime.backends.base import Backend
 from ..runtime.errors import PatchGuardError
 from ..runtime.files import PathText, write_text_atomic
 from ..runtime.metadata import ModelRecord
 from ..runtime.views import ViewRunner, score_views, view_runner
+from .agreement import Agreement, measure
 
 # Largest max_rel each precision may show; fp32 beyond it fails the export.
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "int8": None}
@@ -55,16 +55,36 @@ class ParityRow:
     own_prediction_certified_reference: float
     own_prediction_certified_artifact: float
 
+    @property
+    def agreement(self) -> Agreement:
+        """The row's decision measures, to judge against the bars (:meth:`Agreement.shortfall`)."""
+        return Agreement(self.n, self.prediction_agreement, self.certificate_agreement,
+                         self.own_prediction_certified_reference, self.own_prediction_certified_artifact)
+
 
 def parity_window(record: ModelRecord) -> int:
     """Mask window (cells) of the record's reference patch; refused when it does not fit the map."""
     return record.window_for(record.reference_patch_px, " (the record's default patch)")[0]
 
 
-def run_backend(backend: Backend, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
-    """Local logits of ``inputs`` (N, C, H, W), in chunks the backend accepts."""
-    size = min(batch, backend.max_batch or batch)
-    return np.concatenate([backend.infer(inputs[i:i + size]) for i in range(0, len(inputs), size)])
+def _errors(artifact: str, reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(max_abs, max_rel) of ``candidate`` against ``reference``; refuses different shapes."""
+    if reference.shape != candidate.shape:
+        raise PatchGuardError(f"{artifact} gives logits {candidate.shape}, the reference {reference.shape}")
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return max_abs, max_rel
+
+
+def _row(artifact: str, precision: str, backend_name: str, errors: tuple[float, float],
+         tolerance: Optional[float], agreement: Agreement) -> ParityRow:
+    max_abs, max_rel = errors
+    within = None if tolerance is None else bool(max_rel <= tolerance)
+    return ParityRow(artifact, precision, backend_name, agreement.n, max_abs, max_rel, tolerance, within,
+                     agreement.prediction_agreement, agreement.certificate_agreement,
+                     agreement.certified_reference, agreement.certified_candidate)
 
 
 def compare(
@@ -77,22 +97,8 @@ def compare(
     tolerance: Optional[float],
 ) -> ParityRow:
     """One row of the report: errors and defense agreement of ``candidate`` vs ``reference``."""
-    if reference.shape != candidate.shape:
-        raise PatchGuardError(
-            f"{artifact} gives logits {candidate.shape}, the reference {reference.shape}"
-        )
-    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(reference).max()) if reference.size else 0.0
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    pred_ref, pred_art = robust_masking(reference, window)[0], robust_masking(candidate, window)[0]
-    agree_pred = float(np.mean(pred_ref == pred_art))
-    c_ref, c_art = certify(reference, window), certify(candidate, window)
-    agree_cert = float(np.mean(c_ref == c_art))
-    cert_ref, cert_art = float(c_ref.mean()), float(c_art.mean())
-    within = None if tolerance is None else bool(max_rel <= tolerance)
-    return ParityRow(artifact, precision, backend_name, len(reference), max_abs, max_rel,
-                     tolerance, within, agree_pred, agree_cert, cert_ref, cert_art)
+    errors = _errors(artifact, reference, candidate)
+    return _row(artifact, precision, backend_name, errors, tolerance, measure(reference, candidate, window))
 
 
 def parity_runner(record: ModelRecord, score: Callable[[np.ndarray], np.ndarray],
@@ -113,19 +119,12 @@ def view_logits(record: ModelRecord, score: Callable[[np.ndarray], np.ndarray], 
 def compare_views(artifact: str, precision: str, backend_name: str, record: ModelRecord,
                   reference: np.ndarray, candidate: np.ndarray, tolerance: Optional[float]) -> ParityRow:
     """A report row for a view defense: logits of all views, and the defense's decisions from them."""
-    if reference.shape != candidate.shape:
-        raise PatchGuardError(f"{artifact} gives view logits {candidate.shape}, the reference {reference.shape}")
-    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(reference).max()) if reference.size else 0.0
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    errors = _errors(artifact, reference, candidate)
     runner = parity_runner(record, lambda v: v)
     pred_ref, c_ref = runner.from_logits(reference)
     pred_art, c_art = runner.from_logits(candidate)
-    within = None if tolerance is None else bool(max_rel <= tolerance)
-    return ParityRow(artifact, precision, backend_name, len(reference), max_abs, max_rel, tolerance,
-                     within, float(np.mean(pred_ref == pred_art)), float(np.mean(c_ref == c_art)),
-                     float(c_ref.mean()), float(c_art.mean()))
+    agreement = Agreement.of((pred_ref, pred_art), (c_ref, c_art))
+    return _row(artifact, precision, backend_name, errors, tolerance, agreement)
 
 
 def format_table(rows: Sequence[ParityRow]) -> str:

@@ -18,7 +18,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..calibration.parity import MAX_CERTIFIED_DROP, MIN_AGREEMENT
 from ..runtime.artifacts import Staging, manifest_name
 from ..runtime.backends.base import Backend
 from ..runtime.backends.onnxrt import OnnxRuntimeBackend
@@ -70,10 +69,6 @@ def artifact_names(name: str) -> dict[str, str]:
         "engine": f"{name}.plan", "sidecar": f"{name}.plan.json", "parity": f"{name}.parity.json",
         "manifest": manifest_name(name),
     }
-
-
-# MIN_AGREEMENT / MAX_CERTIFIED_DROP: below these a reduced-precision artifact fails the
-# export (--allow-parity-drift: a warning); one set, shared with the INT8 agreement check.
 
 
 def _int8(fp32: Path, target: Path, record: ModelRecord, options: ExportOptions, flavor: str) -> None:
@@ -170,7 +165,7 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
 
     if reference is None:
         with OnnxRuntimeBackend(fp32_onnx) as base:
-            expected = outputs(base.infer) if views else parity_mod.run_backend(base, inputs)
+            expected = outputs(base.infer) if views else base.infer_all(inputs, options.max_batch)
         reference_label = f"{fp32_onnx.name} in onnxruntime"
     else:
         expected = outputs(reference)
@@ -186,7 +181,7 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
                 rows.append(parity_mod.compare_views(label, precision, backend.name, record, expected, got,
                                                      tolerance))
             else:
-                got = parity_mod.run_backend(backend, inputs, options.max_batch)
+                got = backend.infer_all(inputs, options.max_batch)
                 rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window,
                                                tolerance))
             if backend.proof is not None:  # every ONNX artifact proved at open (verify.py)
@@ -203,26 +198,11 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
 
 
 def parity_drift(rows: list[parity_mod.ParityRow], reference: str = "the reference") -> list[str]:
-    """One line per reduced-precision artifact whose defense decisions drift from the reference's:
-    robust-masking agreement below MIN_AGREEMENT, or a certified share (of each input's own
-    prediction) more than MAX_CERTIFIED_DROP points below the reference's.
-
-    Both allow one input of slack: on the 16 inputs of a default report a single flipped
-    decision is 6 points, noise rather than evidence; a broken calibration is far beyond it.
-    """
-    found = []
-    for row in rows:
-        if row.precision == "fp32":
-            continue
-        slack = 1.0 / max(row.n, 1)
-        ref, art = 100 * row.own_prediction_certified_reference, 100 * row.own_prediction_certified_artifact
-        if row.prediction_agreement < MIN_AGREEMENT - slack or ref - art > MAX_CERTIFIED_DROP + 100 * slack:
-            found.append(
-                f"{row.artifact} agrees with {reference} on {100 * row.prediction_agreement:.1f}% of "
-                f"robust-masking predictions (at least {100 * MIN_AGREEMENT:.0f}% needed, less one of the "
-                f"{row.n} inputs) and certifies its own prediction on {art:.1f}% of them against "
-                f"{ref:.1f}% (at most {MAX_CERTIFIED_DROP:g} points lower, plus one input)")
-    return found
+    """One line per reduced-precision artifact whose defense decisions drift from the reference's
+    beyond the bars of :mod:`.agreement`, with one input of slack on each (a single flipped
+    decision of a 16-input report is noise; a broken calibration is far beyond it)."""
+    return [line for row in rows if row.precision != "fp32"
+            and (line := row.agreement.shortfall(row.artifact, reference, slack=1)) is not None]
 
 
 def finish_export(

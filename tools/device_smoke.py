@@ -216,11 +216,11 @@ def latency_ms(backend: Any, x: np.ndarray, iterations: int) -> dict[str, float]
 def measure(report: Report, step: str, open_model: Callable[[], Any], inputs: np.ndarray, reference: np.ndarray,
             row: dict[str, Any], tolerance: Optional[float], iterations: int) -> None:
     """Parity (the same comparison as pg-export's report) and latency of one backend."""
-    from patchguard.export.parity import compare, parity_window, run_backend
+    from patchguard.export.parity import compare, parity_window
 
     def run() -> str:
         with open_model() as backend:
-            got = run_backend(backend, inputs)
+            got = backend.infer_all(inputs, 8)
             result = compare(row["artifact"], row["precision"], row["backend"], reference, got,
                              parity_window(backend.record), tolerance)
             row.update(provider=backend.provider, max_rel=result.max_rel, tolerance=tolerance,
@@ -249,7 +249,7 @@ def reference_logits(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
     with OnnxRuntimeBackend(folder / f"{name}.onnx") as cpu:
         inputs, _ = parity_inputs(cpu.record, str(SAMPLE), 64 if name == "bundled" else 8)
-        logits = np.concatenate([cpu.infer(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+        logits = cpu.infer_all(inputs, 8)
     np.savez_compressed(saved, inputs=inputs, logits=logits)
     return inputs, logits
 

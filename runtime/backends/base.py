@@ -16,7 +16,7 @@ import abc
 import contextlib
 import threading
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -151,6 +151,32 @@ class Backend(abc.ABC):
         if tuple(out.shape) != expected:
             raise PatchGuardError(self._map_mismatch(out.shape[1:]))
         return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def infer_all(
+        self,
+        inputs: Union[np.ndarray, Sequence[Any]],
+        batch: int = 256,
+        prepare: Optional[Callable[[Any], np.ndarray]] = None,
+        on_progress: Optional[Callable[[int], None]] = None,
+    ) -> np.ndarray:
+        """Outputs for every item of ``inputs``, ``batch`` items at a time: the one batched path.
+
+        ``inputs``: model inputs (N, C, H, W), or anything ``prepare`` turns a slice of
+        into them (frames through preprocessing, for instance), so that only one
+        prepared batch is held at a time. ``on_progress(b)`` after each batch of b.
+        Returns (N, *record.output_shape) float32.
+        """
+        if batch < 1:
+            raise PatchGuardError(f"batch must be at least 1, got {batch}")
+        parts = []
+        for start in range(0, len(inputs), batch):
+            chunk = inputs[start : start + batch]
+            parts.append(self.infer(np.asarray(chunk) if prepare is None else prepare(chunk)))
+            if on_progress is not None:
+                on_progress(len(chunk))
+        if not parts:
+            return np.empty((0, *self.record.output_shape), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @abc.abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -434,13 +434,9 @@ def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarr
 def _infer_all(backend: Any, images: np.ndarray, record: Any) -> np.ndarray:
     from ..preprocess import normalize
 
-    parts = []
     with progress(len(images), "inference") as bar:
-        for start in range(0, len(images), BATCH):
-            batch = normalize(images[start : start + BATCH], record)
-            parts.append(np.asarray(backend.infer(batch), dtype=np.float32))
-            bar.update(len(batch))
-    return np.concatenate(parts)
+        return backend.infer_all(images, BATCH, prepare=lambda chunk: normalize(chunk, record),
+                                 on_progress=bar.update)
 
 
 def _print_report(report: dict[str, Any]) -> None:

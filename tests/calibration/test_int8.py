@@ -1,4 +1,4 @@
-"""INT8 calibration: flavours read from the graph, metadata, cache, errors, parity."""
+"""INT8 calibration: flavours read from the graph, metadata, cache, errors, agreement with fp32."""
 from __future__ import annotations
 
 import json
@@ -23,8 +23,8 @@ from patchguard.calibration.int8 import (
     int8_path,
     quantize_int8,
 )
-from patchguard.calibration.parity import MAX_CERTIFIED_DROP, MIN_AGREEMENT, int8_agreement
-from patchguard.runtime import certify, robust_masking, window_size
+from patchguard.export.agreement import measure
+from patchguard.runtime import window_size
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.metadata import METADATA_KEY, ModelRecord
 from patchguard.runtime.preprocess import preprocess
@@ -116,9 +116,9 @@ def test_int8_models_agree_with_fp32(fp32: Path, record: ModelRecord,
     for name, path in quantized.items():
         out = logits(path, batch)
         assert out.shape == reference.shape and out.dtype == np.float32
-        report = int8_agreement(reference, out, None, window)
+        agreement = measure(reference, out, window)
         # A sanity bar on 200 images; the 98% acceptance runs on the test set (slow test).
-        assert report["prediction_agreement"] >= 0.95, (name, report)
+        assert agreement.prediction_agreement >= 0.95, (name, agreement)
 
 
 def test_metadata_is_kept_and_names_the_flavour(fp32: Path, record: ModelRecord,
@@ -219,31 +219,6 @@ def test_flavour_table_and_help() -> None:
     assert int8_path(Path("a/model.onnx")) == Path("a/model.int8.onnx")
 
 
-def test_agreement_report_is_consistent() -> None:
-    rng = np.random.default_rng(0)
-    fp32 = rng.normal(size=(40, 8, 8, 4)).astype(np.float32)
-    labels = rng.integers(0, 4, 40)
-    same = int8_agreement(fp32, fp32.copy(), labels, 3)
-    assert same["prediction_agreement"] == same["certificate_agreement"] == 1.0
-    assert same["certified_accuracy_drop"] == 0.0 and same["warning"] is None
-
-    noisy = fp32 + rng.normal(scale=0.8, size=fp32.shape).astype(np.float32)
-    report = int8_agreement(fp32, noisy, labels, 3)
-    pred_a, _ = robust_masking(fp32, 3)
-    pred_b, _ = robust_masking(noisy, 3)
-    assert report["prediction_agreement"] == pytest.approx(np.mean(pred_a == pred_b))
-    cert_a = certify(fp32, 3, labels=labels)
-    cert_b = certify(noisy, 3, labels=labels)
-    assert report["certified_accuracy_drop"] == pytest.approx(
-        100 * (cert_a.mean() - cert_b.mean()))
-    bad = (report["prediction_agreement"] < MIN_AGREEMENT
-           or report["certified_accuracy_drop"] > MAX_CERTIFIED_DROP)
-    assert bad, report  # this much noise must trip the warning
-    assert (report["warning"] is not None) == bad
-    with pytest.raises(PatchGuardError):
-        int8_agreement(fp32, fp32[:5], None, 3)
-
-
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
 @pytest.mark.parametrize("flavour", [DEFAULT_FLAVOR, "cpu"], ids=lambda f: f"flavour={f}")
@@ -258,6 +233,5 @@ def test_acceptance_on_the_fashion_mnist_test_set(fp32: Path, record: ModelRecor
     images, labels = load_fashion_mnist("test")
     batch = preprocess(list(images), record)
     window = window_size(5, record.receptive_field, record.stride)
-    report = int8_agreement(logits(fp32, batch), logits(out, batch), labels, window)
-    assert report["prediction_agreement"] >= MIN_AGREEMENT, report
-    assert report["certified_accuracy_drop"] <= MAX_CERTIFIED_DROP, report
+    agreement = measure(logits(fp32, batch), logits(out, batch), window, labels=labels)
+    assert agreement.shortfall(f"{flavour} int8", "fp32") is None, agreement

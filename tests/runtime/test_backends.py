@@ -40,6 +40,25 @@ def test_onnx_backend_reads_record_and_runs(small):
         backend.infer(batch(1))
 
 
+def test_infer_all_runs_in_batches_and_prepares_each(small):
+    """The one batched path (export parity, pg-certify, the INT8 benchmark)."""
+    x = batch(7, seed=3)
+    seen: list[int] = []
+    with open_backend(small) as backend:
+        whole = backend.infer(x)
+        assert np.allclose(backend.infer_all(x, 3), whole, atol=1e-5)
+        frames = [(255 * (img[0] - img.min()) / np.ptp(img)).astype(np.uint8) for img in x]
+        from patchguard.runtime.preprocess import normalize
+
+        prepared = backend.infer_all(frames, 2, prepare=lambda chunk: normalize(np.stack(chunk), backend.record),
+                                     on_progress=seen.append)
+        assert np.allclose(prepared, backend.infer(normalize(np.stack(frames), backend.record)), atol=1e-5)
+        assert seen == [2, 2, 2, 1]
+        assert backend.infer_all(x[:0]).shape == (0, 24, 24, 10)
+        with pytest.raises(PatchGuardError, match="at least 1"):
+            backend.infer_all(x, 0)
+
+
 def test_input_checks(small):
     with open_backend(small) as backend:
         with pytest.raises(PatchGuardError, match="float32"):

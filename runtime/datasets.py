@@ -1,4 +1,5 @@
-"""Fashion-MNIST from the standard idx files, read with numpy (torch-free).
+"""Labelled data sets (:func:`open_labelled`, :func:`load_labelled`), and
+Fashion-MNIST from the standard idx files, read with numpy (torch-free).
 
 Debian's ``dataset-fashion-mnist`` package puts them under
 ``/usr/share/datasets/fashion-mnist``; any folder holding the four
@@ -97,30 +98,115 @@ class Labelled:
     description: str
 
 
-def load_labelled(data: str, record: Any, split: str = "test", limit: Optional[int] = None) -> Labelled:
-    """The one loader of labelled data: ``"fashion-mnist"`` (or a folder with its idx
-    files; ``split`` "train" or "test") or a folder with one sub-folder per class.
+class LabelledSet:
+    """A labelled set read by row range, at model size (:meth:`read`): what the
+    single-process loader reads whole and each ``pg-certify --ray`` read task
+    reads a slice of, on its node, with the same code. Picklable (paths only)."""
 
-    Images come at the record's size and channels (Fashion-MNIST is resized for
-    models that take other inputs); ``limit`` keeps the first N.
-    """
+    def __init__(self, table: Any, record: Any, length: int, class_names: tuple[str, ...],
+                 description: str) -> None:
+        self.table = table
+        self.record = record
+        self.length = length
+        self.class_names = class_names
+        self.description = description
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images at model size and int64 labels of rows [start, stop) (a folder's
+        unreadable images skipped, with a warning each)."""
+        images, labels, color = self.table.read(start, min(stop, self.length))
+        return at_model_size(images, self.record, color), labels
+
+    @property
+    def may_skip(self) -> bool:
+        """Reads may return fewer rows than asked (a folder's unreadable images)."""
+        return isinstance(self.table, _Folder)
+
+
+def at_model_size(images: Any, record: Any, color: str) -> np.ndarray:
+    """uint8 images (N, h, w[, c]) (or a list of differently sized ones) at the
+    model's size and channels; images that already fit pass unchanged."""
+    channels = () if record.in_channels == 1 else (record.in_channels,)
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 1 and not channels:
+        images = images[..., 0]
+    if isinstance(images, np.ndarray) and images.shape[1:] == (*record.input_size, *channels):
+        return images
+    from .preprocess import to_model_image
+
+    shape = (0, *record.input_size, *channels)
+    resized = [to_model_image(image, record, color=color) for image in images]
+    return np.stack(resized) if resized else np.zeros(shape, np.uint8)
+
+
+class _FashionMnist:
+    def __init__(self, split: str, root: Optional[Path]) -> None:
+        self.split, self.root = split, root
+        self._arrays: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self.length = len(self._load()[1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}  # a Ray read task reads the files on its node
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = load_fashion_mnist(self.split, self.root)
+        return self._arrays
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, str]:
+        images, labels = self._load()
+        return images[start:stop], labels[start:stop], "bgr"  # 2-D: the order is moot
+
+
+class _Folder:
+    def __init__(self, folder: Path) -> None:
+        from .sources import list_image_folder
+
+        self.paths, self.labels, self.class_names = list_image_folder(folder)
+        self.length = len(self.paths)
+
+    def read(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray, str]:
+        from .sources import read_images
+
+        images, kept = read_images(self.paths[start:stop])
+        return images, self.labels[start:stop][kept], "bgr"
+
+
+def open_labelled(data: str, record: Any, split: str = "test", limit: Optional[int] = None) -> LabelledSet:
+    """The one opener of labelled data (nothing decoded yet): ``"fashion-mnist"``
+    (or a folder with its idx files; ``split`` "train" or "test"), a folder
+    with one sub-folder per class, a NumPy table (``X.npz``, or ``X.npy`` with
+    ``X.labels.npy``) or a Parquet file (:mod:`.tables`). ``limit`` keeps the
+    first N rows (a folder: the first N files, unreadable ones then skipped)."""
     if limit is not None and limit < 1:
         raise PatchGuardError(f"--limit must be at least 1, got {limit}")
     folder = Path(data)
+    table: Any
     if data == FASHION_MNIST or (folder.is_dir() and fashion_mnist_available(folder)):
-        images, labels = load_fashion_mnist(split, None if data == FASHION_MNIST else folder)
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
-        if not fits_fashion_mnist(record):
-            from .preprocess import to_model_image
+        table = _FashionMnist(split, None if data == FASHION_MNIST else folder)
+        names, description = FASHION_MNIST_CLASSES, f"{FASHION_MNIST} {split}"
+    elif folder.suffix in (".npz", ".npy", ".parquet", ".pq") and not folder.is_dir():
+        from .tables import NumpyTable, ParquetTable
 
-            images = np.stack([to_model_image(image, record) for image in images])
-        return Labelled(images, labels, FASHION_MNIST_CLASSES, f"{FASHION_MNIST} {split}")
-    if not folder.is_dir():
-        raise PatchGuardError(f"--data {data}: not '{FASHION_MNIST}' and not a folder")
-    from .sources import read_image_folder
+        if not folder.is_file():
+            raise PatchGuardError(f"--data {data}: no such file")
+        table = ParquetTable(folder) if folder.suffix in (".parquet", ".pq") else NumpyTable(folder)
+        names, description = tuple(record.class_names), str(folder)
+    elif folder.is_dir():
+        table = _Folder(folder)
+        names, description = tuple(table.class_names), str(folder)
+    else:
+        raise PatchGuardError(f"--data {data}: not '{FASHION_MNIST}', a folder, "
+                              "nor a .npz / .npy / .parquet table")
+    length = table.length if limit is None else min(limit, table.length)
+    return LabelledSet(table, record, length, names, description)
 
-    images, labels, names = read_image_folder(folder, record)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return Labelled(images, labels, tuple(names), str(folder))
+
+def load_labelled(data: str, record: Any, split: str = "test", limit: Optional[int] = None) -> Labelled:
+    """The one loader of labelled data (:func:`open_labelled`), read whole at the
+    record's size and channels (Fashion-MNIST is resized for models that take
+    other inputs); ``limit`` keeps the first N."""
+    found = open_labelled(data, record, split, limit)
+    images, labels = found.read(0, found.length)
+    if not len(images):
+        raise PatchGuardError(f"no readable images in {found.description}")
+    return Labelled(images, labels, found.class_names, found.description)

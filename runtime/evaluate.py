@@ -29,7 +29,7 @@ the fraction of clean images that raise an alert.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -73,6 +73,35 @@ def evaluate(
     (:func:`geometry.window_shape`), which serves as mask for "mask" and as
     patch window for "cbn" and "vote".
     """
+    flags = per_image(local_logits, labels, patch_sizes, receptive_field=receptive_field,
+                      stride=stride, thres=thres, clip=clip, masks_per_axis=masks_per_axis,
+                      taus=taus, top_k=top_k)
+    return report_of(flags, patch_sizes, receptive_field=receptive_field, stride=stride,
+                     thres=thres, clip=clip, masks_per_axis=masks_per_axis, taus=taus, top_k=top_k)
+
+
+def per_image(
+    local_logits: np.ndarray,
+    labels: np.ndarray,
+    patch_sizes: Sequence[IntOrPair],
+    *,
+    receptive_field: int,
+    stride: int,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
+    taus: Sequence[float] = DEFAULT_TAUS,
+    top_k: int = 1,
+) -> dict[str, np.ndarray]:
+    """Every figure of the report as one bool (N,) array: does image n count?
+
+    Keys: ``"undefended"``, ``"{i}/{defense}/accuracy"``,
+    ``"{i}/{defense}/certified"`` and ``"{i}/detection/{j}/{accuracy|certified|alert}"``
+    for the i-th patch size and the j-th tau. Each image's flags depend on its
+    own map only, so the flags of a data set cut into parts, concatenated, are
+    the flags of the whole (how ``pg-certify --ray`` certifies on its workers),
+    and :func:`report_of` turns them into the report.
+    """
     u = check_logits(local_logits)
     thres, clip = check_params(thres, clip)
     y = check_labels(labels, u.shape[0], u.shape[3])
@@ -86,55 +115,83 @@ def evaluate(
     with np.errstate(invalid="ignore", over="ignore"):
         undefended = u.sum(axis=(1, 2), dtype=np.float64).argmax(axis=1)
         paper_ok = clipped(u, clip).sum(axis=(1, 2)).argmax(axis=1) == y
-    finite = finite_maps(u)
+    flags = {"undefended": (undefended == y) & finite_maps(u)}
     cbn_ok = cbn_predict(u) == y
     vote_ok = vote_predict(u) == y
-    results = []
-    for size in patch_sizes:
+    for i, size in enumerate(patch_sizes):
         window = check_fits(window_shape(size, receptive_field, stride), (height, width),
                             f"a {size_text(size)} px patch (r={receptive_field}, s={stride})")
-        predictions = masked_labels(u, window, thres=thres, clip=clip)
         certified = certify_mask(u, window, thres=thres, clip=clip, labels=y)
-        mask_accuracy = _fraction(predictions == y)
         double, double_ok = double_masking_certified(u, window, masks_per_axis=masks_per_axis,
                                                      clip=clip, labels=y)
-        row: dict[str, Any] = {
+        figures = {
+            "mask": (masked_labels(u, window, thres=thres, clip=clip) == y, certified),
+            "mask_paper": (None, certified & paper_ok),  # accuracy: robust masking's
+            "cbn": (cbn_ok, cbn_certify(u, window, y)),
+            "vote": (vote_ok, vote_certify(u, window, y)),
+            "double": (double == y, double_ok),
+        }
+        if top_k > 1:
+            figures[f"mask_top{top_k}"] = (
+                _in_top_k(u, y, window, thres, clip, top_k),
+                certify_top_k(u, window, top_k, thres=thres, clip=clip, labels=y))
+        for name, (accurate, proven) in figures.items():
+            if accurate is not None:
+                flags[f"{i}/{name}/accuracy"] = accurate
+            flags[f"{i}/{name}/certified"] = proven
+        for j, (correct, detected, alerts) in enumerate(_detection(u, y, window, taus)):
+            flags.update({f"{i}/detection/{j}/accuracy": correct,
+                          f"{i}/detection/{j}/certified": detected,
+                          f"{i}/detection/{j}/alert": alerts})
+        log.debug("patch %s px (window %dx%d): mask certified %.4f",
+                  size_text(size), window[0], window[1], _fraction(certified))
+    return {name: np.asarray(value, dtype=bool) for name, value in flags.items()}
+
+
+def report_of(
+    flags: Mapping[str, np.ndarray],
+    patch_sizes: Sequence[IntOrPair],
+    *,
+    receptive_field: int,
+    stride: int,
+    thres: float = 0.0,
+    clip: Optional[float] = None,
+    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
+    taus: Sequence[float] = DEFAULT_TAUS,
+    top_k: int = 1,
+) -> dict[str, Any]:
+    """The report (above) from the per-image flags of :func:`per_image` (same options)."""
+    thres, clip = check_params(thres, clip)
+    taus = [check_tau(t) for t in taus]
+    top_k = check_top_k(top_k)
+    names = ["mask", "mask_paper", "cbn", "vote", "double"] + ([f"mask_top{top_k}"] if top_k > 1 else [])
+    results = []
+    for i, size in enumerate(patch_sizes):
+        defenses = {name: {"accuracy": _fraction(flags[f"{i}/{'mask' if name == 'mask_paper' else name}"
+                                                       "/accuracy"]),
+                           "certified": _fraction(flags[f"{i}/{name}/certified"])} for name in names}
+        results.append({
             "patch_size": _size_json(size),
-            "window": list(window),
+            "window": list(window_shape(size, receptive_field, stride)),
             "thres": thres,
             "clip": clip,
             "masks_per_axis": list(as_pair(masks_per_axis, "masks per axis")),
-            "defenses": {
-                "mask": {"accuracy": mask_accuracy, "certified": _fraction(certified)},
-                "mask_paper": {"accuracy": mask_accuracy,
-                               "certified": _fraction(certified & paper_ok)},
-                "cbn": {"accuracy": _fraction(cbn_ok),
-                        "certified": _fraction(cbn_certify(u, window, y))},
-                "vote": {"accuracy": _fraction(vote_ok),
-                         "certified": _fraction(vote_certify(u, window, y))},
-                "double": {"accuracy": _fraction(double == y), "certified": _fraction(double_ok)},
-            },
-            "detection": _detection(u, y, window, taus),
-        }
-        if top_k > 1:
-            row["defenses"][f"mask_top{top_k}"] = {
-                "accuracy": _fraction(_in_top_k(u, y, window, thres, clip, top_k)),
-                "certified": _fraction(certify_top_k(u, window, top_k, thres=thres, clip=clip,
-                                                     labels=y)),
-            }
-        results.append(row)
-        log.debug("patch %s px (window %dx%d): mask certified %.4f",
-                 size_text(size), window[0], window[1], results[-1]["defenses"]["mask"]["certified"])
+            "defenses": defenses,
+            "detection": [{"tau": tau, "accuracy": _fraction(flags[f"{i}/detection/{j}/accuracy"]),
+                           "certified": _fraction(flags[f"{i}/detection/{j}/certified"]),
+                           "clean_alert_rate": _fraction(flags[f"{i}/detection/{j}/alert"])}
+                          for j, tau in enumerate(taus)],
+        })
     return {
-        "n": int(u.shape[0]),
-        "undefended_accuracy": _fraction((undefended == y) & finite),
+        "n": int(flags["undefended"].shape[0]),
+        "undefended_accuracy": _fraction(flags["undefended"]),
         "results": results,
     }
 
 
 def _detection(u: np.ndarray, y: np.ndarray, window: tuple[int, int],
-               taus: Sequence[float]) -> list[dict[str, Any]]:
-    """Provable detection per tau: accuracy, certified detection, clean alert rate."""
+               taus: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Provable detection per tau: (correct, certified detection, clean alert) flags (N,)."""
     correct = np.zeros(u.shape[0], dtype=bool)
     certified = np.zeros((len(taus), u.shape[0]), dtype=bool)
     alerts = np.zeros((len(taus), u.shape[0]), dtype=bool)
@@ -144,8 +201,7 @@ def _detection(u: np.ndarray, y: np.ndarray, window: tuple[int, int],
         for i, tau in enumerate(taus):
             certified[i, part] = readout.certified(y[part], tau)
             alerts[i, part] = readout.alerts(tau)
-    return [{"tau": tau, "accuracy": _fraction(correct), "certified": _fraction(certified[i]),
-             "clean_alert_rate": _fraction(alerts[i])} for i, tau in enumerate(taus)]
+    return [(correct, certified[i], alerts[i]) for i in range(len(taus))]
 
 
 def _in_top_k(u: np.ndarray, y: np.ndarray, window: tuple[int, int], thres: float,

@@ -1,103 +1,180 @@
-"""Dataset-scale inference on Ray Data (``pg-certify --ray``, the ``[ray]`` extra).
+"""Dataset-scale certification on Ray Data (``pg-certify --ray``, the ``[ray]`` extra).
 
-The backbone passes are the hours of a large evaluation; they are spread over
-a pool of Ray actors, one model each (``workers``). The data set is cut into
-the SAME chunks of ``chunk`` images that the single-process path
-(``pg-certify`` without ``--ray``) sends to the backend, so every image's
-local logits come from an identical backend call; the driver puts the chunks
-back in order and hands them to the one :func:`~.evaluate.evaluate`, so the
-report is the single-process report, byte for byte. (Certifying is cheap
-numpy next to inference, and doing it once on the driver keeps one code path
-for the report.)
+The pipeline is Ray Data's, end to end:
+
+1. **Read**: ``ray.data.read_datasource`` over a :class:`~.datasets.LabelledSet`
+   (Fashion-MNIST's idx files, an image folder, a NumPy or Parquet table).
+   Each read task opens the files on its node and reads whole chunks of
+   ``chunk`` rows (the single-process path's inference batches), one block
+   per chunk, with the code the single-process loader uses
+   (``LabelledSet.read``). Ray's own ``read_images`` decodes with PIL, whose
+   JPEG decoder need not give OpenCV's pixels; same pixels are the point.
+2. **Certify** in ``map_batches`` on a pool of actors, one model each
+   (``workers``; ``batch`` rows per call): inference one chunk per backend
+   call, then certification in numpy, every image on its own
+   (:func:`~.evaluate.per_image`, or :func:`~.view_evaluate.view_counts`
+   for view defenses), so only per-image flags travel back.
+3. **Report** on the driver: the flags in the single-process order, summed by
+   the one report function, so the report is the single-process report.
+
+Why identical: each image's certificate depends on its own logits only, and
+its logits come from the same backend call as without Ray whenever ``batch``
+is a multiple of ``chunk`` (the default) and no image of a folder is
+unreadable; otherwise the chunks are cut differently, which changes nothing
+for a backend whose per-image output does not depend on the batch
+(onnxruntime's CPU provider, checked in the tests). View defenses run their
+images in the same steps of :data:`~.view_evaluate.FRAMES_PER_STEP` as long as
+``batch`` is a multiple of it (the report's ``ms_per_image`` is time, summed
+over the workers, and differs from run to run as it does without Ray).
 
 Fault tolerance is Ray's: the actor pool restarts a dead actor and retries
 its batch (``max_restarts`` / ``max_task_retries``, -1 = no limit), so a
 worker killed mid-run costs time, not results.
 
 Without an address, a local Ray cluster; with one (``ray://host:10001`` or
-``auto``), the user's. On a cluster the model file must be at the same path on
-every node (shared storage), and each node needs this package with the
-``[ray]`` and ``[cpu]`` (or ``[gpu]``) extras.
+``auto``), the user's. On a cluster the model file and the data must be at
+the same path on every node (shared storage), and each node needs this
+package with the ``[ray]`` and ``[cpu]`` (or ``[gpu]``) extras.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+import itertools
+import os
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from .errors import PatchGuardError, lazy_import
 
 
-class ChunkInference:
-    """A Ray actor's state: one opened model; turns chunk ids into local logits."""
+def _read_chunks(labelled: Any, chunk: int, first: int, last: int) -> Iterator[Any]:
+    """Blocks of chunks [first, last): rows ``chunk`` (id), ``row`` (place in it), image, label."""
+    from ray.data.block import BlockAccessor
 
-    def __init__(self, model: str, images: Any, chunk: int, provider: Optional[str],
-                 threads: Optional[int], allow_unverified: bool) -> None:
+    for c in range(first, last):
+        images, labels = labelled.read(c * chunk, (c + 1) * chunk)
+        yield BlockAccessor.batch_to_block({
+            "chunk": np.full(len(labels), c, dtype=np.int64),
+            "row": np.arange(len(labels), dtype=np.int64),
+            "image": np.ascontiguousarray(images), "label": labels})
+
+
+def _datasource(labelled: Any, chunk: int) -> Any:
+    ray_data = lazy_import("ray.data", "ray")
+    from ray.data.block import BlockMetadata
+
+    base: Any = ray_data.Datasource
+
+    class LabelledDatasource(base):
+        def estimate_inmemory_data_size(self) -> Optional[int]:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
+                           data_context: Any = None) -> list[Any]:
+            count = -(-labelled.length // chunk)
+            tasks = min(max(1, parallelism), count)
+            bounds = np.linspace(0, count, tasks + 1).round().astype(int)
+            return [ray_data.ReadTask(
+                functools.partial(_read_chunks, labelled, chunk, int(a), int(b)),
+                BlockMetadata(num_rows=min(int(b) * chunk, labelled.length) - int(a) * chunk,
+                              size_bytes=None, exec_stats=None, input_files=None))
+                for a, b in itertools.pairwise(bounds) if b > a]
+
+    return LabelledDatasource()
+
+
+class Certifier:
+    """A Ray actor's state: one opened model. Turns a batch of rows (chunk, row,
+    image, label) into per-image flags (BagNets) or counts (view defenses)."""
+
+    def __init__(self, model: str, provider: Optional[str], threads: Optional[int],
+                 allow_unverified: bool, sizes: list[Any], options: dict[str, Any],
+                 keep_logits: bool) -> None:
         from .backends import open_backend
 
         self.backend = open_backend(model, provider=provider, threads=threads,
                                     allow_unverified=allow_unverified)
-        import ray
+        self.sizes, self.options, self.keep_logits = sizes, options, keep_logits
 
-        # The object store's read-only array, shared by the node's actors (a reference
-        # in constructor keywords is passed as is, not resolved).
-        self.images = ray.get(images) if isinstance(images, ray.ObjectRef) else images
-        self.chunk = chunk
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        order = np.lexsort((batch["row"], batch["chunk"]))
+        chunks, rows = batch["chunk"][order], batch["row"][order]
+        images, labels = np.asarray(batch["image"])[order], np.asarray(batch["label"])[order]
+        out: dict[str, np.ndarray] = {"chunk": chunks, "row": rows,
+                                      "pid": np.full(len(rows), os.getpid(), dtype=np.int64)}
+        if not self.backend.record.is_local:
+            from .view_evaluate import view_counts
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            counts, seconds, _ = view_counts(self.backend, images, labels, self.sizes)
+            out.update(counts)
+            for k, spent in enumerate(seconds):  # the batch's time, on its first row
+                out[f"{k}/seconds"] = np.zeros(len(rows))
+                out[f"{k}/seconds"][:1] = spent
+            return out
+        from .evaluate import per_image
         from .preprocess import normalize
 
-        ids, parts = [], []
-        for chunk_id in np.asarray(batch["id"]).tolist():
-            start = int(chunk_id) * self.chunk
-            x = normalize(self.images[start : start + self.chunk], self.backend.record)
-            parts.append(np.asarray(self.backend.infer(x), dtype=np.float32))
-            ids.append(int(chunk_id))
-        # One row per chunk; the last chunk may be shorter, so the logits travel as bytes.
-        return {"id": np.asarray(ids, dtype=np.int64),
-                "shape": np.asarray([p.shape for p in parts], dtype=np.int64),
-                "logits": np.array([p.tobytes() for p in parts], dtype=object)}
+        # One backend call per chunk: the single-process path's calls.
+        u = np.concatenate([np.asarray(self.backend.infer(normalize(images[chunks == c], self.backend.record)),
+                                       dtype=np.float32) for c in np.unique(chunks)])
+        out.update(per_image(u, labels, self.sizes, **self.options))
+        if self.keep_logits:
+            out["logits"] = u
+        out["label"] = labels
+        return out
 
 
-def infer_with_ray(model: str, images: np.ndarray, *, workers: int = 2,
-                   chunk: int = 256, address: Optional[str] = None, provider: Optional[str] = None,
-                   threads: Optional[int] = None, allow_unverified: bool = False) -> np.ndarray:
-    """Local logits (N, H, W, C) of ``images`` (N, h, w[, c]) uint8 at model size,
-    computed by ``workers`` Ray actors in chunks of ``chunk`` images, in order."""
-    if workers < 1:
-        raise PatchGuardError(f"--ray-workers must be at least 1, got {workers}")
-    if chunk < 1:
-        raise PatchGuardError(f"--ray-batch must be at least 1, got {chunk}")
+def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: dict[str, Any], *,
+                     workers: int = 2, chunk: int = 256, batch: Optional[int] = None,
+                     address: Optional[str] = None, provider: Optional[str] = None,
+                     threads: Optional[int] = None, allow_unverified: bool = False,
+                     keep_logits: bool = False) -> dict[str, np.ndarray]:
+    """Per-image results of ``labelled`` (a :class:`~.datasets.LabelledSet`) in the
+    single-process order, as columns: BagNets: :func:`~.evaluate.per_image`'s flags
+    (``options`` its keywords), ``label``, and ``logits`` (N, H, W, C) when
+    ``keep_logits``; view defenses: :func:`~.view_evaluate.view_counts`'s counts and
+    ``{k}/seconds``. ``workers`` actors, ``batch`` rows per call (default ``chunk``)."""
+    batch = chunk if batch is None else batch
+    for flag, value in (("--ray-workers", workers), ("--ray-batch", batch)):
+        if value < 1:
+            raise PatchGuardError(f"{flag} must be at least 1, got {value}")
+    if labelled.length == 0:
+        raise PatchGuardError("no images to certify")
     ray = lazy_import("ray", "ray")
-    lazy_import("ray.data", "ray")
+    ray_data = lazy_import("ray.data", "ray")
     started_here = not ray.is_initialized()
     if started_here:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     **({} if address else {"num_cpus": workers + 1}))  # + 1: Ray Data's read task
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+                     **({} if address else {"num_cpus": workers + 1}))  # + 1: the read tasks
+        except Exception as exc:  # Ray raises bare Exception too (a node that timed out starting)
             raise PatchGuardError(f"cannot reach the Ray cluster {address or '(local)'}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    pids: set[int] = set()
     try:
-        count = (len(images) + chunk - 1) // chunk
-        images_ref = ray.put(np.ascontiguousarray(images))
-        dataset = ray.data.range(count, override_num_blocks=max(1, min(count, 4 * workers)))
+        count = -(-labelled.length // chunk)
+        dataset = ray_data.read_datasource(_datasource(labelled, chunk),
+                                           override_num_blocks=max(1, min(count, 4 * workers)))
         out = dataset.map_batches(
-            ChunkInference, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={"model": str(model), "images": images_ref, "chunk": chunk,
-                                   "provider": provider, "threads": threads,
-                                   "allow_unverified": allow_unverified},
+            Certifier, batch_size=batch, compute=ray_data.ActorPoolStrategy(size=workers),
+            fn_constructor_kwargs={"model": str(model), "provider": provider, "threads": threads,
+                                   "allow_unverified": allow_unverified, "sizes": list(sizes),
+                                   "options": options, "keep_logits": keep_logits},
             num_cpus=1, max_restarts=-1, max_task_retries=-1)
-        rows = out.take_all()
+        parts = [part for part in out.iter_batches(batch_size=None, batch_format="numpy")]
     finally:
         if started_here:
             ray.shutdown()
-    parts: dict[int, np.ndarray] = {}
-    for row in rows:
-        shape = tuple(int(v) for v in row["shape"])
-        parts[int(row["id"])] = np.frombuffer(row["logits"], dtype=np.float32).reshape(shape)
-    if sorted(parts) != list(range(count)):
-        raise PatchGuardError(f"Ray returned {len(parts)} of {count} chunks")
-    if count == 0:
-        raise PatchGuardError("no images to certify")
-    return np.concatenate([parts[i] for i in range(count)])
+    if not parts:
+        raise PatchGuardError(f"no readable images in {labelled.description}")
+    columns = {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+    pids.update(int(p) for p in np.unique(columns.pop("pid")))
+    order = np.lexsort((columns["row"], columns["chunk"]))
+    chunks, rows = columns.pop("chunk")[order], columns.pop("row")[order]
+    # Every row exactly once, in order (a folder's read may skip unreadable images).
+    first = np.r_[True, chunks[1:] != chunks[:-1]]
+    expected = np.arange(len(rows)) - np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
+    if not np.array_equal(rows, expected) or (len(rows) != labelled.length and not labelled.may_skip):
+        raise PatchGuardError(f"Ray returned {len(rows)} rows for {labelled.length} images")
+    return {name: values[order] for name, values in columns.items()}

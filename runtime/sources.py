@@ -100,11 +100,16 @@ def list_images(folder: PathText, recursive: bool = True) -> list[Path]:
 
 def read_image(path: PathText) -> Optional[np.ndarray]:
     """uint8 BGR (H, W, 3) image, or None when the file is unreadable or corrupt."""
-    cv2 = opencv()
     try:
         data = np.fromfile(str(path), dtype=np.uint8)  # imread cannot take every path (unicode)
     except OSError:
         return None
+    return decode_image(data)
+
+
+def decode_image(data: np.ndarray) -> Optional[np.ndarray]:
+    """The bytes of an image file (uint8 (n,)) -> uint8 BGR (H, W, 3), or None when corrupt."""
+    cv2 = opencv()
     if data.size == 0:
         return None
     try:
@@ -125,24 +130,42 @@ def read_image_folder(
     """
     from .preprocess import to_model_image
 
+    paths, labels, names = list_image_folder(folder)
+    images, kept = read_images(paths)
+    if not images:
+        raise PatchGuardError(f"no readable images in the class folders of {folder}")
+    return np.stack([to_model_image(image, record) for image in images]), labels[kept], names
+
+
+def list_image_folder(folder: PathText) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The image files of a class-per-sub-folder set, in reading order, their int64
+    labels (N,) and the class names (the sorted sub-folder names)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PatchGuardError(f"{folder} is not a folder")
     classes = sorted(p for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise PatchGuardError(f"{folder} has no sub-folders; expected one sub-folder per class")
-    images, labels = [], []
+    paths, labels = [], []
     for label, sub in enumerate(classes):
-        for path in list_images(sub):
-            image = read_image(path)
-            if image is None:
-                log.warning("skipping %s: not a readable image", path)
-                continue
-            images.append(to_model_image(image, record))
-            labels.append(label)
-    if not images:
-        raise PatchGuardError(f"no readable images in the class folders of {folder}")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), [p.name for p in classes]
+        found = list_images(sub)
+        paths += found
+        labels += [label] * len(found)
+    return paths, np.asarray(labels, dtype=np.int64), [p.name for p in classes]
+
+
+def read_images(paths: list[Path]) -> tuple[list[np.ndarray], list[int]]:
+    """The readable images of ``paths`` (BGR, as read) and their positions in it;
+    corrupt ones skipped with one warning each."""
+    images, kept = [], []
+    for n, path in enumerate(paths):
+        image = read_image(path)
+        if image is None:
+            log.warning("skipping %s: not a readable image", path)
+            continue
+        images.append(image)
+        kept.append(n)
+    return images, kept
 
 
 class FrameSource:

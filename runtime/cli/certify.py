@@ -36,6 +36,7 @@ Examples:
   pg-certify --model model.onnx --data images/ --patch-size 4 --limit 500 --plot certified.png
   pg-certify --model model.onnx --data fashion-mnist --patch-size 5 --tau 0.6 0.8 --top-k 3
   pg-certify --model cleanser.onnx --data fashion-mnist --patch-size 2 3 5 --dump tables.npz
+  pg-certify --model model.onnx --data test.parquet --patch-size 2 3 5 --ray --ray-workers 4
 \b
 --window is the mask in feature cells (AxB: rows x columns); --patch-size P
 (pixels) with --rf R and --stride S derives it. In --model mode the receptive
@@ -56,7 +57,9 @@ BATCH = 256
               help="True labels (N,) as a .npy file (--logits mode).")
 @click.option("--model", "--engine", "engine", type=click.Path(dir_okay=False), default=None,
               help="Exported model (.onnx or .plan) to evaluate on --data (--engine: the older name).")
-@click.option("--data", default=None, help="fashion-mnist, or a folder with one sub-folder per class.")
+@click.option("--data", default=None,
+              help="fashion-mnist, a folder with one sub-folder per class, or a table: X.npz "
+                   "(images, labels), X.npy with X.labels.npy, or X.parquet (image, label columns).")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Fashion-MNIST split.")
 @click.option("--limit", type=int, default=None, help="Use the first N images only.")
@@ -65,7 +68,10 @@ BATCH = 256
               help="Run the model on Ray Data actors (the [ray] extra): a local Ray cluster, or the "
                    "cluster at ADDRESS (ray://host:10001, auto). Same report as without --ray.")
 @click.option("--ray-workers", type=int, default=2, show_default=True,
-              help="--ray: actors, one model each.")
+              help="--ray: actors, one model each (Ray Data's concurrency).")
+@click.option("--ray-batch", type=int, default=BATCH, show_default=True,
+              help="--ray: images per map_batches call (a multiple of 256 keeps the "
+                   "single-process inference batches).")
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads (--model mode) [default: onnxruntime's choice].")
 @click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
@@ -104,7 +110,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
          clip: Optional[float], defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
          top_k: int, allow_unverified: bool, json_out: Optional[str], plot: Optional[str],
          save_logits: Optional[str], dump: Optional[str], threads: Optional[int],
-         ray_address: Optional[str], ray_workers: int) -> None:
+         ray_address: Optional[str], ray_workers: int, ray_batch: int) -> None:
     """Certify local logits against adversarial patches (PatchGuard robust masking, CBN, vote,
     feature-space double masking; provable detection and top-k in the reports)."""
     from ..files import check_outputs
@@ -141,7 +147,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
             raise PatchGuardError(f"--threads must be at least 1, got {threads}")
         _engine_mode(engine or "", data, split, limit, provider, sizes, thres, clip, json_out,
                      plot, save_logits, extras, dump, threads, allow_unverified,
-                     (None if ray_address == "local" else ray_address, ray_workers)
+                     (None if ray_address == "local" else ray_address, ray_workers, ray_batch)
                      if ray_address is not None else None)
 
 
@@ -305,9 +311,9 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
                  json_out: Optional[str], plot: Optional[str], save_logits: Optional[str],
                  extras: dict[str, Any], dump: Optional[str] = None,
                  threads: Optional[int] = None, allow_unverified: bool = False,
-                 ray: Optional[tuple[Optional[str], int]] = None) -> None:
+                 ray: Optional[tuple[Optional[str], int, int]] = None) -> None:
     from ..backends import open_backend
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, report_of
     from ..masking import check_params
 
     if data is None:
@@ -326,36 +332,36 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
                 if value is not None:
                     raise PatchGuardError(f"{flag} applies to BagNets; {engine} is a "
                                           f"{record.defense_kind} classifier")
-            images, labels = _load_data(data, split, record)
-            if limit is not None:
-                images, labels = images[:limit], labels[:limit]
-            if ray is not None:
-                raise PatchGuardError("--ray runs BagNets (their local logits); view defenses run "
-                                      "without it")
-            _views_mode(backend, engine, data, split, images, labels, sizes, json_out, dump)
+            if ray is not None and dump is not None:
+                raise PatchGuardError("--dump runs without --ray")
+            _views_mode(backend, engine, data, split, limit, sizes, json_out, dump,
+                        _on_ray(ray, engine, provider, threads, allow_unverified))
             return
         if dump is not None:
             raise PatchGuardError(f"--dump applies to view defenses; {engine} is a BagNet")
         for size in sizes:  # fail before the (long) inference, not after it
             record.window_for(size)
-        images, labels = _load_data(data, split, record)
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
+        options = dict(receptive_field=record.receptive_field, stride=record.stride, thres=thres,
+                       clip=clip, **extras)
         if ray is not None:
-            from ..raydata import infer_with_ray
+            from ..datasets import open_labelled
 
-            u = infer_with_ray(engine, images, workers=ray[1], chunk=BATCH, address=ray[0],
-                               provider=provider, threads=threads, allow_unverified=allow_unverified)
+            columns = _on_ray(ray, engine, provider, threads, allow_unverified)(
+                open_labelled(data, record, split, limit), sizes, options, bool(save_logits))
+            labels, u = columns.pop("label"), columns.pop("logits", None)
+            report = report_of(columns, sizes, **options)
         else:
+            images, labels = _load_data(data, split, record)
+            if limit is not None:
+                images, labels = images[:limit], labels[:limit]
             u = _infer_all(backend, images, record)
+            report = evaluate(u, labels, sizes, **options)
     if save_logits:
         np_path = Path(save_logits)
         with atomic_path(np_path) as tmp, open(tmp, "wb") as handle:
             np.save(handle, u)
         with atomic_path(_labels_path(save_logits)) as tmp, open(tmp, "wb") as handle:
             np.save(handle, labels)
-    report = evaluate(u, labels, sizes, receptive_field=record.receptive_field,
-                      stride=record.stride, thres=thres, clip=clip, **extras)
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
               **report}
     if unverified is not None:
@@ -367,21 +373,47 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     _print_report(report)
 
 
-def _views_mode(backend: Any, engine: str, data: str, split: str, images: np.ndarray,
-                labels: np.ndarray, sizes: list[int], json_out: Optional[str], dump: Optional[str]) -> None:
+def _on_ray(ray: Optional[tuple[Optional[str], int, int]], engine: str, provider: Optional[str],
+            threads: Optional[int], allow_unverified: bool) -> Any:
+    """``--ray``: a function (labelled set, sizes, options, keep logits) -> per-image
+    columns, run on Ray Data actors (:func:`~..raydata.certify_with_ray`); None without."""
+    if ray is None:
+        return None
+    from ..raydata import certify_with_ray
+
+    def run(labelled: Any, sizes: list[int], options: dict[str, Any],
+            keep_logits: bool = False) -> dict[str, np.ndarray]:
+        return certify_with_ray(labelled, engine, sizes, options, workers=ray[1], chunk=BATCH,
+                                batch=ray[2], address=ray[0], provider=provider, threads=threads,
+                                allow_unverified=allow_unverified, keep_logits=keep_logits)
+
+    return run
+
+
+def _views_mode(backend: Any, engine: str, data: str, split: str, limit: Optional[int],
+                sizes: list[int], json_out: Optional[str], dump: Optional[str], on_ray: Any) -> None:
     """A view defense's report: clean and certified accuracy, views and ms per image, per patch size."""
-    from ..view_evaluate import evaluate_views
+    from ..view_evaluate import evaluate_views, runners, sibling_rules, views_report
 
     side = min(backend.record.input_size)
     for size in sizes:  # before the long run, not after it
         if size > side:
             raise PatchGuardError(f"a {size} px patch does not fit the model's "
                                   f"{backend.record.input_size[0]}x{backend.record.input_size[1]} input")
-    from ..view_evaluate import sibling_rules
+    tables: dict[int, np.ndarray] = {}
+    if on_ray is not None:
+        from ..datasets import open_labelled
 
-    with progress(len(images) * len(sizes) * len(sibling_rules(backend.record)), "views") as bar:
-        report, tables = evaluate_views(backend, images, labels, sizes, dump=dump is not None,
-                                        on_progress=bar.update)
+        counts = on_ray(open_labelled(data, backend.record, split, limit), sizes, {})
+        seconds = [float(counts.pop(f"{k}/seconds").sum()) for k in range(len(runners(backend, sizes)))]
+        report = views_report(backend, sizes, counts, seconds)
+    else:
+        images, labels = _load_data(data, split, backend.record)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        with progress(len(images) * len(sizes) * len(sibling_rules(backend.record)), "views") as bar:
+            report, tables = evaluate_views(backend, images, labels, sizes, dump=dump is not None,
+                                            on_progress=bar.update)
     report = {"model": str(engine), "data": data, "split": split if data == "fashion-mnist" else None,
               **report}
     if dump is not None:

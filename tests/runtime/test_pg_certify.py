@@ -142,6 +142,26 @@ def test_engine_mode_matches_logits_mode(small_onnx: Path, tmp_path: Path) -> No
     assert not (tmp_path / "none.json").exists()
 
 
+@pytest.mark.fashion_mnist
+def test_a_numpy_table_gives_the_fashion_mnist_report(small_onnx: Path, tmp_path: Path) -> None:
+    """--data set.npz / set.npy: the same images, the same report (bar the data's name)."""
+    pytest.importorskip("onnxruntime")
+    from patchguard.runtime.datasets import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("test")
+    np.savez(tmp_path / "set.npz", images=images[:50], labels=labels[:50])
+    reports = []
+    for data in ("fashion-mnist", tmp_path / "set.npz"):
+        result = _run("--model", small_onnx, "--data", data, "--limit", "50", "--patch-size", "3",
+                      "--json", tmp_path / "r.json")
+        assert result.exit_code == 0, result.output
+        reports.append({k: v for k, v in json.loads((tmp_path / "r.json").read_text()).items()
+                        if k not in ("data", "split")})
+    assert reports[0] == reports[1] and reports[0]["n"] == 50
+    _one_line_error(_run("--model", small_onnx, "--data", tmp_path / "none.npz", "--patch-size", "3"),
+                    "no such file")
+
+
 def test_double_masking_top_k_and_detection_options(maps) -> None:
     folder, u, hot = maps
     out = folder / "double.json"

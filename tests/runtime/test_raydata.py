@@ -1,7 +1,10 @@
-"""pg-certify --ray: Ray Data actors give the single-process report exactly, even when one dies.
+"""pg-certify --ray: Ray Data reads the set, actors certify it, and the report is the
+single-process report exactly, for every input kind, view defenses too, even when a
+worker dies.
 
-Small subsets and 2 workers (Ray is slow to start on a shared 2-core
-machine); the full test-set comparison is in the README with its command.
+Small subsets and 2 workers (Ray is slow to start on a shared 2-core machine): one
+Ray instance for the in-process tests, one pg-certify run for the command itself;
+the full test-set comparison is in the README with its command.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -21,25 +25,131 @@ pytest.importorskip("ray.data", reason="needs the [ray] extra (ray[data])")
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
 PG_CERTIFY = [sys.executable, "-c", "from patchguard.runtime.cli.certify import main; main()"]
+WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
 
 
-def _certify(model: Path, out: Path, *extra: str) -> None:
-    done = subprocess.run([*PG_CERTIFY, "--model", str(model), "--data", "fashion-mnist", "--limit", "600",
-                           "--patch-size", "3", "5", "--top-k", "3", "--json", str(out), *extra],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray instance for the in-process tests (2 actors + the read tasks)."""
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
-def test_ray_report_equals_the_single_process_report(default_onnx: Path, tmp_path: Path) -> None:
-    _certify(default_onnx, tmp_path / "plain.json")
-    _certify(default_onnx, tmp_path / "ray.json", "--ray", "--ray-workers", "2")
+def _options(record: Any, top_k: int = 3) -> dict[str, Any]:
+    return {"receptive_field": record.receptive_field, "stride": record.stride, "top_k": top_k}
+
+
+def _plain_report(model: Path, images: np.ndarray, labels: np.ndarray, sizes: list[int]) -> str:
+    from patchguard.runtime.backends import open_backend
+    from patchguard.runtime.evaluate import evaluate
+    from patchguard.runtime.preprocess import normalize
+
+    with open_backend(model, threads=1) as backend:
+        u = np.concatenate([backend.infer(normalize(images[i : i + 256], backend.record))
+                            for i in range(0, len(images), 256)])
+        return json.dumps(evaluate(u, labels, sizes, **_options(backend.record)))
+
+
+def _ray_report(model: Path, data: str, limit: int, sizes: list[int], **kwargs: Any) -> tuple[str, dict]:
+    from patchguard.runtime.backends import open_backend
+    from patchguard.runtime.datasets import open_labelled
+    from patchguard.runtime.evaluate import report_of
+    from patchguard.runtime.raydata import certify_with_ray
+
+    with open_backend(model) as backend:
+        record = backend.record
+    columns = certify_with_ray(open_labelled(data, record, limit=limit), str(model), sizes,
+                               _options(record), threads=1, **kwargs)
+    labels = columns.pop("label")
+    logits = columns.pop("logits", None)
+    return json.dumps(report_of(columns, sizes, **_options(record))), {"labels": labels, "logits": logits}
+
+
+def test_pg_certify_ray_report_equals_the_single_process_report(default_onnx: Path, tmp_path: Path) -> None:
+    def certify(out: Path, *extra: str) -> None:
+        done = subprocess.run([*PG_CERTIFY, "--model", str(default_onnx), "--data", "fashion-mnist",
+                               "--limit", "600", "--patch-size", "3", "5", "--top-k", "3",
+                               "--json", str(out), *extra], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    certify(tmp_path / "plain.json")
+    certify(tmp_path / "ray.json", "--ray", "--ray-workers", "2")
     plain, ray = (tmp_path / "plain.json").read_text(), (tmp_path / "ray.json").read_text()
     assert json.loads(plain)["n"] == 600
     assert ray == plain  # byte for byte: every defense, every patch size
+    assert _ray_actor_pids() == []  # no actor outlives the run
 
 
-def _actor_pids() -> list[int]:
-    """Processes whose title names our actor class (Ray sets ray::MapWorker(MapBatches(ChunkInference)))."""
+def test_tables_and_folders_on_ray_give_the_single_process_report(
+        ray_cluster: None, default_onnx: Path, tmp_path: Path) -> None:
+    import cv2
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from patchguard.runtime.datasets import load_fashion_mnist, load_labelled
+
+    images, labels = load_fashion_mnist("test")
+    images, labels = images[:300], labels[:300]
+    np.savez(tmp_path / "set.npz", images=images, labels=labels)
+    pq.write_table(pa.table({"image": [cv2.imencode(".png", im)[1].tobytes() for im in images],
+                             "label": labels}), tmp_path / "set.parquet", row_group_size=70)
+    folder = tmp_path / "folder"
+    for n, (image, label) in enumerate(zip(images[:120], labels[:120])):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"c{label}" / f"{n:04d}.png"), image)
+    (folder / "c0" / "0000-corrupt.png").write_bytes(b"not a png")  # skipped by both paths alike
+    expected = _plain_report(default_onnx, images, labels, [2, 5])
+    for data in ("fashion-mnist", tmp_path / "set.npz", tmp_path / "set.parquet"):
+        # 100-image calls: other cuts than the single-process chunks (onnxruntime's CPU
+        # output per image does not depend on the batch), chunks of 64 from the read.
+        got, _ = _ray_report(default_onnx, str(data), 300, [2, 5], chunk=64, batch=100)
+        assert got == expected, data
+    found = load_labelled(str(folder), _record(default_onnx))
+    assert len(found.labels) == 120
+    got, columns = _ray_report(default_onnx, str(folder), 10_000, [2, 5], chunk=32)
+    assert np.array_equal(columns["labels"], found.labels)
+    assert got == _plain_report(default_onnx, found.images, found.labels, [2, 5])
+
+
+def _record(model: Path) -> Any:
+    from patchguard.runtime.backends import open_backend
+
+    with open_backend(model) as backend:
+        return backend.record
+
+
+def test_view_defenses_on_ray_give_the_single_process_report(ray_cluster: None, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="exporting the shipped DS model needs torch (the [export] extra)")
+    from patchguard.export.onnx import export_onnx
+    from patchguard.export.onnxfile import save_onnx
+    from patchguard.models import load_checkpoint
+    from patchguard.runtime.backends import open_backend
+    from patchguard.runtime.datasets import open_labelled
+    from patchguard.runtime.raydata import certify_with_ray
+    from patchguard.runtime.view_evaluate import evaluate_views, runners, views_report
+
+    model, record = load_checkpoint(WEIGHTS / "fashion_mnist_ds.pt")
+    path = save_onnx(export_onnx(model, record), tmp_path / "ds.onnx")
+    labelled = open_labelled("fashion-mnist", record, limit=96)
+    images, labels = labelled.read(0, 96)
+    with open_backend(path, threads=1) as backend:
+        plain, _ = evaluate_views(backend, images, labels, [2, 4])
+        counts = certify_with_ray(open_labelled("fashion-mnist", backend.record, limit=96), str(path),
+                                  [2, 4], {}, threads=1, chunk=64)
+        seconds = [float(counts.pop(f"{k}/seconds").sum()) for k in range(len(runners(backend, [2, 4])))]
+        ray = views_report(backend, [2, 4], counts, seconds)
+    for report in (plain, ray):  # time, which differs between any two runs
+        for row in report["results"]:
+            assert row.pop("ms_per_image") > 0
+    assert json.dumps(ray) == json.dumps(plain)
+    assert {row["rule"] for row in plain["results"]} == {"ds", "mask-ds"}
+
+
+def _ray_actor_pids() -> list[int]:
+    """Processes whose title names our actor class (Ray sets ray::MapWorker(MapBatches(Certifier)))."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -47,25 +157,23 @@ def _actor_pids() -> list[int]:
                 title = (entry / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "ChunkInference" in title and int(entry.name) != os.getpid():
+            if "MapBatches(Certifier)" in title and int(entry.name) != os.getpid():
                 pids.append(int(entry.name))
     return pids
 
 
-def test_killing_a_worker_mid_run_changes_nothing(default_onnx: Path) -> None:
-    from patchguard.runtime.backends import open_backend
+def test_killing_a_worker_mid_run_changes_nothing(ray_cluster: None, default_onnx: Path) -> None:
     from patchguard.runtime.datasets import load_fashion_mnist
-    from patchguard.runtime.preprocess import normalize
-    from patchguard.runtime.raydata import infer_with_ray
 
-    images = load_fashion_mnist("test")[0][:2000]
+    images, labels = load_fashion_mnist("test")
+    images, labels = images[:2000], labels[:2000]
     killed: list[tuple[int, float]] = []
     finished = threading.Event()
 
     def kill_one() -> None:
         # Wait for the pool, let it work a little, then SIGKILL one actor.
         while not finished.is_set():
-            pids = _actor_pids()
+            pids = _ray_actor_pids()
             if len(pids) >= 2:
                 time.sleep(3.0)
                 if finished.is_set():
@@ -77,15 +185,13 @@ def test_killing_a_worker_mid_run_changes_nothing(default_onnx: Path) -> None:
 
     killer = threading.Thread(target=kill_one, daemon=True)
     killer.start()
-    u = infer_with_ray(str(default_onnx), images, workers=2, chunk=25, threads=1)
+    got, columns = _ray_report(default_onnx, "fashion-mnist", 2000, [3, 5], chunk=25, keep_logits=True)
     ended = time.monotonic()
     finished.set()
     killer.join(timeout=10)
     assert killed and killed[0][1] < ended, "the run ended before a worker could be killed"
-    with open_backend(default_onnx, threads=1) as backend:
-        expected = np.concatenate([backend.infer(normalize(images[i : i + 25], backend.record))
-                                   for i in range(0, len(images), 25)])
-    assert np.array_equal(u, expected)
+    assert got == _plain_report(default_onnx, images, labels, [3, 5])
+    assert np.array_equal(columns["labels"], labels) and columns["logits"].shape[0] == 2000
 
 
 def test_ray_is_refused_in_logits_mode(tmp_path: Path) -> None:

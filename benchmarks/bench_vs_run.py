@@ -45,9 +45,9 @@ def main() -> int:
         if engine is None:
             from patchguard.export.onnx import export_onnx
             from patchguard.export.onnxfile import save_onnx
-            from patchguard.models import DEFAULT_CHECKPOINT, load_checkpoint
+            from patchguard.models import DEFAULT_WEIGHTS
 
-            engine = save_onnx(export_onnx(*load_checkpoint(DEFAULT_CHECKPOINT)), work / "model.onnx")
+            engine = save_onnx(export_onnx(*DEFAULT_WEIGHTS.load()), work / "model.onnx")
         clip = work / "clip.avi"
         subprocess.run([sys.executable, str(ROOT / "examples" / "make_clip.py"), str(SAMPLE), str(clip),
                         "--frames", str(frames), "--size", "112"], check=True, capture_output=True)

@@ -47,9 +47,9 @@ def make_video(path: Path, count: int, size: int = 112) -> Path:
 def export_default(path: Path) -> Path:
     from patchguard.export.onnx import export_onnx
     from patchguard.export.onnxfile import save_onnx
-    from patchguard.models import DEFAULT_CHECKPOINT, load_checkpoint
+    from patchguard.models import DEFAULT_WEIGHTS
 
-    model, record = load_checkpoint(DEFAULT_CHECKPOINT)
+    model, record = DEFAULT_WEIGHTS.load()
     return save_onnx(export_onnx(model, record), path)
 
 

@@ -24,19 +24,18 @@ from patchguard.runtime.datasets import load_fashion_mnist
 from patchguard.runtime.preprocess import normalize
 from patchguard.runtime.smoothing_runners import runners_for
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
-SHIPPED = ("fashion_mnist_ds.pt", "fashion_mnist_crops.pt")
+SHIPPED = ("fashion_mnist_ds", "fashion_mnist_crops")  # bundled weights (patchguard.models.WEIGHTS)
 
 
 def export_shipped(folder: Path) -> list[Path]:
     from patchguard.export.onnx import export_onnx
     from patchguard.export.onnxfile import save_onnx
-    from patchguard.models import load_checkpoint
+    from patchguard.models import WEIGHTS
 
     paths = []
     for name in SHIPPED:
-        model, record = load_checkpoint(WEIGHTS / name)
-        paths.append(save_onnx(export_onnx(model, record), folder / name.replace(".pt", ".onnx")))
+        model, record = WEIGHTS[name].load()
+        paths.append(save_onnx(export_onnx(model, record), folder / f"{name}.onnx"))
     return paths
 
 

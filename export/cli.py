@@ -48,7 +48,7 @@ def _class_names(path: Optional[str]) -> Optional[list[str]]:
 def _load_torch_model(arch: Optional[str], checkpoint: Optional[str], num_classes: Optional[int],
                       input_size: Optional[str], random_init: bool) -> tuple[Any, Any, str]:
     """(module, record, default name) from the flags; every refusal is one line."""
-    from ..models import DEFAULT_CHECKPOINT, build_model, load_checkpoint, record_for
+    from ..models import DEFAULT_WEIGHTS, build_model, load_checkpoint, record_for
     from ..runtime.geometry import parse_pair
 
     size = parse_pair(input_size, "--input-size") if input_size else None
@@ -74,12 +74,8 @@ def _load_torch_model(arch: Optional[str], checkpoint: Optional[str], num_classe
                 f"--arch {arch} without --checkpoint would export untrained weights; "
                 "add --checkpoint PATH, or --random-init if that is what you want"
             )
-        if not DEFAULT_CHECKPOINT.is_file():
-            raise PatchGuardError(
-                f"the bundled default model ({DEFAULT_CHECKPOINT.name}) is not installed; "
-                "pass --checkpoint PATH"
-            )
-        checkpoint = str(DEFAULT_CHECKPOINT)
+        model, record = DEFAULT_WEIGHTS.load(num_classes=num_classes, input_size=size)
+        return model, record, DEFAULT_WEIGHTS.name
     model, record = load_checkpoint(checkpoint, arch=arch, num_classes=num_classes, input_size=size)
     return model, record, Path(checkpoint).name.split(".")[0]
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..runtime.backends.onnxrt import load_session
 from ..runtime.errors import PatchGuardError, first_line
 from ..runtime.files import PathText
+from ..runtime.geometry import touched_cells
 from ..runtime.metadata import ModelRecord
 
 # Changes below this fraction of the logit scale are float32 rounding (e.g.
@@ -41,13 +42,6 @@ class ProbeReport:
     max_change_outside: float
     max_change_inside: float
     tolerance: float
-
-
-def touched_cells(start: int, stop: int, receptive_field: int, stride: int, cells: int) -> slice:
-    """Cells along one axis whose receptive field meets pixels ``start .. stop - 1``."""
-    first = max(0, -(-(start - receptive_field + 1) // stride))
-    last = min(cells - 1, (stop - 1) // stride)
-    return slice(first, last + 1)
 
 
 def _block_corners(height: int, width: int, block: int, stride: int, count: int,

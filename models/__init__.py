@@ -11,9 +11,9 @@ from typing import Any
 _EXPORTS = {
     "BagNet": "bagnet", "bagnet9": "bagnet", "bagnet17": "bagnet", "bagnet33": "bagnet",
     "SmallBagNet": "small", "CompactCNN": "cnn",
-    "RECORDS": "records", "record_for": "records", "small_record": "records", "build_model": "records",
-    "DEFAULT_CHECKPOINT": "checkpoints", "CLEANSER_CHECKPOINT": "checkpoints", "load_checkpoint": "checkpoints",
-    "save_checkpoint": "checkpoints",
+    "ARCHITECTURES": "registry", "record_for": "registry", "small_record": "registry", "build_model": "registry",
+    "WEIGHTS": "registry", "DEFAULT_WEIGHTS": "registry",
+    "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
 }
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605 (a list, built from the lazy table)
 

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..runtime.defenses import certify
 from ..runtime.errors import PatchGuardError
-from ..runtime.geometry import IntOrPair, Pair, as_pair
+from ..runtime.geometry import IntOrPair, Pair, as_pair, first_cell, flush_starts
 from ..runtime.metadata import ModelRecord
 from . import reference
 
@@ -91,38 +92,6 @@ class ImageResult:
     patch: Optional[np.ndarray] = field(default=None, repr=False)  # (C, ph, pw) in [0, 1]
 
 
-def certify_labels(
-    u: np.ndarray, window: Pair, labels: np.ndarray, thres: float, clip: Optional[float]
-) -> np.ndarray:
-    """Certificate (Alg. 2) of ``labels`` on local logits u (B, H, W, C) -> bool (B,).
-
-    The numpy runtime's ``certify`` when it exists (what pg-certify reports),
-    else the torch reference.
-    """
-    import importlib
-    from types import ModuleType
-
-    # ``patchguard.runtime.certify`` is the contract's function; until the
-    # package exports it the name may still be the submodule of that name.
-    runtime_certify = getattr(importlib.import_module("patchguard.runtime"), "certify", None)
-    if callable(runtime_certify) and not isinstance(runtime_certify, ModuleType):
-        return np.asarray(
-            runtime_certify(u, window, thres=thres, clip=clip, labels=labels), dtype=bool
-        )
-    verdict = reference.certify(
-        torch.from_numpy(u), window, thres=thres, clip=clip, labels=torch.from_numpy(labels)
-    )
-    return verdict.numpy().astype(bool)
-
-
-def grid(extent: int, length: int, stride: int) -> list[int]:
-    """Start pixels of a run of ``length`` every ``stride`` px, the last one flush with the edge."""
-    starts = list(range(0, extent - length + 1, stride))
-    if starts[-1] != extent - length:
-        starts.append(extent - length)
-    return starts
-
-
 class PatchAttack:
     """PGD patch attack on ``model`` (local logits (B, H, W, C)) defended by robust masking.
 
@@ -168,9 +137,8 @@ class PatchAttack:
 
     def _block_start(self, pixel: torch.Tensor, axis: int) -> torch.Tensor:
         """First cell of the block that holds every cell a patch at ``pixel`` touches."""
-        r, s = self.record.receptive_field, self.record.stride
-        first = torch.clamp(torch.div(pixel - r + 1 + s - 1, s, rounding_mode="floor"), min=0)
-        return torch.clamp(first, max=self.map_size[axis] - self.block[axis])
+        first = first_cell(pixel, self.record.receptive_field, self.record.stride)
+        return torch.clamp(first, min=0, max=self.map_size[axis] - self.block[axis])
 
     def margins(
         self,
@@ -212,31 +180,8 @@ class PatchAttack:
         brow = (top[:, None] + torch.arange(bh))[:, :, None]
         bcol = (left[:, None] + torch.arange(bw))[:, None, :]
         u = u_clean[owner].index_put((jj, brow, bcol), block)
-        return _margin(self.evidence(u), labels[owner])
-
-    def evidence(self, u: torch.Tensor) -> torch.Tensor:
-        """Masked evidence (B, C) of local logits u (B, H, W, C), as
-        :func:`reference.robust_masking` computes it, with a cheaper gradient.
-
-        The largest window sum M_c is found without autograd and then summed
-        again over just that window: same value, same (sub)gradient as the max
-        over all windows, without back-propagating through every window sum.
-        """
-        cfg = self.config
-        v = reference.clipped(u, cfg.clip)
-        total = v.sum(dim=(1, 2))
-        a, b = self.window
-        with torch.no_grad():
-            sums = reference.window_sums(v, self.window)  # (B, H-a+1, W-b+1, C)
-            cols = sums.shape[2]
-            where = sums.flatten(1, 2).argmax(dim=1)  # (B, C)
-        rows = (where // cols)[:, :, None, None] + torch.arange(a)[:, None]  # (B, C, a, 1)
-        columns = (where % cols)[:, :, None, None] + torch.arange(b)  # (B, C, 1, b)
-        batch = torch.arange(len(v))[:, None, None, None]
-        klass = torch.arange(v.shape[-1])[None, :, None, None]
-        largest = v[batch, rows, columns, klass].sum(dim=(2, 3))  # (B, C)
-        masked = (total > 0) & (largest > cfg.thres * total)
-        return torch.where(masked, total - largest, total)
+        evidence = reference.masked_evidence(u, self.window, self.config.thres, self.config.clip)
+        return reference.margin(evidence, labels[owner])
 
     def check_locality(self, images: torch.Tensor, u_clean: torch.Tensor) -> None:
         """Crops with the clean pixels as 'patch' must reproduce the clean cells."""
@@ -251,7 +196,7 @@ class PatchAttack:
         with torch.no_grad():
             got = self.margins(images[:1], u_clean[:1], labels, owner, corners, patches)
             evidence = reference.robust_masking(u_clean[:1], self.window, self.config.thres, self.config.clip)[1]
-            want = _margin(evidence, labels)
+            want = reference.margin(evidence, labels)
         scale = float(evidence.abs().max()) + 1.0
         if not torch.allclose(got, want.expand_as(got), rtol=1e-4, atol=1e-4 * scale):
             raise PatchGuardError(
@@ -312,7 +257,7 @@ class PatchAttack:
         height, width = self.record.input_size
         (ph, pw), stride = self.patch, self.config.stride
         grid_positions = torch.tensor(
-            [(i, j) for i in grid(height, ph, stride) for j in grid(width, pw, stride)]
+            [(i, j) for i in flush_starts(height, ph, stride) for j in flush_starts(width, pw, stride)]
         )
         n, k = len(images), len(grid_positions)
         owner = torch.arange(n).repeat_interleave(k)
@@ -406,9 +351,8 @@ class PatchAttack:
         u = self.local_logits(x)
         self.check_locality(x, u)
         clean = reference.robust_masking(u, self.window, self.config.thres, self.config.clip)[0]
-        certified = certify_labels(
-            u.double().numpy(), self.window, y.numpy(), self.config.thres, self.config.clip
-        )
+        certified = certify(u.double().numpy(), self.window, labels=y.numpy(),
+                            thres=self.config.thres, clip=self.config.clip)
         results = [
             ImageResult(i, int(y[i]), int(clean[i]), bool(certified[i]), Outcome.MISCLASSIFIED, int(clean[i]))
             for i in range(len(x))
@@ -454,51 +398,3 @@ def _fold_batchnorm(model: nn.Module) -> nn.Module:
     except Exception as exc:  # any tracing failure: fall back to the slower original
         log.debug("BatchNorm folding skipped: %s", exc)
         return model
-
-
-def _margin(evidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """e_y - max_{c != y} e_c per row of evidence (B, C)."""
-    rows = torch.arange(len(labels))
-    own = evidence[rows, labels]
-    others = evidence.clone()
-    others[rows, labels] = -math.inf
-    return own - others.amax(dim=1)
-
-
-def summarize(results: list[ImageResult], attack: PatchAttack) -> dict:
-    """The pg-attack report: success separately on certified and uncertified images."""
-    n = len(results)
-    cfg = attack.config
-
-    def group(members: list[ImageResult]) -> dict:
-        broken = sum(r.outcome is Outcome.BROKEN for r in members)
-        return {"n": len(members), "broken": broken,
-                "success_rate": broken / len(members) if members else None}
-
-    attacked = [r for r in results if r.outcome is not Outcome.MISCLASSIFIED]
-    certified = [r for r in attacked if r.certified]
-    uncertified = [r for r in attacked if not r.certified]
-    return {
-        "n": n,
-        "arch": attack.record.arch,
-        "patch_size": list(attack.patch),
-        "window": list(attack.window),
-        "thres": cfg.thres,
-        "clip": cfg.clip,
-        "steps": cfg.steps,
-        "stride": cfg.stride,
-        "refine": cfg.refine,
-        "seed": cfg.seed,
-        "clean_accuracy": len(attacked) / n,
-        "certified_accuracy": len(certified) / n,
-        "robust_accuracy": sum(r.outcome is Outcome.HELD for r in results) / n,
-        "misclassified": n - len(attacked),
-        "certified": group(certified),
-        "uncertified": group(uncertified),
-        "certified_broken": [
-            {"index": r.index, "label": r.label, "prediction": r.prediction,
-             "position": list(r.position or ()), "margin": r.margin,
-             "patch": np.round(r.patch, 6).tolist() if r.patch is not None else None}
-            for r in certified if r.outcome is Outcome.BROKEN
-        ],
-    }

@@ -7,11 +7,29 @@ at every feature cell instead of after average pooling.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-# kernel3[i]: how many blocks of stage i use a 3x3 middle convolution.
-KERNEL3 = {"bagnet9": (1, 1, 0, 0), "bagnet17": (1, 1, 1, 0), "bagnet33": (1, 1, 1, 1)}
+
+@dataclass(frozen=True)
+class Variant:
+    """One member of the family: ``kernel3[i]`` blocks of stage i use a 3x3
+    middle convolution, which sets the receptive field (the paper's r; s = 8)."""
+
+    kernel3: tuple[int, int, int, int]
+    receptive_field: int
+
+
+# The family's one table: the builders below, the model registry and the
+# checkpoint reader (which tells the variants apart by kernel shape) read it.
+VARIANTS = {
+    "bagnet9": Variant((1, 1, 0, 0), 9),
+    "bagnet17": Variant((1, 1, 1, 0), 17),
+    "bagnet33": Variant((1, 1, 1, 1), 33),
+}
+STRIDE = 8
 STAGE_BLOCKS = (3, 4, 6, 3)
 STAGE_STRIDES = (2, 2, 2, 1)
 
@@ -117,14 +135,14 @@ class BagNet(nn.Module):
 
 def bagnet9(num_classes: int = 1000) -> BagNet:
     """BagNet-9: receptive field 9 px, stride 8 (official ``bagnet8``)."""
-    return BagNet(KERNEL3["bagnet9"], num_classes)
+    return BagNet(VARIANTS["bagnet9"].kernel3, num_classes)
 
 
 def bagnet17(num_classes: int = 1000) -> BagNet:
     """BagNet-17: receptive field 17 px, stride 8 (official ``bagnet16``)."""
-    return BagNet(KERNEL3["bagnet17"], num_classes)
+    return BagNet(VARIANTS["bagnet17"].kernel3, num_classes)
 
 
 def bagnet33(num_classes: int = 1000) -> BagNet:
     """BagNet-33: receptive field 33 px, stride 8 (official ``bagnet32``)."""
-    return BagNet(KERNEL3["bagnet33"], num_classes)
+    return BagNet(VARIANTS["bagnet33"].kernel3, num_classes)

@@ -22,14 +22,12 @@ from ..runtime.errors import PatchGuardError, first_line
 from ..runtime.files import PathText, atomic_path
 from ..runtime.geometry import IntOrPair
 from ..runtime.metadata import ModelRecord
-from .records import BAGNET_RF, build_model, record_for, with_overrides
+from .bagnet import VARIANTS
+from .registry import build_model, record_for, with_overrides
 
 PROJECT_FORMAT = "patchguard-edge"
 CONTAINER_KEYS = ("model_state_dict", "state_dict", "net")
 LAYOUTS = ("project", "plain", "model_state_dict", "state_dict", "net")
-DEFAULT_CHECKPOINT = Path(__file__).with_name("weights") / "fashion_mnist_bagnet.pt"
-# The bundled PatchCleanser classifier (an ordinary CNN; pg-train --defense cleanser).
-CLEANSER_CHECKPOINT = Path(__file__).with_name("weights") / "fashion_mnist_cleanser.pt"
 
 
 class CheckpointError(PatchGuardError):
@@ -96,12 +94,11 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str:
         if weight is None or weight.ndim != 4:
             raise CheckpointError(
                 "cannot tell the architecture from the checkpoint; pass --arch "
-                f"(one of {', '.join(sorted(BAGNET_RF))})"
+                f"(one of {', '.join(sorted(VARIANTS))})"
             )
         kernels.append(int(weight.shape[-1]) == 3)
-    by_kernels = {"bagnet9": [1, 1, 0, 0], "bagnet17": [1, 1, 1, 0], "bagnet33": [1, 1, 1, 1]}
-    for arch, pattern in by_kernels.items():
-        if kernels == [bool(k) for k in pattern]:
+    for arch, variant in VARIANTS.items():
+        if kernels == [bool(k) for k in variant.kernel3]:
             return arch
     raise CheckpointError(f"checkpoint is no known BagNet (3x3 first blocks per stage: {kernels})")
 

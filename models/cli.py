@@ -82,7 +82,7 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
     from ..runtime.files import ensure_dir
     from .checkpoints import load_checkpoint
     from .data import load_training_data
-    from .records import record_for
+    from .registry import record_for
     from .train import TrainConfig, train
 
     if epochs < 1 or batch_size < 1:
@@ -281,15 +281,16 @@ def attack_main(checkpoint: str | None, data: str, split: str, limit: int | None
     torch = lazy_import("torch", "export")
 
     from ..runtime.files import check_outputs, write_text_atomic
-    from .attack import AttackConfig, PatchAttack, summarize
-    from .checkpoints import DEFAULT_CHECKPOINT, load_checkpoint
+    from .attack import AttackConfig, PatchAttack
+    from .attack_report import attack_report, broken_certificates_text, report_text
+    from .checkpoints import load_checkpoint
+    from .registry import DEFAULT_WEIGHTS
 
     check_outputs({"--json": json_out}, {"--checkpoint": checkpoint})
     if limit is not None and limit < 1:
         raise PatchGuardError(f"--limit must be at least 1, got {limit}")
     torch.manual_seed(seed)
-    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
-    model, record = load_checkpoint(path)
+    model, record = load_checkpoint(checkpoint) if checkpoint else DEFAULT_WEIGHTS.load()
     patch = patch_px if patch_px is not None else (record.default_patch_px or None)
     if patch is None:
         raise PatchGuardError(f"{record.arch} has no default patch size; pass --patch-size")
@@ -302,29 +303,14 @@ def attack_main(checkpoint: str | None, data: str, split: str, limit: int | None
         results = attack.run(images, labels, on_progress=bar.update)
     finally:
         bar.close()
-    report = {"checkpoint": str(path), "data": data, "split": split, **summarize(results, attack),
-              "seconds": round(time.time() - began, 2)}
+    report = {"checkpoint": checkpoint or DEFAULT_WEIGHTS.file_name, "data": data, "split": split,
+              **attack_report(results, attack), "seconds": round(time.time() - began, 2)}
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=2) + "\n")
-    cert, unc = report["certified"], report["uncertified"]
-
-    def rate(g: dict) -> str:
-        return "n/a" if g["success_rate"] is None else f"{100 * g['success_rate']:.1f}%"
-
-    click.echo(
-        f"{report['n']} images, {patch}x{patch} patch (window {report['window'][0]}x{report['window'][1]}): "
-        f"clean {100 * report['clean_accuracy']:.1f}%, certified {100 * report['certified_accuracy']:.1f}%, "
-        f"robust under attack {100 * report['robust_accuracy']:.1f}%\n"
-        f"attack success: uncertified {unc['broken']}/{unc['n']} ({rate(unc)}), "
-        f"certified {cert['broken']}/{cert['n']} ({rate(cert)})"
-    )
-    if cert["broken"]:
-        indices = ", ".join(str(b["index"]) for b in report["certified_broken"])
-        click.echo(
-            f"BUG: the attack broke {cert['broken']} CERTIFIED image(s) (indices {indices}); "
-            "the certificate is unsound" + (f" (patches saved in {json_out})" if json_out else ""),
-            err=True,
-        )
+    click.echo(report_text(report))
+    bug = broken_certificates_text(report, json_out)
+    if bug:
+        click.echo(bug, err=True)
         raise SystemExit(2)
 
 

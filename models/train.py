@@ -24,8 +24,8 @@ from ..runtime.geometry import window_shape
 from ..runtime.metadata import ModelRecord
 from ..runtime.preprocess import normalize
 from .checkpoints import read_checkpoint, save_checkpoint, unwrap
-from .records import build_model
-from .reference import certify, double_masked_training_logits, masked_training_logits, robust_masking
+from .reference import double_masked_training_logits, masked_training_logits
+from .registry import build_model
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +55,30 @@ class EpochReport:
     extra: dict = field(default_factory=dict)
 
 
-def evaluate(
+def certified_accuracy(
     model: torch.nn.Module, record: ModelRecord, x: torch.Tensor, y: torch.Tensor,
     patch_px: int, batch_size: int = 500, defense: str = "mask", masks_per_axis: int = 6,
 ) -> tuple[float, float]:
-    """Accuracy and certified accuracy: robust masking with the reference
-    defense, or double masking with the runtime's (numpy) one."""
+    """Clean and certified accuracy of ``model`` on (x, y): robust masking or
+    feature-space double masking, decided and certified by the runtime's numpy
+    defense (the code that deploys the model and that pg-certify reports)."""
+    from ..runtime.certificate import certify_mask
     from ..runtime.double_masking import double_masking_certified
+    from ..runtime.masking import masked_labels
 
     window = window_shape(patch_px, record.receptive_field, record.stride)
     model.eval()
     correct = certified = 0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            u = model(x[start : start + batch_size]).double()
-            labels = y[start : start + batch_size]
+            u = model(x[start : start + batch_size]).double().numpy()
+            labels = y[start : start + batch_size].numpy()
             if defense == "double":
-                found, ok = double_masking_certified(u.numpy(), window, masks_per_axis=masks_per_axis,
-                                                     labels=labels.numpy())
-                correct += int((found == labels.numpy()).sum())
-                certified += int(ok.sum())
-                continue
-            correct += int((robust_masking(u, window)[0] == labels).sum())
-            certified += int(certify(u, window, labels=labels).sum())
+                found, ok = double_masking_certified(u, window, masks_per_axis=masks_per_axis, labels=labels)
+            else:
+                found, ok = masked_labels(u, window), certify_mask(u, window, labels=labels)
+            correct += int((found == labels).sum())
+            certified += int(ok.sum())
     return correct / len(x), certified / len(x)
 
 
@@ -188,7 +189,7 @@ def train(
                 bar.update(1)
         report = EpochReport(epoch + 1, total_loss / run.steps_per_epoch, time.time() - began)
         if ev is not None:
-            report.accuracy, report.certified = evaluate(
+            report.accuracy, report.certified = certified_accuracy(
                 model, record, *ev, config.patch_px, defense=config.defense,
                 masks_per_axis=config.masks_per_axis)
         run.end_epoch(epoch)

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import PatchGuardError
+from .geometry import flush_starts
 
 #: The record's name for the (x, 1 - x) encoding.
 ENCODING = "x,1-x"
@@ -40,10 +41,7 @@ def crop_starts(length: int, crop: int, stride: int) -> list[int]:
         raise PatchGuardError(f"crop side must be between 1 and the image side {length}, got {crop}")
     if stride < 1:
         raise PatchGuardError(f"crop stride must be at least 1, got {stride}")
-    starts = list(range(0, length - crop + 1, stride))
-    if starts[-1] != length - crop:
-        starts.append(length - crop)
-    return starts
+    return flush_starts(length, crop, stride)
 
 
 def crop_keep(size: Sequence[int], crop: int, stride: int) -> np.ndarray:

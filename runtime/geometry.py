@@ -8,7 +8,7 @@ windows, one axis at a time.
 from __future__ import annotations
 
 import operator
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -130,7 +130,32 @@ def mask_starts(size: int, patch: int, per_axis: int) -> tuple[tuple[int, ...], 
         raise PatchGuardError(f"masks per axis must be a positive integer, got {per_axis!r}")
     stride = -(-(size - patch + 1) // count)
     side = min(patch + stride - 1, size)
-    starts = list(range(0, size - side + 1, stride))
-    if starts[-1] != size - side:
-        starts.append(size - side)
-    return tuple(starts), side
+    return tuple(flush_starts(size, side, stride)), side
+
+
+def flush_starts(extent: int, length: int, stride: int) -> list[int]:
+    """Starts of runs of ``length`` every ``stride`` positions over ``extent``, the
+    last run flush with the end: ``range(0, extent - length + 1, stride)`` plus
+    ``extent - length`` when the stride skipped it. Needs ``1 <= length <= extent``."""
+    starts = list(range(0, extent - length + 1, stride))
+    if starts[-1] != extent - length:
+        starts.append(extent - length)
+    return starts
+
+
+def first_cell(pixel: Any, receptive_field: int, stride: int) -> Any:
+    """First cell along an axis whose receptive field reaches ``pixel``:
+    ``ceil((pixel - r + 1) / s)``, negative near the start (callers clamp).
+
+    Cell i sees pixels ``i*s .. i*s + r - 1``. ``pixel`` may be an int or an
+    integer numpy array / torch tensor (floor division rounds down on all three).
+    """
+    return -((receptive_field - 1 - pixel) // stride)
+
+
+def touched_cells(start: int, stop: int, receptive_field: int, stride: int, cells: int) -> slice:
+    """Cells along one axis of a ``cells``-long map whose receptive field meets
+    pixels ``start .. stop - 1``."""
+    first = max(0, first_cell(start, receptive_field, stride))
+    last = min(cells - 1, (stop - 1) // stride)
+    return slice(first, last + 1)

@@ -10,9 +10,9 @@ def export_cleanser(folder: Path) -> Path:
     """``folder/cleanser.onnx``: the bundled checkpoint through export_onnx (no parity run)."""
     from patchguard.export.onnx import export_onnx
     from patchguard.export.onnxfile import save_onnx
-    from patchguard.models import CLEANSER_CHECKPOINT, load_checkpoint
+    from patchguard.models import WEIGHTS
 
-    model, record = load_checkpoint(CLEANSER_CHECKPOINT)
+    model, record = WEIGHTS["fashion_mnist_cleanser"].load()
     return save_onnx(export_onnx(model, record), folder / "cleanser.onnx")
 
 

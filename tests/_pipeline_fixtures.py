@@ -17,9 +17,9 @@ def export_default_model(path: Path) -> Path:
     pytest.importorskip("torch", reason="exporting a test model needs torch (the [export] extra)")
     from patchguard.export.onnx import export_onnx
     from patchguard.export.onnxfile import save_onnx
-    from patchguard.models import DEFAULT_CHECKPOINT, load_checkpoint
+    from patchguard.models import DEFAULT_WEIGHTS
 
-    model, record = load_checkpoint(DEFAULT_CHECKPOINT)
+    model, record = DEFAULT_WEIGHTS.load()
     return save_onnx(export_onnx(model, record), path)
 
 

@@ -10,12 +10,12 @@ import pytest
 from _calibration_fixtures import SAMPLES, write_images
 
 from patchguard.calibration.data import FASHION_MNIST, CalibrationReader, calibration_batches, list_images, open_source
-from patchguard.models.records import RECORDS
+from patchguard.models.registry import record_for
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.preprocess import preprocess
 
 cv2 = pytest.importorskip("cv2")
-RECORD = RECORDS["smallbagnet"]
+RECORD = record_for("smallbagnet")
 
 
 def test_folder_is_searched_recursively_in_sorted_order(tmp_path: Path) -> None:

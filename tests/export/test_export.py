@@ -107,13 +107,13 @@ def test_bagnet17_parity_report(b17):
 # -- the bundled default, --onnx without torch ----------------------------------------------------
 
 def test_default_model_exports_without_flags(tmp_path):
-    from patchguard.models import DEFAULT_CHECKPOINT
+    from patchguard.models import DEFAULT_WEIGHTS
 
-    if not DEFAULT_CHECKPOINT.is_file():
+    if not DEFAULT_WEIGHTS.is_installed():
         pytest.skip("bundled default checkpoint not installed yet")
     result = run_cli(["--out", str(tmp_path), "--no-engine", "--parity-n", "8"])
     assert result.exit_code == 0, result.output
-    name = DEFAULT_CHECKPOINT.name.split(".")[0]
+    name = DEFAULT_WEIGHTS.name
     with open_backend(tmp_path / f"{name}.onnx") as backend:
         assert backend.record.input_size == (28, 28)
         assert backend.infer(np.zeros((2, 1, 28, 28), np.float32)).shape[0] == 2

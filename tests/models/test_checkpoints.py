@@ -9,7 +9,7 @@ import torch
 
 from patchguard.models import bagnet9, bagnet17, bagnet33, build_model, load_checkpoint, save_checkpoint, small_record
 from patchguard.models.checkpoints import LAYOUTS, CheckpointError
-from patchguard.models.records import record_for
+from patchguard.models.registry import record_for
 from patchguard.runtime import PatchGuardError
 
 

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from patchguard.models import SmallBagNet, bagnet9, bagnet17, bagnet33
-from patchguard.models.records import small_record
+from patchguard.models.registry import small_record
 
 BUILDERS = {"bagnet9": bagnet9, "bagnet17": bagnet17, "bagnet33": bagnet33}
 # models/bagnet.py, after the official bagnets package: blocks per stage with a 3x3 middle conv, and r.

@@ -9,7 +9,14 @@ import math
 
 import torch
 
-from patchguard.models.reference import certify, masked_training_logits, robust_masking, window_sums
+from patchguard.models.reference import (
+    certify,
+    margin,
+    masked_evidence,
+    masked_training_logits,
+    robust_masking,
+    window_sums,
+)
 
 
 def local_logits(*classes: list[list[float]]) -> torch.Tensor:
@@ -189,3 +196,19 @@ def test_masked_training_logits():
     u = local_logits([[3, 0, 0, 3]], [[0, 2, 2, 0]])
     assert masked_training_logits(u, torch.tensor([0]), (1, 2)).tolist() == [[3 / 4, 4 / 4]]
     assert masked_training_logits(u, torch.tensor([1]), (1, 2)).tolist() == [[6 / 4, 0 / 4]]
+
+
+def test_masked_evidence_equals_robust_masking():
+    # The attack's cheaper-gradient evidence must be Algorithm 1's evidence.
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(20, 24, 24, 10, generator=generator) * 3
+    for window in (5, (3, 6)):
+        for thres, clip in ((0.0, None), (0.2, None), (0.0, 2.0)):
+            want = robust_masking(u, window, thres, clip)[1]
+            torch.testing.assert_close(masked_evidence(u, window, thres, clip), want, rtol=1e-5, atol=1e-3)
+
+
+def test_margin_is_own_evidence_minus_best_rival():
+    evidence = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 5.0]])
+    assert margin(evidence, torch.tensor([0, 1])).tolist() == [1.0, 0.0]
+    assert margin(evidence, torch.tensor([1, 0])).tolist() == [-2.0, -5.0]

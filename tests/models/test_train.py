@@ -11,7 +11,7 @@ from patchguard.models import load_checkpoint
 from patchguard.models.checkpoints import read_checkpoint
 from patchguard.models.cli import train_main
 from patchguard.models.data import load_training_data
-from patchguard.models.records import record_for
+from patchguard.models.registry import record_for
 from patchguard.models.train import TrainConfig
 from patchguard.models.train import train as run_training
 

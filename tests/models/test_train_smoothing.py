@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from patchguard.models import load_checkpoint
 from patchguard.models.cli import train_main
 from patchguard.models.data import load_training_data
-from patchguard.models.records import cnn_record
+from patchguard.models.registry import cnn_record
 from patchguard.models.smoothing import view_augment
 from patchguard.models.train import TrainConfig
 from patchguard.models.train_views import train_classifier

@@ -11,7 +11,7 @@ from patchguard.models import load_checkpoint
 from patchguard.models.cli import train_main
 from patchguard.models.cnn import CNN224_CONFIG, CompactCNN
 from patchguard.models.data import load_training_data
-from patchguard.models.records import record_for
+from patchguard.models.registry import record_for
 from patchguard.models.train import TrainConfig
 from patchguard.models.train_views import cleanser_augment, train_classifier
 from patchguard.runtime.cleanser import mask_set

@@ -30,11 +30,11 @@ PATCH = 5
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from patchguard.models import CLEANSER_CHECKPOINT, load_checkpoint
+    from patchguard.models import WEIGHTS
 
     given = os.environ.get("PATCHGUARD_ATTACK_MODEL")
     path = given or export_cleanser(tmp_path_factory.mktemp("attack"))
-    model, _ = load_checkpoint(CLEANSER_CHECKPOINT)
+    model, _ = WEIGHTS["fashion_mnist_cleanser"].load()
     with open_backend(path, threads=1) as backend:
         yield backend, model
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from patchguard.runtime import PatchGuardError, map_size, window_shape, window_size
-from patchguard.runtime.geometry import as_pair, parse_pair
+from patchguard.runtime.geometry import as_pair, first_cell, flush_starts, parse_pair, touched_cells
 
 
 @pytest.mark.parametrize(
@@ -80,3 +81,30 @@ def test_runtime_import_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("receptive_field", [1, 5, 9])
+@pytest.mark.parametrize("stride", [1, 2, 3, 8])
+def test_touched_cells_matches_the_definition(receptive_field, stride):
+    pixels = 40
+    cells = (pixels - receptive_field) // stride + 1
+    for start in range(pixels):
+        for stop in range(start + 1, min(start + 4, pixels) + 1):
+            want = [i for i in range(cells)
+                    if i * stride <= stop - 1 and i * stride + receptive_field - 1 >= start]
+            got = list(range(cells))[touched_cells(start, stop, receptive_field, stride, cells)]
+            assert got == want
+
+
+def test_flush_starts_end_flush_with_the_edge():
+    assert flush_starts(28, 5, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 23]
+    assert flush_starts(28, 5, 1) == list(range(24))
+    assert flush_starts(5, 5, 4) == [0]
+
+
+def test_first_cell_is_one_formula_for_ints_and_arrays():
+    pixels = np.arange(-3, 40)
+    for r, s in ((1, 1), (5, 1), (9, 8), (17, 8), (5, 2)):
+        got = first_cell(pixels, r, s).tolist()
+        assert got == [first_cell(int(p), r, s) for p in pixels]
+        assert got == [min(i for i in range(-10, 60) if i * s + r - 1 >= p) for p in pixels.tolist()]

@@ -21,8 +21,8 @@ from patchguard.runtime.preprocess import normalize
 
 pytestmark = pytest.mark.fashion_mnist
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
-SHIPPED = {"ds": WEIGHTS / "fashion_mnist_ds.pt", "crops": WEIGHTS / "fashion_mnist_crops.pt"}
+# Bundled weights (patchguard.models.WEIGHTS) by defense kind.
+SHIPPED = {"ds": "fashion_mnist_ds", "crops": "fashion_mnist_crops"}
 # The patch each model is attacked with (model pixels).
 PATCH = {"ds": 5, "crops": 5}
 
@@ -33,10 +33,10 @@ def shipped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     pytest.importorskip("torch", reason="exporting the shipped model needs torch (the [export] extra)")
     from patchguard.export.onnx import export_onnx
     from patchguard.export.onnxfile import save_onnx
-    from patchguard.models import load_checkpoint
+    from patchguard.models import WEIGHTS
     from patchguard.runtime.backends import open_backend
 
-    model, record = load_checkpoint(SHIPPED[request.param])
+    model, record = WEIGHTS[SHIPPED[request.param]].load()
     path = save_onnx(export_onnx(model, record), tmp_path_factory.mktemp("views") / "model.onnx")
     with open_backend(path) as backend:
         yield request.param, path, backend

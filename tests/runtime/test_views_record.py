@@ -30,9 +30,9 @@ def test_cleanser_entry_round_trips_with_its_derived_geometry():
 
 
 def test_a_record_without_defense_is_a_bagnet():
-    from patchguard.models import RECORDS
+    from patchguard.models import record_for
 
-    record = RECORDS["smallbagnet"]
+    record = record_for("smallbagnet")
     data = json.loads(record.to_json())
     assert "defense" not in data and record.is_local
     assert record.output_shape == (*record.map_size, 10)

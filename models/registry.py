@@ -1,12 +1,25 @@
-"""One frozen record per model variant: the facts export and runtime read.
+"""The model registry: every architecture and every bundled weights file, as data.
+
+An :class:`Architecture` is a default record (the facts export and runtime
+read: receptive field, stride, input size, mean/std, classes) plus the
+builder of a fresh module for a record of it; :func:`record_for` and
+:func:`build_model` are the only ways in. A :class:`BundledWeights` entry
+names a checkpoint shipped in the ``patchguard.models.weights`` data package,
+read through ``importlib.resources`` so it works from any install
+(torchvision's weights-as-data, ``models/_api.py``).
 
 Receptive field and stride of the small BagNets follow from their layer
-configuration; the official BagNets' come from the paper (r = 9/17/33, s = 8)
-and are verified empirically by the tests and by the exporter's probe.
+configuration; the official BagNets' come from the paper (r = 9/17/33, s = 8,
+:data:`.bagnet.VARIANTS`) and are verified empirically by the tests and by the
+exporter's probe.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +35,6 @@ from .small import SmallBagNet, receptive_field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BAGNET_RF = {"bagnet9": 9, "bagnet17": 17, "bagnet33": 33}
 
 # The bundled default: designed for 28x28 grayscale Fashion-MNIST, 5x5 patches.
 DEFAULT_SMALL_CONFIG: dict[str, Any] = {
@@ -36,8 +48,8 @@ def _bagnet_record(arch: str) -> ModelRecord:
         arch=arch,
         num_classes=1000,
         input_size=(224, 224),
-        receptive_field=BAGNET_RF[arch],
-        stride=8,
+        receptive_field=bagnet.VARIANTS[arch].receptive_field,
+        stride=bagnet.STRIDE,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         in_channels=3,
@@ -93,11 +105,42 @@ def cnn_record(defense: ViewDefense, config: Optional[dict[str, Any]] = None, **
 # PatchCleanser's mask set for the 28x28 default: k = 6 masks per axis.
 CLEANSER_DEFENSE = ViewDefense(kind="cleanser", masks_per_axis=(6, 6), fill=0.0)
 
-RECORDS: dict[str, ModelRecord] = {
-    **{arch: _bagnet_record(arch) for arch in BAGNET_RF},
-    "smallbagnet": small_record(),
-    "cnn": cnn_record(CLEANSER_DEFENSE),
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered architecture: its default record and the builder of a fresh
+    (randomly initialised) module for any record of it."""
+
+    record: ModelRecord
+    build: Callable[[ModelRecord], nn.Module]
+
+
+def _build_bagnet(record: ModelRecord) -> nn.Module:
+    return bagnet.BagNet(bagnet.VARIANTS[record.arch].kernel3, record.num_classes)
+
+
+def _build_small(record: ModelRecord) -> nn.Module:
+    config = record.config or DEFAULT_SMALL_CONFIG
+    return SmallBagNet(in_channels=record.in_channels, num_classes=record.num_classes,
+                       spatial=config["spatial"], pointwise=config["pointwise"])
+
+
+def _build_cnn(record: ModelRecord) -> nn.Module:
+    return CompactCNN(record.model_channels, record.num_classes, record.config or None)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    **{arch: Architecture(_bagnet_record(arch), _build_bagnet) for arch in bagnet.VARIANTS},
+    "smallbagnet": Architecture(small_record(), _build_small),
+    "cnn": Architecture(cnn_record(CLEANSER_DEFENSE), _build_cnn),
 }
+
+
+def _architecture(arch: str) -> Architecture:
+    if arch not in ARCHITECTURES:
+        raise PatchGuardError(f"unknown arch {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[arch]
 
 
 def record_for(
@@ -107,9 +150,7 @@ def record_for(
     class_names: Optional[Sequence[str]] = None,
 ) -> ModelRecord:
     """The registered record of ``arch`` with the user's overrides applied."""
-    if arch not in RECORDS:
-        raise PatchGuardError(f"unknown arch {arch!r}; known: {', '.join(sorted(RECORDS))}")
-    return with_overrides(RECORDS[arch], num_classes, input_size, class_names)
+    return with_overrides(_architecture(arch).record, num_classes, input_size, class_names)
 
 
 def with_overrides(
@@ -154,16 +195,48 @@ def build_model(record: ModelRecord) -> nn.Module:
 
 
 def _construct(record: ModelRecord) -> nn.Module:
-    if record.arch in BAGNET_RF:
-        return getattr(bagnet, record.arch)(num_classes=record.num_classes)
-    if record.arch == "smallbagnet":
-        config = record.config or DEFAULT_SMALL_CONFIG
-        return SmallBagNet(
-            in_channels=record.in_channels,
-            num_classes=record.num_classes,
-            spatial=config["spatial"],
-            pointwise=config["pointwise"],
-        )
-    if record.arch == "cnn":
-        return CompactCNN(record.model_channels, record.num_classes, record.config or None)
-    raise PatchGuardError(f"unknown arch {record.arch!r}; known: {', '.join(sorted(RECORDS))}")
+    return _architecture(record.arch).build(record)
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """A checkpoint shipped in the ``patchguard.models.weights`` data package."""
+
+    name: str  # file stem: ``<name>.pt``, training history ``<name>.history.jsonl``
+    arch: str
+    summary: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.pt"
+
+    def is_installed(self) -> bool:
+        return (importlib.resources.files(WEIGHTS_PACKAGE) / self.file_name).is_file()
+
+    @contextlib.contextmanager
+    def path(self) -> Iterator[Path]:
+        """A real file path for the weights while the context is open (a zip
+        install extracts them to a temporary file), or one error if they are not installed."""
+        if not self.is_installed():
+            raise PatchGuardError(f"the bundled weights {self.file_name} are not installed; pass --checkpoint PATH")
+        with importlib.resources.as_file(importlib.resources.files(WEIGHTS_PACKAGE) / self.file_name) as path:
+            yield Path(path)
+
+    def load(self, **overrides: Any) -> tuple[nn.Module, ModelRecord]:
+        """Model (eval mode) and record, as :func:`.checkpoints.load_checkpoint` reads them."""
+        from .checkpoints import load_checkpoint
+
+        with self.path() as path:
+            return load_checkpoint(path, **overrides)
+
+
+WEIGHTS_PACKAGE = "patchguard.models.weights"
+WEIGHTS: dict[str, BundledWeights] = {w.name: w for w in (
+    BundledWeights("fashion_mnist_bagnet", "smallbagnet",
+                   "the default model: a small BagNet (r=5, s=1) for 28x28 Fashion-MNIST, 5 px patches"),
+    BundledWeights("fashion_mnist_cleanser", "cnn",
+                   "PatchCleanser's classifier: a compact CNN for 28x28 Fashion-MNIST (pg-train --defense cleanser)"),
+    BundledWeights("fashion_mnist_ds", "cnn", "derandomized smoothing, column bands b = 8 (pg-train --defense ds)"),
+    BundledWeights("fashion_mnist_crops", "cnn", "crop voting, 8 px crops every 4 px (pg-train --defense crops)"),
+)}
+DEFAULT_WEIGHTS = WEIGHTS["fashion_mnist_bagnet"]

@@ -1,19 +1,20 @@
-"""Model records: the facts export and runtime read instead of constants."""
+"""The model registry: records (the facts export and runtime read), builders, bundled weights."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
 import pytest
+import torch
 
-from patchguard.models import RECORDS, build_model, record_for, small_record
+from patchguard.models import ARCHITECTURES, build_model, record_for, small_record
 from patchguard.runtime import ModelRecord, PatchGuardError
 from patchguard.runtime.datasets import FASHION_MNIST_CLASSES
 
 
 @pytest.mark.parametrize("arch, r, cells", [("bagnet9", 9, 27), ("bagnet17", 17, 26), ("bagnet33", 33, 24)])
 def test_bagnet_records(arch, r, cells):
-    record = RECORDS[arch]
+    record = ARCHITECTURES[arch].record
     assert (record.receptive_field, record.stride) == (r, 8)
     assert record.input_size == (224, 224)
     assert record.map_size == (cells, cells)
@@ -46,7 +47,7 @@ def test_record_for_overrides():
     assert record.input_size == (192, 192) and record.map_size == (22, 22)
     named = record_for("bagnet9", class_names=["cat", "dog"])
     assert (named.num_classes, named.class_names) == (2, ("cat", "dog"))
-    assert record_for("bagnet33") is RECORDS["bagnet33"]
+    assert record_for("bagnet33") is ARCHITECTURES["bagnet33"].record
     known = "bagnet17, bagnet33, bagnet9, cnn, smallbagnet"
     with pytest.raises(PatchGuardError, match=f"unknown arch 'resnet50'; known: {known}"):
         record_for("resnet50")
@@ -59,7 +60,7 @@ def test_build_model_follows_record():
     assert model.fc.out_features == 3 and model.receptive_field == (3, 1)
 
 
-@pytest.mark.parametrize("record", [RECORDS["bagnet17"], small_record()], ids=["bagnet17", "small"])
+@pytest.mark.parametrize("record", [record_for("bagnet17"), small_record()], ids=["bagnet17", "small"])
 def test_json_round_trip(record):
     text = record.to_json()
     data = json.loads(text)
@@ -89,3 +90,27 @@ def test_records_are_frozen():
     record = small_record()
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.stride = 2  # type: ignore[misc]
+
+
+def test_every_bundled_weights_file_is_a_registry_entry_that_loads():
+    import importlib.resources
+
+    from patchguard.models import DEFAULT_WEIGHTS, WEIGHTS
+
+    shipped = {p.name for p in importlib.resources.files("patchguard.models.weights").iterdir()
+               if p.name.endswith(".pt")}
+    assert shipped == {w.file_name for w in WEIGHTS.values()}
+    assert DEFAULT_WEIGHTS.name == "fashion_mnist_bagnet"
+    for weights in WEIGHTS.values():
+        model, record = weights.load()
+        assert record.arch == weights.arch and not model.training
+
+
+def test_registry_builds_every_architecture_from_its_record():
+    expected = {"bagnet9": "BagNet", "bagnet17": "BagNet", "bagnet33": "BagNet", "smallbagnet": "SmallBagNet",
+                "cnn": "CompactCNN"}
+    assert set(ARCHITECTURES) == set(expected)
+    for arch, entry in ARCHITECTURES.items():
+        assert entry.record.arch == arch
+        with torch.device("meta"):
+            assert type(entry.build(entry.record)).__name__ == expected[arch]

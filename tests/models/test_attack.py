@@ -106,7 +106,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: checkpoint {tmp_path / 'missing.pt'} does not exist"]
     result = CliRunner().invoke(attack_main, ["--data", str(tmp_path / "nowhere")])
-    assert result.exit_code == 1 and "not 'fashion-mnist' and not a folder" in result.output
+    assert result.exit_code == 1 and "not 'fashion-mnist', a folder" in result.output
 
 
 def test_cli_help():

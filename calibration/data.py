@@ -123,7 +123,7 @@ class CalibrationSource:
             yield frame
 
 
-def open_source(calib_data: str, size: int, seed: int = DEFAULT_SEED) -> CalibrationSource:
+def calibration_source(calib_data: str, size: int, seed: int = DEFAULT_SEED) -> CalibrationSource:
     """Check ``calib_data`` (a folder or ``fashion-mnist``) and describe the draw."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise PatchGuardError(f"calibration size must be a positive number of images, got {size!r}")

@@ -47,7 +47,7 @@ from ..runtime.console import progress
 from ..runtime.errors import PatchGuardError, first_line, lazy_import
 from ..runtime.files import atomic_path, write_text_atomic
 from ..runtime.metadata import METADATA_KEY, ModelRecord
-from .data import DEFAULT_SEED, CalibrationReader, open_source
+from .data import DEFAULT_SEED, CalibrationReader, calibration_source
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def quantize_int8(
         fp32 = onnx.load_from_string(model_bytes)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise PatchGuardError(f"{fp32_onnx} is not an ONNX model: {first_line(exc, 200)}") from None
-    source = open_source(calib_data, calib_size, DEFAULT_SEED)
+    source = calibration_source(calib_data, calib_size, DEFAULT_SEED)
     key = calibration_key(model_bytes, source.identity(), chosen.name)
     cache = cache_path(out, chosen.name, Path(cache_dir))
     can_cache = _supports_cache(quant.quantize_static)

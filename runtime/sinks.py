@@ -232,7 +232,7 @@ class RunSummary:
         if reason:
             self.stop_reason = reason
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         elapsed = (self.ended or time.perf_counter()) - self.started
         n = max(self.frames, 1)
         return {
@@ -249,7 +249,7 @@ class RunSummary:
         }
 
     def text(self) -> str:
-        d = self.as_dict()
+        d = self.to_dict()
         lat = d["mean_latency_ms"]
         return (
             f"{d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS); mean latency "

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from _calibration_fixtures import SAMPLES, write_images
 
-from patchguard.calibration.data import FASHION_MNIST, CalibrationReader, calibration_batches, list_images, open_source
+from patchguard.calibration.data import (
+    FASHION_MNIST,
+    CalibrationReader,
+    calibration_batches,
+    calibration_source,
+    list_images,
+)
 from patchguard.models.registry import record_for
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.preprocess import preprocess
@@ -35,16 +41,16 @@ def test_folder_is_searched_recursively_in_sorted_order(tmp_path: Path) -> None:
 def test_folder_without_images_is_one_line_error(tmp_path: Path, setup, fragment: str) -> None:
     setup(tmp_path)
     with pytest.raises(PatchGuardError, match=fragment) as info:
-        open_source(str(tmp_path), 8)
+        calibration_source(str(tmp_path), 8)
     assert "\n" not in str(info.value)
 
 
 def test_missing_folder_and_plain_file_are_errors(tmp_path: Path) -> None:
     with pytest.raises(PatchGuardError, match="does not exist"):
-        open_source(str(tmp_path / "nowhere"), 8)
+        calibration_source(str(tmp_path / "nowhere"), 8)
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(PatchGuardError, match="neither a folder"):
-        open_source(str(tmp_path / "file.png"), 8)
+        calibration_source(str(tmp_path / "file.png"), 8)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
@@ -53,7 +59,7 @@ def test_unreadable_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "locked").chmod(0)
     try:
         with pytest.raises(PatchGuardError, match="not readable"):
-            open_source(str(tmp_path / "locked"), 8)
+            calibration_source(str(tmp_path / "locked"), 8)
     finally:
         (tmp_path / "locked").chmod(0o755)
 
@@ -62,13 +68,13 @@ def test_unreadable_folder_is_an_error(tmp_path: Path) -> None:
 def test_calibration_size_must_be_a_positive_count(tmp_path: Path, size) -> None:
     write_images(tmp_path, 2)
     with pytest.raises(PatchGuardError, match="positive"):
-        open_source(str(tmp_path), size)
+        calibration_source(str(tmp_path), size)
 
 
 def test_corrupt_file_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
     good = write_images(tmp_path, 3)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    source = open_source(str(tmp_path), 10)
+    source = calibration_source(str(tmp_path), 10)
     with caplog.at_level(logging.WARNING, logger="patchguard.calibration.data"):
         batches = list(calibration_batches(source, RECORD, batch_size=2))
     assert sum(len(b) for b in batches) == len(good)
@@ -78,14 +84,14 @@ def test_corrupt_file_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
 
 def test_only_corrupt_files_fail_when_read(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
-    source = open_source(str(tmp_path), 4)
+    source = calibration_source(str(tmp_path), 4)
     with pytest.raises(PatchGuardError, match="no readable image"):
         list(calibration_batches(source, RECORD))
 
 
 def test_batches_match_the_runtime_preprocessing(tmp_path: Path) -> None:
     """Calibration sees exactly what the runtime feeds the model for the same files."""
-    source = open_source(str(SAMPLES), 12, seed=3)
+    source = calibration_source(str(SAMPLES), 12, seed=3)
     batches = np.concatenate(list(calibration_batches(source, RECORD, batch_size=5)))
     assert batches.shape == (12, RECORD.in_channels, *RECORD.input_size)
     assert batches.dtype == np.float32
@@ -98,31 +104,31 @@ def test_batches_match_the_runtime_preprocessing(tmp_path: Path) -> None:
 
 def test_draw_is_seeded_and_sized(tmp_path: Path) -> None:
     write_images(tmp_path, 20)
-    first = list(open_source(str(tmp_path), 7, seed=1).frames())
-    again = list(open_source(str(tmp_path), 7, seed=1).frames())
-    other = list(open_source(str(tmp_path), 7, seed=2).frames())
+    first = list(calibration_source(str(tmp_path), 7, seed=1).frames())
+    again = list(calibration_source(str(tmp_path), 7, seed=1).frames())
+    other = list(calibration_source(str(tmp_path), 7, seed=2).frames())
     assert len(first) == 7
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
-    assert len(list(open_source(str(tmp_path), 50).frames())) == 20  # all there are
+    assert len(list(calibration_source(str(tmp_path), 50).frames())) == 20  # all there are
 
 
 def test_identity_follows_file_changes(tmp_path: Path) -> None:
     paths = write_images(tmp_path, 4)
-    before = open_source(str(tmp_path), 4).identity()
-    assert open_source(str(tmp_path), 4).identity() == before
-    assert open_source(str(tmp_path), 3).identity() != before
+    before = calibration_source(str(tmp_path), 4).identity()
+    assert calibration_source(str(tmp_path), 4).identity() == before
+    assert calibration_source(str(tmp_path), 3).identity() != before
     stat = paths[0].stat()
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    touched = open_source(str(tmp_path), 4).identity()
+    touched = calibration_source(str(tmp_path), 4).identity()
     assert touched != before
     write_images(tmp_path / "more", 1)
-    assert open_source(str(tmp_path), 4).identity() not in (before, touched)
+    assert calibration_source(str(tmp_path), 4).identity() not in (before, touched)
 
 
 def test_reader_speaks_the_onnxruntime_protocol(tmp_path: Path) -> None:
     write_images(tmp_path, 5)
-    reader = CalibrationReader(open_source(str(tmp_path), 5), RECORD, "input", batch_size=2)
+    reader = CalibrationReader(calibration_source(str(tmp_path), 5), RECORD, "input", batch_size=2)
     sizes = []
     while (item := reader.get_next()) is not None:
         assert list(item) == ["input"]
@@ -134,7 +140,7 @@ def test_reader_speaks_the_onnxruntime_protocol(tmp_path: Path) -> None:
 def test_fashion_mnist_draws_train_images() -> None:
     from patchguard.runtime.datasets import load_fashion_mnist
 
-    source = open_source(FASHION_MNIST, 9)
+    source = calibration_source(FASHION_MNIST, 9)
     frames = list(source.frames())
     assert len(frames) == 9 and all(f.shape == (28, 28) for f in frames)
     train, _ = load_fashion_mnist("train")

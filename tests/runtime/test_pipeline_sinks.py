@@ -67,6 +67,6 @@ def test_summary_with_and_without_frames() -> None:
     for i in range(4):
         summary.add(_result(i % 2 == 0, 8))
     summary.finish()
-    data = summary.as_dict()
+    data = summary.to_dict()
     assert data["frames"] == 4 and data["certified"] == 2 and data["certified_rate"] == 0.5
     assert data["mean_latency_ms"] == {"pre": 0.1, "infer": 0.2, "certify": 0.3}

@@ -47,6 +47,7 @@ from .masking import (
     check_labels,
     check_logits,
     check_params,
+    class_max,
     check_window,
     chunks,
     containing_max,
@@ -348,7 +349,8 @@ def _label_side(table: np.ndarray, windows: np.ndarray, mask: Pair, patch: Pair,
                 thres: float, wrap: bool = False) -> _LabelSide:
     (a, b), (pa, pb) = mask, patch
     total = table[:, -1, -1]
-    t = total[:, None, None] - box_sums(table, pa, pb, wrap)
+    # A patch the size of the mask covers exactly the windows' cells.
+    t = total[:, None, None] - (windows if (pa, pb) == (a, b) else box_sums(table, pa, pb, wrap))
     cheap = t - windows.max(axis=(1, 2))[:, None, None]
     no_overlap = _no_overlap_max(windows, mask, patch, wrap)
     # lower <= t - OV <= S_y - (best window containing P); and when M0 is
@@ -458,7 +460,7 @@ def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) 
     # y is no rival of itself: its gap becomes -inf at every position.
     others = np.where(index == y[:, None], -np.inf, exact)
     gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb, evidence.wrap)
-    return gap.max(axis=3)
+    return class_max(gap)
 
 
 def _uses_m0(best: np.ndarray, t: np.ndarray, thres: float) -> np.ndarray:

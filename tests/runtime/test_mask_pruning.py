@@ -162,3 +162,36 @@ def test_refuting_class_is_the_last_candidate(dtype: type) -> None:
     u[0, :, :, refuter] = -1.0
     assert naive_certify(u[0], 5, 5, 5, 5, 0.0, None, y)
     assert certify(u, 5).tolist() == [True]
+
+
+@pytest.mark.parametrize("clip", [None, 2.0])
+def test_many_class_float32_maps_with_extremes(clip: float | None) -> None:
+    """The many-class float32 pre-pass (totals for pruning, finiteness) on
+    maps with one -inf, +inf or NaN cell (never labelled or certified) and on
+    finite maps whose float32 sums overflow (labelled exactly as the full
+    evidence does)."""
+    rng = np.random.default_rng(11)
+    classes, big = 300, float(np.finfo(np.float32).max)
+    base = rng.normal(0.0, 1.0, size=(1, 8, 8, classes)).astype(np.float32)
+    base[0, :, :, 7] += 1.5
+    bad = []
+    for value in (-np.inf, np.inf, np.nan):
+        u = base.copy()
+        u[0, 5, 2, 7 if value != -np.inf else 3] = value
+        bad.append(u)
+    huge = base.copy()
+    huge[0, :4, :4, 9] = big  # finite, but sum u and sum |u| overflow float32
+    mixed = base.copy()
+    mixed[0, :, :, 4] = np.where(rng.random((8, 8)) < 0.5, big, -big)  # sum u over/underflows
+    u = np.concatenate(bad + [huge, mixed, base])
+    labels = predict(u, (3, 3), clip=clip)
+    assert labels[:3].tolist() == [NO_LABEL] * 3
+    assert not certify(u, (3, 3), clip=clip, labels=np.maximum(labels, 0))[:3].any()
+    full = robust_masking(u[3:].astype(np.float64), (3, 3), clip=clip)[0]
+    assert labels[3:].tolist() == full.tolist()
+    assert labels[5] == 7
+    if clip is None:  # the huge cells win unless c_h caps them
+        assert labels[3] == 9 and labels[4] == 4
+    ours = certify(u[3:], (3, 3), clip=clip)
+    assert ours.tolist() == [naive_certify(m, 3, 3, 3, 3, 0.0, clip, int(y))
+                             for m, y in zip(u[3:].astype(np.float64), full)]

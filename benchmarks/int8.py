@@ -24,7 +24,8 @@ from typing import Any
 import click
 import numpy as np
 
-from patchguard.calibration.int8 import FLAVORS, quantize_int8
+from patchguard.calibration.int8 import FLAVORS
+from patchguard.export.pipeline import write_int8
 from patchguard.runtime.console import Command
 from patchguard.runtime.errors import lazy_import
 
@@ -103,8 +104,8 @@ def main(short: bool, flavors: tuple[str, ...], batch: int, rounds: int | None,
         models = {"fp32": fp32}
         for name in flavors:
             start = time.perf_counter()
-            models[name] = quantize_int8(fp32, folder / f"bagnet17.{name}.int8.onnx", record,
-                                         str(images), calib_size, name, folder)
+            models[name] = write_int8(fp32, folder / f"bagnet17.{name}.int8.onnx", record,
+                                      str(images), calib_size, name, folder)
             click.echo(f"{name}: calibrated on {calib_size} images and quantized in "
                        f"{time.perf_counter() - start:.0f} s")
         sessions = {name: session(path, threads) for name, path in models.items()}

@@ -24,8 +24,9 @@ import click
 import numpy as np
 
 from patchguard.calibration.data import DEFAULT_CALIB_SIZE, FASHION_MNIST
-from patchguard.calibration.int8 import FLAVORS, quantize_int8
+from patchguard.calibration.int8 import FLAVORS
 from patchguard.export.agreement import measure
+from patchguard.export.pipeline import write_int8
 from patchguard.runtime.backends import open_backend
 from patchguard.runtime.console import Command
 from patchguard.runtime.datasets import load_fashion_mnist
@@ -72,8 +73,8 @@ def main(model: Path, int8_model: Optional[Path], flavors: tuple[str, ...], cali
             for name in flavors or tuple(FLAVORS):
                 out = Path(tmp) / f"{model.name.removesuffix('.onnx')}.int8.onnx"
                 start = time.perf_counter()
-                candidates[name] = quantize_int8(model, out.with_name(f"{name}-{out.name}"),
-                                                 record, calib_data, calib_size, name, Path(tmp))
+                candidates[name] = write_int8(model, out.with_name(f"{name}-{out.name}"),
+                                              record, calib_data, calib_size, name, Path(tmp))
                 click.echo(f"{name}: quantized in {time.perf_counter() - start:.1f} s", err=True)
         for name, path in candidates.items():
             int8, _ = local_logits(path, images)

@@ -1,70 +1,41 @@
-"""Calibration images: a folder of pictures or the name ``fashion-mnist``.
+"""Calibration images: a seeded draw from a folder of pictures or from ``fashion-mnist``.
 
-The INT8 calibrator must see inputs exactly as the runtime will, so every
-image goes through :func:`patchguard.runtime.preprocess.preprocess` with the
-model's record (same crop, resize, channel order, mean/std). ``calib_size``
-images are drawn at random with a fixed seed, so two exports of the same
-model on the same data calibrate on the same images.
+Files are listed and decoded by the runtime's own readers
+(:func:`patchguard.runtime.sources.list_images` and ``read_image``), so calibration
+accepts the file types pg-run accepts and sees the pixels pg-run sees; every image
+then goes through :func:`patchguard.runtime.preprocess.preprocess` with the model's
+record (same crop, resize, channel order, mean/std). ``calib_size`` images are
+drawn at random with a fixed seed, so two exports of the same model on the same
+data calibrate on the same images.
 
-A folder is searched recursively and its image files are taken in sorted
-order before the seeded draw; a file OpenCV cannot decode is skipped with a
-warning and the next one in the draw takes its place.
+A folder is searched recursively and its image files are taken in sorted order
+before the seeded draw; a file that cannot be decoded is skipped with a warning
+and the next one in the draw takes its place.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from ..runtime.console import progress
 from ..runtime.datasets import fashion_mnist_dir, load_fashion_mnist
-from ..runtime.errors import PatchGuardError, lazy_import
+from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
 from ..runtime.preprocess import preprocess
+from ..runtime.sources import IMAGE_SUFFIXES, UNREADABLE, list_images, read_image
 
 log = logging.getLogger(__name__)
 
 FASHION_MNIST = "fashion-mnist"
 DEFAULT_CALIB_SIZE = 256
 DEFAULT_SEED = 0
-# What cv2.imread decodes in pip's and JetPack's OpenCV builds.
-IMAGE_SUFFIXES = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-)
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), or a one-line error."""
-    if not folder.exists():
-        raise PatchGuardError(f"calibration folder {folder} does not exist")
-    if not folder.is_dir():
-        raise PatchGuardError(
-            f"calibration data {folder} is neither a folder nor {FASHION_MNIST!r}"
-        )
-    if not os.access(folder, os.R_OK | os.X_OK):
-        raise PatchGuardError(f"calibration folder {folder} is not readable")
-    problems: list[OSError] = []
-    found: list[Path] = []
-    for root, dirs, files in os.walk(folder, onerror=problems.append):
-        dirs.sort()
-        found.extend(Path(root) / name for name in files
-                     if Path(name).suffix.lower() in IMAGE_SUFFIXES)
-    if problems and problems[0].filename == str(folder):
-        raise PatchGuardError(
-            f"calibration folder {folder} is not readable: {problems[0].strerror}")
-    for problem in problems:
-        log.warning("skipping unreadable folder %s: %s", problem.filename, problem.strerror)
-    if not found:
-        raise PatchGuardError(
-            f"calibration folder {folder} holds no images (looked for "
-            f"{', '.join(IMAGE_SUFFIXES)}, recursively)"
-        )
-    return sorted(found)
+CALIB_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -109,22 +80,26 @@ class CalibrationSource:
             for index in rng.choice(len(images), size=count, replace=False):
                 yield images[index]
             return
-        cv2 = lazy_import("cv2", "cpu")
         given = 0
         for index in rng.permutation(len(self.files)):
             if given == self.size:
                 return
             path = self.files[index]
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:  # corrupt, unreadable or not really an image
-                log.warning("skipping %s: OpenCV cannot read it as an image", path)
+            frame = read_image(path)
+            if frame is None:
+                log.warning("skipping %s: %s", path, UNREADABLE)
                 continue
             given += 1
             yield frame
 
+    @property
+    def planned(self) -> int:
+        """How many images the draw asks for (fewer when the folder holds fewer)."""
+        return min(self.size, len(self.files) or self.size)
+
 
 def calibration_source(calib_data: str, size: int, seed: int = DEFAULT_SEED) -> CalibrationSource:
-    """Check ``calib_data`` (a folder or ``fashion-mnist``) and describe the draw."""
+    """Check ``calib_data`` (a folder or ``fashion-mnist``) and describe the draw; decodes nothing."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise PatchGuardError(f"calibration size must be a positive number of images, got {size!r}")
     if str(calib_data) == FASHION_MNIST:
@@ -134,7 +109,12 @@ def calibration_source(calib_data: str, size: int, seed: int = DEFAULT_SEED) -> 
             log.info("Fashion-MNIST train has %d images; calibrating on all of them", len(images))
         return CalibrationSource(FASHION_MNIST, int(size), seed)
     folder = Path(calib_data)
+    if folder.exists() and not folder.is_dir():
+        raise PatchGuardError(f"calibration data {folder} is neither a folder nor {FASHION_MNIST!r}")
     files = list_images(folder)
+    if not files:
+        raise PatchGuardError(f"calibration folder {folder} holds no images (looked for "
+                              f"{', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
     if size > len(files):
         log.info("%s holds %d images, fewer than the %d asked for; using all of them",
                  folder, len(files), size)
@@ -167,25 +147,38 @@ def calibration_batches(
 class CalibrationReader:
     """onnxruntime's ``CalibrationDataReader`` face over :func:`calibration_batches`.
 
-    ``get_next()`` returns ``{input_name: batch}`` or None when done (the
-    protocol ``quantize_static`` expects); ``images`` counts what was handed out.
+    ``get_next()`` returns ``{input_name: batch}``, or None when done (the protocol
+    ``quantize_static`` expects; onnxruntime checks it by duck typing, so this module
+    needs no onnxruntime). Nothing is decoded before the first call, so a calibration
+    cache hit reads no image. ``images``: how many the activation ranges come from
+    (those handed out; on a cache hit, the count the cache recorded). A progress bar
+    runs while images are handed out.
     """
 
     def __init__(self, source: CalibrationSource, record: ModelRecord, input_name: str,
-                 batch_size: int = 16, bar: Optional[Any] = None) -> None:
+                 batch_size: int = CALIB_BATCH) -> None:
+        self.source = source
+        self.images: Optional[int] = 0
         self._batches = calibration_batches(source, record, batch_size)
         self._input_name = input_name
-        self._bar = bar
-        self.images = 0
+        self._bar: Optional[Any] = None
 
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        if self._bar is None:
+            self._bar = progress(self.source.planned, "calibrating")
         batch = next(self._batches, None)
         if batch is None:
+            self.close()
             return None
-        self.images += len(batch)
-        if self._bar is not None:
-            self._bar.update(len(batch))
+        self.images = (self.images or 0) + len(batch)
+        self._bar.update(len(batch))
         return {self._input_name: batch}
+
+    def close(self) -> None:
+        """Close the progress bar (done at the end of the data; again after an error)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __iter__(self) -> "CalibrationReader":
         return self

@@ -26,10 +26,17 @@ every bound, and the head is a negligible share of the work.
 
 Calibration (MinMax activation ranges over the calibration images) is the slow
 part; its result is cached beside the model in ``NAME.int8.FLAVOR.calib.json``
-(onnxruntime's own range format, plus the key it was made for): the SHA-256
-of the fp32 model bytes, the calibration data identity (file names, sizes,
-mtimes, or the dataset), the number of images, the seed, the flavour and the
-onnxruntime version. Any change computes the ranges afresh.
+(onnxruntime's own range format, written by ``quantize_static``'s
+``calibration_cache_path``, plus the key it was made for): the SHA-256 of the
+fp32 model bytes, the calibration data identity (file names, sizes, mtimes, or
+the dataset), the number of images, the seed, the flavour and the onnxruntime
+version. Any change computes the ranges afresh.
+
+Models in, model out (Polygraphy's loaders): :func:`quantize_int8` takes an
+``onnx.ModelProto`` and a :class:`~.data.CalibrationReader` and returns the QDQ
+``ModelProto``; loading, labelling (the record, ``precision`` and
+:func:`int8_metadata`) and saving are the export stage's
+(``patchguard.export.pipeline.write_int8``, ``export/onnxfile.py``).
 """
 from __future__ import annotations
 
@@ -43,11 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..runtime.console import progress
 from ..runtime.errors import PatchGuardError, first_line, lazy_import
-from ..runtime.files import atomic_path, write_text_atomic
-from ..runtime.metadata import METADATA_KEY, ModelRecord
-from .data import DEFAULT_SEED, CalibrationReader, calibration_source
+from ..runtime.files import PathText, write_text_atomic
+from .data import CalibrationReader
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,6 @@ FLAVOR_HELP = (
     "'cpu' = U8S8 QDQ, the fastest in onnxruntime on x86 CPUs with VNNI; 'cpu-avx2' = U8S8 "
     "with 7-bit weights for x86 CPUs without VNNI. Only 'tensorrt' can become an engine."
 )
-CALIB_BATCH = 16
 
 
 def get_flavor(name: str) -> Int8Flavor:
@@ -147,14 +151,6 @@ def _supports_cache(quantize_static: Any) -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def _input_name(model: Any) -> str:
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [v.name for v in model.graph.input if v.name not in initializers]
-    if len(inputs) != 1:
-        raise PatchGuardError(f"expected a model with one image input, found {len(inputs)}")
-    return inputs[0]
-
-
 def float_head(model: Any) -> list[str]:
     """Names of the nodes from the graph output back to the classifier (MatMul/Gemm/Conv).
 
@@ -189,81 +185,44 @@ def _onnxruntime_says(what: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _label(model: Any, fp32: Any, record: ModelRecord, meta: dict[str, Any]) -> None:
-    """Copy the fp32 model's metadata and add precision and flavour to ``patchguard``."""
-    props = {p.key: p.value for p in fp32.metadata_props}
-    try:
-        info = json.loads(props.get(METADATA_KEY, ""))
-    except ValueError:
-        info = None
-    if not isinstance(info, dict):
-        info = record.to_dict()
-    info.update(precision="int8", int8=meta)
-    props[METADATA_KEY] = json.dumps(info, sort_keys=True)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name = fp32.producer_name or model.producer_name
-    model.doc_string = fp32.doc_string
+def quantize_int8(model: Any, reader: CalibrationReader, flavor: str, *,
+                  cache: Optional[PathText] = None) -> Any:
+    """The INT8 QDQ ``onnx.ModelProto`` of the fp32 ``model``, calibrated on ``reader``'s batches.
 
-
-def quantize_int8(
-    fp32_onnx: Path,
-    out: Path,
-    record: ModelRecord,
-    calib_data: str,
-    calib_size: int,
-    flavor: str,
-    cache_dir: Path,
-) -> Path:
-    """Write the INT8 QDQ model of ``fp32_onnx`` to ``out`` (atomically); return ``out``.
-
-    ``calib_data`` is a folder of images or ``"fashion-mnist"``; ``calib_size``
-    images are drawn from it (seeded) and preprocessed with ``record``.
-    ``flavor`` is a key of :data:`FLAVORS`. The activation ranges are cached
-    in ``cache_dir`` (see the module docstring). The output keeps the fp32
-    model's metadata; its ``patchguard`` JSON gains ``"precision": "int8"``
-    and ``"int8": {...}`` (flavour, types, calibration data).
+    ``flavor`` is a key of :data:`FLAVORS`. With ``cache`` (a file, :func:`cache_path`)
+    the activation ranges are reused when it was made for the same model bytes,
+    calibration data, flavour and onnxruntime, and written otherwise (see the module
+    docstring); a hit reads no image. ``reader.images`` then says how many images the
+    ranges come from. The result is not labelled (it keeps whatever metadata onnxruntime
+    carries over): the caller labels it (:func:`int8_metadata`) and saves it.
     """
     chosen = get_flavor(flavor)
     onnx = lazy_import("onnx", "onnx")
     quant = lazy_import("onnxruntime.quantization", "cpu")
-    fp32_onnx, out = Path(fp32_onnx), Path(out)
-    try:
-        model_bytes = fp32_onnx.read_bytes()
-    except OSError as exc:
-        raise PatchGuardError(f"cannot read {fp32_onnx}: {exc.strerror or exc}") from None
-    try:
-        fp32 = onnx.load_from_string(model_bytes)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise PatchGuardError(f"{fp32_onnx} is not an ONNX model: {first_line(exc, 200)}") from None
-    source = calibration_source(calib_data, calib_size, DEFAULT_SEED)
-    key = calibration_key(model_bytes, source.identity(), chosen.name)
-    cache = cache_path(out, chosen.name, Path(cache_dir))
-    can_cache = _supports_cache(quant.quantize_static)
-    hit = can_cache and cache.is_file() and _cached(cache, key)
+    model_bytes = model.SerializeToString()
+    key = calibration_key(model_bytes, reader.source.identity(), chosen.name)
+    cache_file = None if cache is None else Path(cache)
+    can_cache = cache_file is not None and _supports_cache(quant.quantize_static)
+    hit = cache_file is not None and can_cache and cache_file.is_file() and _cached(cache_file, key)
 
     with tempfile.TemporaryDirectory(prefix="pg-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
+        given, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        given.write_bytes(model_bytes)  # onnxruntime's pre-processing reads a file on every version
         # Shape inference and graph optimisation first, as onnxruntime advises;
         # it folds BatchNorm into Conv so fewer tensors need ranges.
-        with _onnxruntime_says(f"preparing {fp32_onnx.name} for quantization"):
-            quant.quant_pre_process(str(fp32_onnx), str(pre))
+        with _onnxruntime_says("preparing the model for INT8 quantization"):
+            quant.quant_pre_process(str(given), str(pre))
         head = float_head(onnx.load(str(pre)))
-        ranges = cache if hit else Path(tmp) / "ranges.json"
+        ranges = cache_file if hit and cache_file is not None else Path(tmp) / "ranges.json"
         log.info("INT8 %s: %s", chosen.name,
-                 f"calibration cache hit ({cache})" if hit else
-                 f"calibrating on up to {calib_size} images from {source.name}")
-        bar = None if hit else progress(min(calib_size, len(source.files) or calib_size),
-                                        "calibrating")
-        reader = None if hit else CalibrationReader(
-            source, record, _input_name(fp32), CALIB_BATCH, bar)
+                 f"calibration cache hit ({cache_file})" if hit else
+                 f"calibrating on up to {reader.source.size} images from {reader.source.name}")
         kwargs = {"calibration_cache_path": str(ranges)} if can_cache else {}
         quantized = Path(tmp) / "int8.onnx"
         try:
-            with _onnxruntime_says(f"INT8 quantization of {fp32_onnx.name}"):
+            with _onnxruntime_says("INT8 quantization"):
                 quant.quantize_static(
-                    str(pre), str(quantized), reader,
+                    str(pre), str(quantized), None if hit else reader,
                     quant_format=quant.QuantFormat.QDQ,
                     per_channel=True,
                     reduce_range=chosen.reduce_range,
@@ -275,26 +234,29 @@ def quantize_int8(
                     **kwargs,
                 )
         finally:
-            if bar is not None:
-                bar.close()
-        if not can_cache:
-            log.info("this onnxruntime cannot reuse calibration ranges; no cache written")
-        elif not hit:
+            reader.close()
+        if hit:
+            reader.images = _cached_images(ranges)
+        elif can_cache and cache_file is not None:
             payload = json.loads(ranges.read_text())
             payload["patchguard_key"] = key
-            payload["patchguard_images"] = reader.images if reader is not None else None
-            write_text_atomic(cache, json.dumps(payload))
-        model = onnx.load(str(quantized))
-    meta = {**chosen.describe(), "float_nodes": head, "calib_data": source.name,
-            "calib_images": reader.images if reader is not None else _cached_images(cache)}
-    _label(model, fp32, record, meta)
-    with atomic_path(out) as tmp_out:
-        onnx.save(model, str(tmp_out))
-    return out
+            payload["patchguard_images"] = reader.images
+            write_text_atomic(cache_file, json.dumps(payload))
+        elif cache_file is not None:
+            log.info("this onnxruntime cannot reuse calibration ranges; no cache written")
+        return onnx.load(str(quantized))
+
+
+def int8_metadata(model: Any, flavor: str, reader: CalibrationReader) -> dict[str, Any]:
+    """The ``int8`` entry of a quantized model's record: the flavour's settings, the nodes
+    kept float, and the calibration data and image count."""
+    return {**get_flavor(flavor).describe(), "float_nodes": float_head(model),
+            "calib_data": reader.source.name, "calib_images": reader.images}
 
 
 def _cached_images(cache: Path) -> Optional[int]:
     try:
-        return json.loads(cache.read_text()).get("patchguard_images")
-    except (OSError, ValueError):
+        value = json.loads(cache.read_text()).get("patchguard_images")
+    except (OSError, ValueError, AttributeError):
         return None
+    return value if isinstance(value, int) else None

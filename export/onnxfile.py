@@ -9,6 +9,7 @@ classifier run by a view defense (README.md, "View defenses").
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,29 @@ def output_name(record: ModelRecord) -> str:
     return OUTPUT_NAME if record.is_local else VIEW_OUTPUT_NAME
 
 
-def set_record(model: Any, record: ModelRecord) -> Any:
-    """Write ``record`` into the ``patchguard`` metadata entry (replacing an old one)."""
+def set_record(model: Any, record: ModelRecord, **extra: Any) -> Any:
+    """Write ``record`` into the ``patchguard`` metadata entry (replacing an old one).
+
+    ``extra``: more keys of that JSON object, e.g. ``precision="int8"`` and the
+    ``int8`` description of a quantized model (the runtime reads only the record).
+    """
     keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     for prop in keep:
         model.metadata_props.add(key=prop.key, value=prop.value)
-    model.metadata_props.add(key=METADATA_KEY, value=record.to_json())
+    value = json.dumps({**record.to_dict(), **extra}, sort_keys=True) if extra else record.to_json()
+    model.metadata_props.add(key=METADATA_KEY, value=value)
     model.producer_name = PRODUCER
+    return model
+
+
+def copy_metadata(source: Any, model: Any) -> Any:
+    """Give ``model`` every metadata entry and the doc string of ``source`` (a converter's or
+    quantizer's output keeps none of them)."""
+    del model.metadata_props[:]
+    for prop in source.metadata_props:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    model.doc_string = source.doc_string
     return model
 
 
@@ -74,6 +90,22 @@ def precision_of(model: Any) -> str:
     return "fp32"
 
 
+def _image_input(model: Any) -> Any:
+    """The graph's one input that is not an initializer, or a one-line error."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not model.graph.output:
+        raise PatchGuardError(
+            f"expected one image input and a local-logit output, found {len(inputs)} inputs"
+        )
+    return inputs[0]
+
+
+def input_name(model: Any) -> str:
+    """The name of the graph's image input (``input`` in the models pg-export writes)."""
+    return str(_image_input(model).name)
+
+
 def io_shapes(model: Any) -> tuple[list[Any], list[Any]]:
     """Input and output shapes; symbolic axes as their names, unknown ones as None."""
 
@@ -83,13 +115,7 @@ def io_shapes(model: Any) -> tuple[list[Any], list[Any]]:
             out.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
         return out
 
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    if len(inputs) != 1 or not model.graph.output:
-        raise PatchGuardError(
-            f"expected one image input and a local-logit output, found {len(inputs)} inputs"
-        )
-    return dims(inputs[0]), dims(model.graph.output[0])
+    return dims(_image_input(model)), dims(model.graph.output[0])
 
 
 def check_layout(model: Any, record: ModelRecord) -> None:

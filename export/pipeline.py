@@ -26,7 +26,7 @@ from ..runtime.metadata import ModelRecord
 from ..runtime.verify import ProvedGeometry, VerificationError, verify
 from . import parity as parity_mod
 from .bnfold import fold_batchnorm
-from .onnxfile import load_onnx, precision_of, save_onnx
+from .onnxfile import copy_metadata, input_name, load_onnx, precision_of, save_onnx, set_record
 from .probe import ProbeReport, probe_locality
 
 log = logging.getLogger(__name__)
@@ -71,19 +71,39 @@ def artifact_names(name: str) -> dict[str, str]:
     }
 
 
-def _int8(fp32: Path, target: Path, record: ModelRecord, options: ExportOptions, flavor: str) -> None:
+def write_int8(fp32: Path, target: Path, record: ModelRecord, calib_data: str, calib_size: int,
+               flavor: str, cache_dir: Path) -> Path:
+    """Load ``fp32``, quantize it (calibration/) on a seeded draw of ``calib_size`` images from
+    ``calib_data`` (a folder or ``fashion-mnist``), label it and save it to ``target``, atomically.
+
+    The label is the fp32 model's metadata with ``record`` plus ``"precision": "int8"`` and
+    ``"int8": {...}`` (flavour, float nodes, calibration data); the activation ranges are
+    cached in ``cache_dir`` (``NAME.int8.FLAVOR.calib.json``).
+    """
     try:
-        from ..calibration.int8 import quantize_int8
+        from ..calibration.data import CalibrationReader, calibration_source
+        from ..calibration.int8 import cache_path, get_flavor, int8_metadata, quantize_int8
     except ImportError as exc:
         raise PatchGuardError(f"--int8 needs patchguard.calibration.int8 ({exc})") from None
+    get_flavor(flavor)  # an unknown flavour fails before any image is listed
+    model = load_onnx(fp32)
+    reader = CalibrationReader(calibration_source(calib_data, calib_size), record, input_name(model))
+    int8 = quantize_int8(model, reader, flavor, cache=cache_path(target, flavor, cache_dir))
+    copy_metadata(model, int8)
+    set_record(int8, record, precision="int8", int8=int8_metadata(int8, flavor, reader))
+    return save_onnx(int8, target)
+
+
+def _int8(fp32: Path, target: Path, record: ModelRecord, options: ExportOptions, flavor: str) -> None:
+    from ..runtime.datasets import fits_fashion_mnist
+
     calib = options.calib_data
     if calib is None:
-        if record.in_channels == 1 and tuple(record.input_size) == (28, 28):
-            calib = "fashion-mnist"
-        else:
+        if not fits_fashion_mnist(record):
             raise PatchGuardError("--int8 needs --calib-data DIR (images like the deployment's)")
+        calib = "fashion-mnist"
     # The activation ranges are cached next to the model (NAME.int8.FLAVOR.calib.json in --out).
-    quantize_int8(fp32, target, record, calib, options.calib_size, flavor, options.out)
+    write_int8(fp32, target, record, calib, options.calib_size, flavor, options.out)
 
 
 def _open(path: Path) -> Backend:

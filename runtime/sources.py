@@ -10,7 +10,7 @@ into exit status 3; a corrupt image in a folder is skipped with one warning
 (``logging``), a single image that cannot be read is an error; files that are
 not images are ignored.
 
-Also the image readers the calibration and training stages share:
+Also the image readers the calibration, export and training stages share:
 :func:`list_images`, :func:`read_image`, :func:`read_image_folder`.
 """
 from __future__ import annotations
@@ -90,12 +90,28 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: PathText, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (by suffix), sorted by path; others ignored."""
+    """Image files under ``folder`` (by suffix), sorted by path; other files ignored.
+
+    The one lister of the project (pg-run's folders, class folders, calibration, export
+    parity). A missing, non-folder or unreadable ``folder`` is a one-line error; an
+    unreadable sub-folder is skipped with a warning.
+    """
     folder = Path(folder)
+    if not folder.exists():
+        raise PatchGuardError(f"folder {folder} does not exist")
     if not folder.is_dir():
         raise PatchGuardError(f"{folder} is not a folder")
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if is_image_file(p))
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise PatchGuardError(f"folder {folder} is not readable")
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if is_image_file(p))
+    problems: list[OSError] = []
+    found: list[Path] = []
+    for root, _, files in os.walk(folder, onerror=problems.append):
+        found.extend(path for path in (Path(root) / name for name in files) if is_image_file(path))
+    for problem in problems:
+        log.warning("skipping unreadable folder %s: %s", problem.filename, problem.strerror)
+    return sorted(found)
 
 
 def read_image(path: PathText) -> Optional[np.ndarray]:

@@ -1,4 +1,5 @@
-"""Calibration readers: folders of images, Fashion-MNIST, seeded draws, bad input."""
+"""Calibration readers: folders of images (through the runtime's lister and decoder), Fashion-MNIST,
+seeded draws, bad input."""
 from __future__ import annotations
 
 import logging
@@ -9,29 +10,22 @@ import numpy as np
 import pytest
 from _calibration_fixtures import SAMPLES, write_images
 
-from patchguard.calibration.data import (
-    FASHION_MNIST,
-    CalibrationReader,
-    calibration_batches,
-    calibration_source,
-    list_images,
-)
+from patchguard.calibration.data import FASHION_MNIST, CalibrationReader, calibration_batches, calibration_source
 from patchguard.models.registry import record_for
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.preprocess import preprocess
+from patchguard.runtime.sources import list_images, read_image
 
 cv2 = pytest.importorskip("cv2")
 RECORD = record_for("smallbagnet")
 
 
-def test_folder_is_searched_recursively_in_sorted_order(tmp_path: Path) -> None:
+def test_a_folder_is_listed_by_the_runtime_lister(tmp_path: Path) -> None:
+    """One set of accepted file types: calibration draws from runtime.sources.list_images."""
     write_images(tmp_path / "b", 2)
     write_images(tmp_path / "a" / "deep", 2)
     (tmp_path / "notes.txt").write_text("not an image")
-    found = list_images(tmp_path)
-    assert found == sorted(found)
-    assert [p.relative_to(tmp_path).parts[0] for p in found] == ["a", "a", "b", "b"]
-    assert all(p.suffix == ".png" for p in found)
+    assert list(calibration_source(str(tmp_path), 8).files) == list_images(tmp_path)
 
 
 @pytest.mark.parametrize("setup, fragment", [
@@ -97,8 +91,9 @@ def test_batches_match_the_runtime_preprocessing(tmp_path: Path) -> None:
     assert batches.dtype == np.float32
     frames = list(source.frames())
     assert np.array_equal(batches, preprocess(frames, RECORD))
-    # The frames are files of the folder, read as OpenCV reads them.
-    readings = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in source.files]
+    # The frames are files of the folder, decoded as pg-run decodes them (and as OpenCV reads them).
+    readings = [read_image(p) for p in source.files]
+    assert all(np.array_equal(r, cv2.imread(str(p), cv2.IMREAD_COLOR)) for r, p in zip(readings, source.files))
     assert all(any(np.array_equal(f, r) for r in readings) for f in frames)
 
 

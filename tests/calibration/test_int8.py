@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("cv2")
 
-from patchguard.calibration.data import FASHION_MNIST
+from patchguard.calibration.data import FASHION_MNIST, CalibrationReader, calibration_source
 from patchguard.calibration.int8 import (
     DEFAULT_FLAVOR,
     FLAVOR_HELP,
@@ -24,6 +25,8 @@ from patchguard.calibration.int8 import (
     quantize_int8,
 )
 from patchguard.export.agreement import measure
+from patchguard.export.onnxfile import input_name, load_onnx
+from patchguard.export.pipeline import write_int8
 from patchguard.runtime import window_size
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.metadata import METADATA_KEY, ModelRecord
@@ -45,12 +48,11 @@ def record(fp32: Path) -> ModelRecord:
 
 @pytest.fixture(scope="module")
 def quantized(fp32: Path, record: ModelRecord, tmp_path_factory) -> dict[str, Path]:
-    """Each flavour, calibrated on the bundled sample images."""
+    """Each flavour, calibrated on the bundled sample images, as pg-export writes it."""
     out = {}
     for name in FLAVORS:
         folder = tmp_path_factory.mktemp(name)
-        out[name] = quantize_int8(fp32, folder / "fashion.int8.onnx", record, str(SAMPLES),
-                                  64, name, folder)
+        out[name] = write_int8(fp32, folder / "fashion.int8.onnx", record, str(SAMPLES), 64, name, folder)
     return out
 
 
@@ -137,6 +139,37 @@ def test_metadata_is_kept_and_names_the_flavour(fp32: Path, record: ModelRecord,
         assert precision_of(onnx.load(str(path))) == "int8"
 
 
+def test_quantize_int8_is_model_in_model_out(fp32: Path, record: ModelRecord, tmp_path: Path) -> None:
+    """The calibration step neither reads nor writes files nor labels: export/pipeline.py does."""
+    model = load_onnx(fp32)
+    write_images(tmp_path / "images", 5)
+    reader = CalibrationReader(calibration_source(str(tmp_path / "images"), 5), record, input_name(model))
+    int8 = quantize_int8(model, reader, "cpu")
+    assert isinstance(int8, onnx.ModelProto) and reader.images == 5
+    assert any(node.op_type in QDQ for node in int8.graph.node)
+    # Whatever onnxruntime carried over, nothing was labelled int8 here.
+    info = json.loads({p.key: p.value for p in int8.metadata_props}.get(METADATA_KEY, "{}"))
+    assert "precision" not in info and "int8" not in info
+    assert list(tmp_path.iterdir()) == [tmp_path / "images"]  # no cache asked for, none written
+    # A cache hit decodes no image and says how many images the ranges came from: the files are
+    # zeroed behind the cache's back (same sizes and times, so the same key); a miss could not run.
+    cache = tmp_path / "ranges.calib.json"
+
+    def reader() -> CalibrationReader:
+        return CalibrationReader(calibration_source(str(tmp_path / "images"), 5), record, input_name(model))
+
+    quantize_int8(model, reader(), "cpu", cache=cache)
+    for path in (tmp_path / "images").iterdir():
+        stat = path.stat()
+        path.write_bytes(bytes(stat.st_size))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = reader()
+    assert isinstance(quantize_int8(model, again, "cpu", cache=cache), onnx.ModelProto)
+    assert again.images == 5
+    with pytest.raises(PatchGuardError, match="no readable image"):
+        quantize_int8(model, reader(), "cpu", cache=tmp_path / "other.calib.json")
+
+
 def test_cache_hit_skips_calibration_and_changes_invalidate(
         fp32: Path, record: ModelRecord, tmp_path: Path, caplog) -> None:
     data = tmp_path / "images"
@@ -147,7 +180,7 @@ def test_cache_hit_skips_calibration_and_changes_invalidate(
     def run(model: Path = fp32, flavour: str = "cpu") -> str:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="patchguard.calibration"):
-            quantize_int8(model, out, record, str(data), 6, flavour, tmp_path)
+            write_int8(model, out, record, str(data), 6, flavour, tmp_path)
         return " ".join(r.getMessage() for r in caplog.records)
 
     assert "calibrated on 6 images" in run()
@@ -194,18 +227,17 @@ def test_bad_input_is_one_line_and_leaves_no_file(fp32: Path, record: ModelRecor
         (dict(calib_data=str(corrupt)), "no readable image"),
         (dict(flavor="fp8"), "unknown INT8 flavour"),
         (dict(calib_size=0), "positive"),
-        (dict(fp32_onnx=tmp_path / "missing.onnx"), "cannot read"),
-        (dict(fp32_onnx=not_onnx), "not an ONNX model"),
+        (dict(fp32=tmp_path / "missing.onnx"), "does not exist"),
+        (dict(fp32=not_onnx), "not an ONNX model"),
         # A record that disagrees with the graph: onnxruntime's complaint, in one line.
-        (dict(record=record.replace(input_size=(32, 32))),
-         "INT8 quantization of fashion.onnx failed"),
+        (dict(record=record.replace(input_size=(32, 32))), "INT8 quantization failed"),
     ]
     for change, fragment in cases:
-        args = dict(fp32_onnx=fp32, out=out, record=record, calib_data=str(SAMPLES),
+        args = dict(fp32=fp32, target=out, record=record, calib_data=str(SAMPLES),
                     calib_size=8, flavor="cpu", cache_dir=tmp_path / "out")
         args.update(change)
         with pytest.raises(PatchGuardError, match=fragment) as info:
-            quantize_int8(**args)
+            write_int8(**args)
         assert "\n" not in str(info.value)
         assert not out.exists()
     assert not (tmp_path / "out").exists() or not any(
@@ -228,8 +260,8 @@ def test_acceptance_on_the_fashion_mnist_test_set(fp32: Path, record: ModelRecor
     from patchguard.calibration.data import DEFAULT_CALIB_SIZE
     from patchguard.runtime.datasets import load_fashion_mnist
 
-    out = quantize_int8(fp32, tmp_path / "m.int8.onnx", record, FASHION_MNIST,
-                        DEFAULT_CALIB_SIZE, flavour, tmp_path)
+    out = write_int8(fp32, tmp_path / "m.int8.onnx", record, FASHION_MNIST,
+                     DEFAULT_CALIB_SIZE, flavour, tmp_path)
     images, labels = load_fashion_mnist("test")
     batch = preprocess(list(images), record)
     window = window_size(5, record.receptive_field, record.stride)

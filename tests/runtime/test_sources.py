@@ -50,6 +50,21 @@ def test_list_images_sorted_and_ignores_other_files(image_folder: Path) -> None:
     assert len(list_images(image_folder, recursive=False)) == 11
 
 
+def test_list_images_walks_sub_folders_in_sorted_order(tmp_path: Path) -> None:
+    """(Was tests/calibration/test_data.py::test_folder_is_searched_recursively_in_sorted_order.)"""
+    for folder in (tmp_path / "b", tmp_path / "a" / "deep"):
+        for i in range(2):
+            _png(folder / f"img{i}.png", i)
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = list_images(tmp_path)
+    assert found == sorted(found)
+    assert [p.relative_to(tmp_path).parts[0] for p in found] == ["a", "a", "b", "b"]
+    with pytest.raises(PatchGuardError, match="does not exist"):
+        list_images(tmp_path / "nowhere")
+    with pytest.raises(PatchGuardError, match="is not a folder"):
+        list_images(found[0])
+
+
 def test_read_image_returns_bgr_or_none(image_folder: Path, tmp_path: Path) -> None:
     image = read_image(image_folder / "img03.png")
     assert image is not None and image.dtype == np.uint8 and image.shape == (40, 30, 3)

@@ -39,17 +39,17 @@ def _record(path: Path):
 def test_bundled_model_and_its_fp16_and_int8_variants_prove(bundled: Path, tmp_path: Path) -> None:
     import onnx
 
-    from patchguard.calibration.int8 import quantize_int8
     from patchguard.export.fp16 import to_fp16
     from patchguard.export.onnxfile import save_onnx
+    from patchguard.export.pipeline import write_int8
 
     record = _record(bundled)
     fp16 = save_onnx(to_fp16(onnx.load(str(bundled))), tmp_path / "bundled.fp16.onnx")
     images = tmp_path / "images"
     write_images(images, 16)
     variants = [bundled, fp16] + [
-        quantize_int8(bundled, tmp_path / f"bundled.{flavor}.onnx", record, str(images), 16, flavor,
-                      tmp_path / "cache")
+        write_int8(bundled, tmp_path / f"bundled.{flavor}.onnx", record, str(images), 16, flavor,
+                   tmp_path / "cache")
         for flavor in ("tensorrt", "cpu")]
     for path in variants:
         proof = verify(path, record)

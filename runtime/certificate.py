@@ -47,9 +47,9 @@ from .masking import (
     check_labels,
     check_logits,
     check_params,
-    class_max,
     check_window,
     chunks,
+    class_max,
     containing_max,
     wrapped,
 )

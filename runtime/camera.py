@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from .errors import PatchGuardError
+from .geometry import as_pair
 from .sources import FrameSource, SourceFrame, opencv
 
 log = logging.getLogger(__name__)
@@ -61,29 +62,16 @@ def parse_camera(text: Union[int, str]) -> tuple[Union[int, str], str]:
     return str(real), f"camera {value}"
 
 
-def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """``WxH`` -> (w, h), or None."""
-    if text is None:
-        return None
-    try:
-        w, h = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise PatchGuardError(f"--camera-size must look like 1280x720, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise PatchGuardError(f"--camera-size needs positive sizes, got {text!r}")
-    return w, h
-
-
 def _configure(capture: Any, size: Optional[tuple[int, int]], fps: Optional[float], description: str) -> None:
-    """Ask for the size, FPS and a one-frame buffer; warn (once) where the camera says no."""
+    """Ask for the size (height, width), FPS and a one-frame buffer; warn (once) where the camera says no."""
     cv2 = opencv()
     capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # honoured by V4L2 and some others; the thread does the rest
     if size is not None:
-        capture.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
-        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
-        got = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, size[0])
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, size[1])
+        got = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         if got != size:
-            log.warning("%s delivers %dx%d, not the %dx%d asked for (--camera-size)",
+            log.warning("%s delivers %dx%d (HxW), not the %dx%d asked for (--camera-frame-size)",
                         description, got[0], got[1], size[0], size[1])
     if fps is not None:
         capture.set(cv2.CAP_PROP_FPS, float(fps))
@@ -222,11 +210,11 @@ class CameraStream(FrameSource):
             self.capture = None
 
 
-def open_camera(camera: Union[int, str], size: Optional[str] = None, fps: Optional[float] = None,
+def open_camera(camera: Union[int, str], size: Optional[tuple[int, int]] = None, fps: Optional[float] = None,
                 reconnect: int = 0, latest: bool = True) -> CameraStream:
-    """``--camera`` with its options, opened (one-line errors)."""
+    """``--camera`` with its options, opened (one-line errors). ``size`` is (height, width)."""
     target, description = parse_camera(camera)
-    wanted = parse_size(size)
+    wanted = as_pair(size, "camera frame size") if size is not None else None
     if fps is not None and not fps > 0:
         raise PatchGuardError(f"--camera-fps must be positive, got {fps}")
     cv2 = opencv()

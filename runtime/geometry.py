@@ -8,7 +8,7 @@ windows, one axis at a time.
 from __future__ import annotations
 
 import operator
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -57,6 +57,19 @@ def parse_pair(text: str, name: str = "size") -> Pair:
     if len(numbers) == 2:
         return as_pair((numbers[0], numbers[1]), name)
     raise PatchGuardError(f"{name} must look like 6 or 6x4, got {text!r}")
+
+
+def parse_size_flags(hw_text: Optional[str], wh_text: Optional[str], hw_flag: str, wh_flag: str) -> Optional[Pair]:
+    """(rows, columns) from a size flag written HxW, the convention of every size flag
+    here, or from its older spelling ``wh_flag`` written WxH (width first); None if
+    neither was given, one error if both were."""
+    if hw_text is not None and wh_text is not None:
+        raise PatchGuardError(f"{hw_flag} (HxW) and {wh_flag} (its older spelling, WxH) give the same size; "
+                              "pass one")
+    if wh_text is not None:
+        width, height = parse_pair(wh_text, wh_flag)
+        return height, width
+    return parse_pair(hw_text, hw_flag) if hw_text is not None else None
 
 
 def cells_touched(extent_px: int, receptive_field: int, stride: int) -> int:

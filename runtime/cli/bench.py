@@ -10,6 +10,7 @@ import numpy as np
 
 from ..console import Command, progress
 from ..errors import PatchGuardError
+from ..geometry import parse_size_flags
 from ..limits import MAX_CLASSES, MAX_MAP_CELLS, check_memory, check_side, memory_budget
 
 EXAMPLES = """
@@ -17,7 +18,7 @@ EXAMPLES = """
 Examples:
   pg-bench --model model.onnx --source clip.avi        # real frames, what pg-run sees
   pg-bench --model model.onnx --source drive.mcap --topic /camera/image_raw --budget-ms 33.3
-  pg-bench --model model.plan --batch 8 --frame 1280x720 --threads 4
+  pg-bench --model model.plan --batch 8 --frame-size 720x1280 --threads 4
   pg-bench --synthetic-map 26x26x1000                    # no model: BagNet-17-like maps
 \b
 Every stage is reported as mean, p50, p95, p99 and max in milliseconds.
@@ -25,7 +26,7 @@ With --source the frames of a video, folder, glob or ROS bag go through the
 same Pipeline pg-run uses, and the rows are its per-frame latencies (pre,
 infer, certify; frame = their sum): certification costs more on real content
 (frames near the decision boundary) than on random frames. Without --source,
-random frames of --frame size are timed stage by stage (the library calls on
+random frames of --frame-size are timed stage by stage (the library calls on
 their own, and certify_stage, what the pipeline runs per frame);
 --synthetic-map skips inference and times that overhead on random local
 logits (a BagNet with r=17, s=8 and ImageNet's 224/256 crop), 16 maps from
@@ -195,7 +196,10 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
 @click.option("--threads", type=int, default=None,
               help="onnxruntime intra-op threads [default: onnxruntime's choice, one per core].")
-@click.option("--frame", default="640x480", show_default=True, help="Random frame size WxH (no --source).")
+@click.option("--frame-size", default=None, metavar="HxW",
+              help="Random frame size, rows x columns like every size flag (no --source) [default: 480x640].")
+@click.option("--frame", "frame_wh", default=None, metavar="WxH",
+              help="Older spelling of --frame-size, width first (1280x720 = --frame-size 720x1280).")
 @click.option("--synthetic-map", default=None, help="HxWxC: time the overhead without a model.")
 @click.option("--patch-size", type=int, default=None,
               help="Patch side in camera pixels (default: the model's patch mapped to the frame).")
@@ -216,7 +220,8 @@ def _budget_line(frame_ms: dict[str, float], budget_ms: Optional[float]) -> list
 @click.option("--max-memory", default=None, metavar="SIZE",
               help="Refuse a run estimated to need more, e.g. 4G [default: half the RAM].")
 def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max_frames: Optional[int],
-         batch: int, threads: Optional[int], frame: str, synthetic_map: Optional[str],
+         batch: int, threads: Optional[int], frame_size: Optional[str], frame_wh: Optional[str],
+         synthetic_map: Optional[str],
          patch_size: Optional[int], iterations: int, budget_ms: Optional[float],
          provider: Optional[str], defense: str, top_k: int, tau: Optional[float],
          allow_unverified: bool,
@@ -244,6 +249,7 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
         raise PatchGuardError(f"--max-frames must be at least 1, got {max_frames}")
     if budget_ms is not None and not budget_ms > 0:
         raise PatchGuardError(f"--budget-ms must be positive, got {budget_ms}")
+    frame = parse_size_flags(frame_size, frame_wh, "--frame-size", "--frame") or (480, 640)
     if source is not None:
         report, lines = _bench_real(engine or "", source, topic, max_frames, batch, threads,
                                     patch_size, provider, budget_ms, settings, allow_unverified,
@@ -338,7 +344,7 @@ def _bench_views(backend: Any, engine: str, batch: int, threads: Optional[int], 
     report = {
         "model": engine, "frames": "random", "defense": record.to_dict()["defense"],
         "backend": getattr(backend, "name", None), "provider": getattr(backend, "provider", None),
-        "threads": threads, "batch": batch, "frame": [fw, fh], "patch_px": side,
+        "threads": threads, "batch": batch, "frame_size": [fh, fw], "frame": [fw, fh], "patch_px": side,
         "views": {"first_round": masks.count if masks is not None else None,
                   "double_masking": float(np.mean([r.views for r in decided])),
                   "second_round_ran": float(np.mean([bool(r.details.get("second_round")) for r in decided])),
@@ -347,7 +353,7 @@ def _bench_views(backend: Any, engine: str, batch: int, threads: Optional[int], 
         "cpu_ms_per_frame": {k: round(v / batch, 4) for k, v in cpu.items()},
     }
     views = report["views"]
-    lines = [f"{engine}  {record.defense.kind}, batch {batch}, random {fw}x{fh} frames, patch {side} px"
+    lines = [f"{engine}  {record.defense.kind}, batch {batch}, random {fh}x{fw} (HxW) frames, patch {side} px"
              + (f" -> {masks.count} masks of {masks.side[0]}x{masks.side[1]} model px" if masks else "")]
     lines += _table(stats, "ms/batch")
     if "first_round" in per_frame:
@@ -411,20 +417,20 @@ def _cpu_ms(fn: Callable[[Any], Any], x: Any, rounds: int) -> float:
 
 
 def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: int, threads: Optional[int],
-                  frame: str, patch_size: Optional[int], iterations: int, provider: Optional[str],
+                  frame: tuple[int, int], patch_size: Optional[int], iterations: int, provider: Optional[str],
                   budget_ms: Optional[float], settings: Any, budget: int,
                   allow_unverified: bool = False) -> tuple[dict[str, Any], list[str]]:
     from ..certificate import largest_certified
     from ..defenses import certify, predict
     from ..footprint import camera_threat, patch_side
-    from ..geometry import check_fits, parse_pair
+    from ..geometry import check_fits
     from ..pipeline import certify_maps
     from ..preprocess import normalize, resize_plan, to_model_image
     from ..readouts import double_verdicts, mask_readouts
 
-    fw, fh = parse_pair(frame, "--frame")
-    check_side(fw, "--frame width")
-    check_side(fh, "--frame height")
+    fh, fw = frame
+    check_side(fh, "--frame-size height")
+    check_side(fw, "--frame-size width")
     backend: Any = None
     if engine is not None:
         from ..backends import open_backend
@@ -441,13 +447,13 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
         record = synthetic_record(*parse_map(synthetic_map or ""))
     try:
         check_memory(bench_memory(batch, (fw, fh), record, 1 if backend is not None else 16), budget,
-                     f"a batch of {batch} {fw}x{fh} frames with {'x'.join(map(str, record.output_shape))} "
+                     f"a batch of {batch} {fh}x{fw} (HxW) frames with {'x'.join(map(str, record.output_shape))} "
                      "outputs")
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, size=(fh, fw, 3), dtype=np.uint8) for _ in range(batch)]
         plan = resize_plan((fh, fw), record)
         threat = camera_threat(plan, record, patch_side(plan, record, patch_size))
-        a, b = check_fits(threat.window, record.map_size, f"a {threat.patch_px} px patch in {fw}x{fh} frames")
+        a, b = check_fits(threat.window, record.map_size, f"a {threat.patch_px} px patch in {fh}x{fw} (HxW) frames")
 
         def pre(batch_frames: list[np.ndarray]) -> np.ndarray:
             return normalize(np.stack([to_model_image(f, record) for f in batch_frames]), record)
@@ -493,7 +499,7 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
     report: dict[str, Any] = {
         "model": engine or f"synthetic {synthetic_map}", "frames": "random",
         "backend": getattr(backend, "name", None), "provider": getattr(backend, "provider", None),
-        "threads": threads, "batch": batch, "frame": [fw, fh], "map": list(u.shape[1:]),
+        "threads": threads, "batch": batch, "frame_size": [fh, fw], "frame": [fw, fh], "map": list(u.shape[1:]),
         "patch_px": threat.patch_px, "window": [a, b], "patch_sizes_scanned": len(windows),
         "defense": settings.defense, "top_k": settings.top_k, "tau": settings.tau,
         "certified_fraction": float(np.mean([ok for ok, _ in found])),
@@ -507,7 +513,7 @@ def _bench_stages(engine: Optional[str], synthetic_map: Optional[str], batch: in
         if frame_ms > 0 else None,
         "budget_ms": budget_ms,
     }
-    lines = [f"{report['model']}  batch {batch}, random {fw}x{fh} frames, map "
+    lines = [f"{report['model']}  batch {batch}, random {fh}x{fw} (HxW) frames, map "
              f"{'x'.join(map(str, u.shape[1:]))}, patch {threat.patch_px} px -> mask {a}x{b} "
              f"({len(windows)} sizes scanned), certified {100 * report['certified_fraction']:.0f}% "
              f"(certified sizes seen: {report['certified_patch_px']} px)"]

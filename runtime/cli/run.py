@@ -10,6 +10,7 @@ import click
 
 from ..console import Command, StopSignals, info, progress
 from ..errors import EXIT_CODES_HELP, ExitCode, OutputError, PatchGuardError, Terminated
+from ..geometry import parse_size_flags
 
 EXAMPLES = """
 \b
@@ -53,7 +54,10 @@ def _log_through(bar: Any) -> Any:
                    "--engine is the older name.")
 @click.option("--camera", default=None,
               help="Camera: an index (0), a device (/dev/video0) or a udev path (/dev/v4l/by-id/...).")
-@click.option("--camera-size", default=None, metavar="WxH", help="Ask the camera for this frame size.")
+@click.option("--camera-frame-size", default=None, metavar="HxW",
+              help="Ask the camera for this frame size, rows x columns like every size flag (720x1280).")
+@click.option("--camera-size", default=None, metavar="WxH",
+              help="Older spelling of --camera-frame-size, width first (1280x720).")
 @click.option("--camera-fps", type=float, default=None, help="Ask the camera for this frame rate.")
 @click.option("--reconnect", type=int, default=0, show_default=True,
               help="Reopen a camera that stops delivering, up to N tries (back-off 0.5 s to 8 s).")
@@ -110,7 +114,8 @@ def _log_through(bar: Any) -> Any:
 @click.option("--allow-unverified", is_flag=True,
               help="Run a model whose locality does not prove, for labels only: every frame "
                    "says certified: false, with the reason.")
-def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Optional[str],
+def main(ctx: click.Context, engine: str, camera: Optional[str], camera_frame_size: Optional[str],
+         camera_size: Optional[str],
          camera_fps: Optional[float], reconnect: int, source: Optional[str],
          patch_size: Optional[int], patch_frac: Optional[float], thres: float, clip: Optional[float],
          provider: Optional[str], jsonl: Optional[str], append: bool, jsonl_header: Optional[str],
@@ -132,8 +137,9 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
 
     if (camera is None) == (source is None):
         raise PatchGuardError("give exactly one of --camera N or --source S")
-    if camera is None and (camera_size or camera_fps or reconnect):
-        raise PatchGuardError("--camera-size, --camera-fps and --reconnect apply to --camera")
+    camera_hw = parse_size_flags(camera_frame_size, camera_size, "--camera-frame-size", "--camera-size")
+    if camera is None and (camera_hw or camera_fps or reconnect):
+        raise PatchGuardError("--camera-frame-size, --camera-fps and --reconnect apply to --camera")
     if max_frames is not None and max_frames < 1:
         raise PatchGuardError(f"--max-frames must be at least 1, got {max_frames}")
     if append and not jsonl:
@@ -154,7 +160,7 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_size: Op
             abstain_spread=abstain_spread, certify=certify, allow_unverified=allow_unverified, onnx=onnx_path,
             tau=DEFAULT_TAU if tau is None else tau))
         frames = stack.enter_context(
-            open_camera(camera, camera_size, camera_fps, reconnect) if camera is not None
+            open_camera(camera, camera_hw, camera_fps, reconnect) if camera is not None
             else open_source(source or "", topic=topic))
         # Outputs are created at the first result, and closed (finalised) last of all.
         header = None

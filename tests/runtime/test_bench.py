@@ -18,7 +18,7 @@ def test_bench_on_an_exported_model(default_onnx: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report["ms_per_batch"]) == STAGES | {"inference"}
-    assert report["batch"] == 2 and report["frame"] == [640, 480]
+    assert report["batch"] == 2 and report["frame_size"] == [480, 640] and report["frame"] == [640, 480]
     assert 0.0 < report["certify_share"] < 1.0
     assert "certification share" in result.output
 
@@ -26,9 +26,10 @@ def test_bench_on_an_exported_model(default_onnx: Path, tmp_path: Path) -> None:
 def test_bench_synthetic_maps_skip_inference(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["--synthetic-map", "26x26x10", "--iterations", "2",
-                                       "--frame", "320x240", "--json", str(out)])
+                                       "--frame-size", "240x320", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
+    assert report["frame_size"] == [240, 320] and report["frame"] == [320, 240]  # HxW, and the older WxH field
     assert set(report["ms_per_batch"]) == STAGES
     assert report["map"] == [26, 26, 10]
     assert report["overhead_ms_per_frame"] > 0
@@ -41,6 +42,7 @@ def test_bench_times_double_masking_and_top_k(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["defense"] == "double" and report["top_k"] == 2 and "readouts" not in report["ms_per_batch"]
+    assert report["frame_size"] == [48, 64]  # --frame is the older, width-first spelling of --frame-size
     assert "double, alert, top-2" in result.output
     bad = CliRunner().invoke(main, ["--synthetic-map", "12x12x5", "--top-k", "0"])
     assert bad.exit_code != 0 and "top_k" in bad.output

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from patchguard.runtime import camera as camera_module
-from patchguard.runtime.camera import CameraStream, open_camera, parse_camera, parse_size
+from patchguard.runtime.camera import CameraStream, open_camera, parse_camera
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.sources import open_source
 
@@ -49,10 +49,6 @@ def test_camera_argument_forms(tmp_path: Path) -> None:
     with pytest.raises(PatchGuardError, match="does not exist .*cameras here") as info:
         parse_camera("/dev/v4l/by-id/usb-nothing-video-index0")
     assert "\n" not in str(info.value)
-    assert parse_size("1280x720") == (1280, 720) and parse_size(None) is None
-    for bad in ("1280", "0x720", "axb"):
-        with pytest.raises(PatchGuardError, match="--camera-size"):
-            parse_size(bad)
 
 
 def test_source_that_is_a_camera_points_to_camera() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from patchguard.runtime import PatchGuardError, map_size, window_shape, window_size
-from patchguard.runtime.geometry import as_pair, first_cell, flush_starts, parse_pair, touched_cells
+from patchguard.runtime.geometry import as_pair, first_cell, flush_starts, parse_pair, parse_size_flags, touched_cells
 
 
 @pytest.mark.parametrize(
@@ -108,3 +108,15 @@ def test_first_cell_is_one_formula_for_ints_and_arrays():
         got = first_cell(pixels, r, s).tolist()
         assert got == [first_cell(int(p), r, s) for p in pixels]
         assert got == [min(i for i in range(-10, 60) if i * s + r - 1 >= p) for p in pixels.tolist()]
+
+
+def test_size_flags_are_rows_by_columns_and_the_older_spelling_is_width_first():
+    # One convention (HxW) for every size flag; --frame / --camera-size keep their WxH meaning.
+    assert parse_size_flags("720x1280", None, "--frame-size", "--frame") == (720, 1280)
+    assert parse_size_flags(None, "1280x720", "--frame-size", "--frame") == (720, 1280)
+    assert parse_size_flags(None, None, "--frame-size", "--frame") is None
+    with pytest.raises(PatchGuardError, match="--frame-size .* and --frame .*pass one"):
+        parse_size_flags("720x1280", "1280x720", "--frame-size", "--frame")
+    for bad in ("0x720", "axb", "1x2x3"):
+        with pytest.raises(PatchGuardError, match="--camera-size"):
+            parse_size_flags(None, bad, "--camera-frame-size", "--camera-size")

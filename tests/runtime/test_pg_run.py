@@ -149,7 +149,10 @@ def test_bad_options_are_one_line(default_onnx: Path, tmp_path: Path) -> None:
     for args in (["--engine", str(default_onnx)],
                  ["--engine", str(default_onnx), "--camera", "0", "--source", "x"],
                  ["--engine", str(default_onnx), "--source", str(tmp_path), "--max-frames", "0"],
-                 ["--engine", str(tmp_path / "missing.onnx"), "--source", str(tmp_path)]):
+                 ["--engine", str(tmp_path / "missing.onnx"), "--source", str(tmp_path)],
+                 ["--engine", str(default_onnx), "--source", str(tmp_path), "--camera-frame-size", "720x1280"],
+                 ["--engine", str(default_onnx), "--camera", "0", "--camera-frame-size", "720x1280",
+                  "--camera-size", "1280x720"]):
         result = runner.invoke(main, args)
         # A clean click exit (no exception escaped) with a non-zero status and one message.
         assert result.exit_code != 0 and isinstance(result.exception, SystemExit), args

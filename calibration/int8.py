@@ -202,8 +202,10 @@ def quantize_int8(model: Any, reader: CalibrationReader, flavor: str, *,
     model_bytes = model.SerializeToString()
     key = calibration_key(model_bytes, reader.source.identity(), chosen.name)
     cache_file = None if cache is None else Path(cache)
-    can_cache = cache_file is not None and _supports_cache(quant.quantize_static)
-    hit = cache_file is not None and can_cache and cache_file.is_file() and _cached(cache_file, key)
+    if cache_file is not None and not _supports_cache(quant.quantize_static):
+        log.info("this onnxruntime cannot reuse calibration ranges; no cache written")
+        cache_file = None
+    cached = cache_file if cache_file is not None and cache_file.is_file() and _cached(cache_file, key) else None
 
     with tempfile.TemporaryDirectory(prefix="pg-int8-") as tmp:
         given, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
@@ -213,16 +215,16 @@ def quantize_int8(model: Any, reader: CalibrationReader, flavor: str, *,
         with _onnxruntime_says("preparing the model for INT8 quantization"):
             quant.quant_pre_process(str(given), str(pre))
         head = float_head(onnx.load(str(pre)))
-        ranges = cache_file if hit and cache_file is not None else Path(tmp) / "ranges.json"
+        ranges = cached or Path(tmp) / "ranges.json"
         log.info("INT8 %s: %s", chosen.name,
-                 f"calibration cache hit ({cache_file})" if hit else
+                 f"calibration cache hit ({cached})" if cached else
                  f"calibrating on up to {reader.source.size} images from {reader.source.name}")
-        kwargs = {"calibration_cache_path": str(ranges)} if can_cache else {}
+        kwargs = {"calibration_cache_path": str(ranges)} if cache_file is not None else {}
         quantized = Path(tmp) / "int8.onnx"
         try:
             with _onnxruntime_says("INT8 quantization"):
                 quant.quantize_static(
-                    str(pre), str(quantized), None if hit else reader,
+                    str(pre), str(quantized), None if cached else reader,
                     quant_format=quant.QuantFormat.QDQ,
                     per_channel=True,
                     reduce_range=chosen.reduce_range,
@@ -235,15 +237,13 @@ def quantize_int8(model: Any, reader: CalibrationReader, flavor: str, *,
                 )
         finally:
             reader.close()
-        if hit:
-            reader.images = _cached_images(ranges)
-        elif can_cache and cache_file is not None:
+        if cached:
+            reader.images = _cached_images(cached)
+        elif cache_file is not None:
             payload = json.loads(ranges.read_text())
             payload["patchguard_key"] = key
             payload["patchguard_images"] = reader.images
             write_text_atomic(cache_file, json.dumps(payload))
-        elif cache_file is not None:
-            log.info("this onnxruntime cannot reuse calibration ranges; no cache written")
         return onnx.load(str(quantized))
 
 

@@ -115,39 +115,38 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
         raise PatchGuardError(f"--defense {defense} cannot train {record.arch}: "
                               + ("it is not a BagNet" if local else "it is a BagNet; use --arch cnn"))
     (images, labels), evaluation, record = load_training_data(data, record, limit, eval_limit)
-    if defense in ("ds", "crops"):
-        from ..runtime.views import ViewDefense
-        from .smoothing import train_smoothing
-
-        view = ViewDefense(kind=defense, band=band if defense == "ds" else 0, crop=crop if defense == "crops" else 0,
-                           crop_stride=crop_stride if defense == "crops" else 0, theta=theta, encoding="x,1-x")
-        train_smoothing(record.replace(defense=view, default_patch_px=patch_px), images, labels, evaluation,
-                        Path(ensure_dir(out_dir)), init_state, epochs=epochs, batch_size=batch_size, lr=lr,
-                        seed=seed, resume=resume, on_epoch=_history_writer, bars=_Bars())
-        return
+    out = Path(ensure_dir(out_dir))
     if not local:
-        _train_views(record, images, labels, evaluation, Path(ensure_dir(out_dir)), init_state,
-                     epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, flip=flip,
-                     seed=seed, eval_limit=eval_limit, masks_per_axis=masks_per_axis, fill=fill,
-                     resume=resume)
+        from .train_views import cleanser_recipe, train_classifier
+
+        if defense in ("ds", "crops"):
+            from ..runtime.views import ViewDefense
+            from .smoothing import smoothing_recipe
+
+            view = ViewDefense(kind=defense, band=band if defense == "ds" else 0,
+                               crop=crop if defense == "crops" else 0,
+                               crop_stride=crop_stride if defense == "crops" else 0, theta=theta, encoding="x,1-x")
+            recipe = smoothing_recipe(record.replace(defense=view, default_patch_px=patch_px), evaluation,
+                                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        else:
+            recipe = cleanser_recipe(record, evaluation, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     patch_px=patch_px, flip=flip, seed=seed, eval_limit=eval_limit,
+                                     masks_per_axis=masks_per_axis, fill=fill)
+        _fit(f"training {recipe.summary} on {len(images)} images for {epochs} epochs -> {out}",
+             lambda bar: train_classifier(
+                 recipe.record, images, labels, out, recipe.config, recipe.augment, evaluate=recipe.evaluate,
+                 init_state=init_state, resume=resume,
+                 on_epoch=_history_writer(out, recipe.evaluate is not None, "accuracy"), progress=bar))
         return
-    out = ensure_dir(out_dir)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px, clip=clip,
                          seed=seed, eval_limit=eval_limit, flip=flip, defense=defense,
                          masks_per_axis=masks_per_axis)
-    info(f"training {record.arch} (r={record.receptive_field}, s={record.stride}) on "
-         f"{len(images)} images for {epochs} epochs -> {out}")
-
-    bars = _Bars()
-    try:
-        final = train(record, images, labels, Path(out), config, eval_data=evaluation,
-                      init_state=init_state, resume=resume,
-                      on_epoch=_history_writer(out, evaluation is not None,
-                                               "double_accuracy" if defense == "double" else "mask_accuracy"),
-                      progress=bars.make)
-    finally:
-        bars.close()
-    click.echo(f"wrote {final}")
+    accuracy_name = "double_accuracy" if defense == "double" else "mask_accuracy"
+    _fit(f"training {record.arch} (r={record.receptive_field}, s={record.stride}) on "
+         f"{len(images)} images for {epochs} epochs -> {out}",
+         lambda bar: train(record, images, labels, out, config, eval_data=evaluation, init_state=init_state,
+                           resume=resume, on_epoch=_history_writer(out, evaluation is not None, accuracy_name),
+                           progress=bar))
 
 
 def _parse_cnn_config(text: str) -> dict:
@@ -163,6 +162,17 @@ def _parse_cnn_config(text: str) -> dict:
         raise PatchGuardError("--cnn-config: stem is [kernel, stride, channels] and each stage "
                               "[channels, blocks, stride], all at least 1")
     return {"stem": stem, "stages": stages}
+
+
+def _fit(summary: str, run) -> None:
+    """Say what trains, run it with a progress bar (closed however it ends), say where it went."""
+    info(summary)
+    bars = _Bars()
+    try:
+        final = run(bars.make)
+    finally:
+        bars.close()
+    click.echo(f"wrote {final}")
 
 
 class _Bars:
@@ -190,37 +200,6 @@ def _history_writer(out: Path, evaluated: bool, accuracy_name: str):
             handle.write(json.dumps(line) + "\n")
         click.echo(json.dumps(line))
     return on_epoch
-
-
-def _train_views(record, images, labels, evaluation, out: Path, init_state, *, epochs: int,
-                 batch_size: int, lr: float, patch_px: int, flip: bool, seed: int, eval_limit: int,
-                 masks_per_axis: int, fill: float, resume: bool) -> None:
-    """--defense cleanser: PatchCleanser's recipe on an ordinary classifier."""
-    from ..runtime.preprocess import normalize
-    from ..runtime.views import ViewDefense
-    from .train import TrainConfig
-    from .train_views import cleanser_augment, cleanser_evaluate, cleanser_masks, train_classifier
-
-    defense = ViewDefense(kind="cleanser", masks_per_axis=(masks_per_axis, masks_per_axis), fill=fill)
-    record = record.replace(defense=defense, default_patch_px=patch_px)
-    masks = cleanser_masks(record, patch_px)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px,
-                         seed=seed, eval_limit=eval_limit, flip=flip)
-    evaluate = None
-    if evaluation is not None:
-        evaluate = cleanser_evaluate(normalize(evaluation[0], record), evaluation[1], masks, fill)
-    info(f"training {record.arch} for PatchCleanser ({masks.count} masks of "
-         f"{masks.side[0]}x{masks.side[1]} px, stride {masks.stride[0]}, {patch_px} px patch) on "
-         f"{len(images)} images for {epochs} epochs -> {out}")
-    bars = _Bars()
-    try:
-        final = train_classifier(record, images, labels, out, config, cleanser_augment(masks, fill),
-                                 evaluate=evaluate, init_state=init_state, resume=resume,
-                                 on_epoch=_history_writer(out, evaluate is not None, "accuracy"),
-                                 progress=bars.make)
-    finally:
-        bars.close()
-    click.echo(f"wrote {final}")
 
 
 ATTACK_EXAMPLES = """

@@ -4,16 +4,13 @@ DS's recipe (Levine & Feizi 2020): each training image is shown as ONE
 view, a band (or a crop) at a uniformly random position, in the (x, 1 - x)
 encoding, with plain cross-entropy. The views come from the runtime's own
 :func:`~patchguard.runtime.ablation.encode`, so training and deployment
-cannot disagree on the encoding. These are the ``augment`` and ``evaluate``
-of :func:`.train_views.train_classifier`, the one loop for view defenses.
+cannot disagree on the encoding. :func:`smoothing_recipe` gives the ``augment`` and ``evaluate`` of
+:func:`.train_views.train_classifier`, the one loop for view defenses.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
-import click
 import numpy as np
 import torch
 from torch import nn
@@ -22,6 +19,8 @@ from ..runtime.ablation import encode, random_band_keep, random_crop_keep, unnor
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
 from ..runtime.views import ViewDefense
+from .train import TrainConfig
+from .train_views import ViewRecipe
 
 
 def _defense(record: ModelRecord) -> ViewDefense:
@@ -80,15 +79,11 @@ def view_evaluate(x: np.ndarray, y: np.ndarray, patch_sizes: Sequence[int]
     return evaluate
 
 
-def train_smoothing(record: ModelRecord, images: np.ndarray, labels: np.ndarray,
-                    evaluation: tuple[np.ndarray, np.ndarray] | None, out: Path, init_state: dict | None, *,
-                    epochs: int, batch_size: int, lr: float, seed: int, resume: bool,
-                    on_epoch: Callable[..., Any], bars: Any) -> Path:
-    """``pg-train --defense ds|crops``: DS's recipe through :func:`.train_views.train_classifier`."""
+def smoothing_recipe(record: ModelRecord, evaluation: tuple[np.ndarray, np.ndarray] | None, *,
+                     epochs: int, batch_size: int, lr: float, seed: int) -> ViewRecipe:
+    """``pg-train --defense ds|crops``: DS's recipe for :func:`.train_views.train_classifier`."""
     from ..runtime.preprocess import normalize
     from ..runtime.smoothing_runners import VoteRunner
-    from .train import TrainConfig
-    from .train_views import train_classifier
 
     defense = _defense(record)
     views = VoteRunner(record, (1, 1), lambda v: v).views_per_frame  # checks band / crop against the image
@@ -99,14 +94,5 @@ def train_smoothing(record: ModelRecord, images: np.ndarray, labels: np.ndarray,
         evaluate = view_evaluate(normalize(evaluation[0], record), evaluation[1],
                                  sorted({2, 3, record.default_patch_px}))
     what = f"band {defense.band}" if defense.kind == "ds" else f"crop {defense.crop}, stride {defense.crop_stride}"
-    click.echo(f"training {record.arch} for {defense.kind} ({what}, {views} views per image, theta "
-               f"{defense.theta}) on {len(images)} images for {epochs} epochs -> {out}", err=True)
-    try:
-        final = train_classifier(record, images, labels, out, config, view_augment(record),
-                                 evaluate=evaluate, init_state=init_state, resume=resume,
-                                 on_epoch=on_epoch(out, evaluate is not None, "accuracy"),
-                                 progress=bars.make)
-    finally:
-        bars.close()
-    click.echo(f"wrote {final}")
-    return final
+    summary = f"{record.arch} for {defense.kind} ({what}, {views} views per image, theta {defense.theta})"
+    return ViewRecipe(record, config, view_augment(record), evaluate, summary)

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,39 @@ log = logging.getLogger(__name__)
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 # (model, record) -> figures for the epoch report.
 Evaluate = Callable[[nn.Module, ModelRecord], dict]
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """How one view defense trains its classifier with :func:`train_classifier`:
+    the record (defense included), the loop's settings, the views each step
+    shows, the per-epoch evaluation, and a line saying what runs."""
+
+    record: ModelRecord
+    config: TrainConfig
+    augment: Augment
+    evaluate: Evaluate | None
+    summary: str
+
+
+def cleanser_recipe(record: ModelRecord, evaluation: tuple[np.ndarray, np.ndarray] | None, *, epochs: int,
+                    batch_size: int, lr: float, patch_px: int, flip: bool, seed: int, eval_limit: int,
+                    masks_per_axis: int, fill: float) -> ViewRecipe:
+    """``pg-train --defense cleanser``: PatchCleanser's recipe on an ordinary classifier."""
+    from ..runtime.preprocess import normalize
+    from ..runtime.views import ViewDefense
+
+    defense = ViewDefense(kind="cleanser", masks_per_axis=(masks_per_axis, masks_per_axis), fill=fill)
+    record = record.replace(defense=defense, default_patch_px=patch_px)
+    masks = cleanser_masks(record, patch_px)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patch_px=patch_px,
+                         seed=seed, eval_limit=eval_limit, flip=flip)
+    evaluate = None
+    if evaluation is not None:
+        evaluate = cleanser_evaluate(normalize(evaluation[0], record), evaluation[1], masks, fill)
+    summary = (f"{record.arch} for PatchCleanser ({masks.count} masks of {masks.side[0]}x{masks.side[1]} px, "
+               f"stride {masks.stride[0]}, {patch_px} px patch)")
+    return ViewRecipe(record, config, cleanser_augment(masks, fill), evaluate, summary)
 
 
 def cleanser_masks(record: ModelRecord, patch_px: int) -> MaskSet:

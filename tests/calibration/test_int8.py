@@ -25,7 +25,7 @@ from patchguard.calibration.int8 import (
     quantize_int8,
 )
 from patchguard.export.agreement import measure
-from patchguard.export.onnxfile import input_name, load_onnx
+from patchguard.export.onnxfile import get_record, input_name, load_onnx
 from patchguard.export.pipeline import write_int8
 from patchguard.runtime import window_size
 from patchguard.runtime.errors import PatchGuardError
@@ -42,8 +42,7 @@ def fp32(default_onnx: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def record(fp32: Path) -> ModelRecord:
-    props = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-    return ModelRecord.from_json(props[METADATA_KEY])
+    return get_record(load_onnx(fp32))
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ package with the ``[ray]`` and ``[cpu]`` (or ``[gpu]``) extras.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -125,6 +126,32 @@ class Certifier:
         return out
 
 
+def _reap(pids: set[int], grace: float = 5.0) -> None:
+    """End the actors of the local Ray instance we started that outlive its shutdown.
+
+    After a long run an actor process was seen orphaned (parent 1) minutes after
+    ``ray.shutdown()``; only processes that reported themselves as our actors and
+    still carry the actor's title are signalled."""
+    import signal
+    import time
+
+    def ours(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                return b"MapBatches(Certifier)" in handle.read()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if ours(pid)}
+        time.sleep(0.2)
+    for pid in pids:
+        if ours(pid):
+            with contextlib.suppress(OSError):  # ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+
+
 def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: dict[str, Any], *,
                      workers: int = 2, chunk: int = 256, batch: Optional[int] = None,
                      address: Optional[str] = None, provider: Optional[str] = None,
@@ -163,13 +190,16 @@ def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: dict[
                                    "options": options, "keep_logits": keep_logits},
             num_cpus=1, max_restarts=-1, max_task_retries=-1)
         parts = [part for part in out.iter_batches(batch_size=None, batch_format="numpy")]
+        pids.update(int(pid) for part in parts for pid in np.unique(part["pid"]))
     finally:
         if started_here:
             ray.shutdown()
+            if address is None:  # a local instance of ours; never a user's cluster
+                _reap(pids)
     if not parts:
         raise PatchGuardError(f"no readable images in {labelled.description}")
     columns = {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
-    pids.update(int(p) for p in np.unique(columns.pop("pid")))
+    columns.pop("pid")
     order = np.lexsort((columns["row"], columns["chunk"]))
     chunks, rows = columns.pop("chunk")[order], columns.pop("row")[order]
     # Every row exactly once, in order (a folder's read may skip unreadable images).

@@ -26,7 +26,7 @@ import enum
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -92,6 +92,15 @@ class ImageResult:
     patch: Optional[np.ndarray] = field(default=None, repr=False)  # (C, ph, pw) in [0, 1]
 
 
+class Targets(NamedTuple):
+    """Images under attack (N, C, Hpx, Wpx) in [0, 1], their clean local logits
+    u (N, H, W, C) and their true labels (N,)."""
+
+    images: torch.Tensor
+    u_clean: torch.Tensor
+    labels: torch.Tensor
+
+
 class PatchAttack:
     """PGD patch attack on ``model`` (local logits (B, H, W, C)) defended by robust masking.
 
@@ -140,21 +149,15 @@ class PatchAttack:
         first = first_cell(pixel, self.record.receptive_field, self.record.stride)
         return torch.clamp(first, min=0, max=self.map_size[axis] - self.block[axis])
 
-    def margins(
-        self,
-        images: torch.Tensor,
-        u_clean: torch.Tensor,
-        labels: torch.Tensor,
-        owner: torch.Tensor,
-        positions: torch.Tensor,
-        patches: torch.Tensor,
-    ) -> torch.Tensor:
+    def margins(self, targets: Targets, owner: torch.Tensor, positions: torch.Tensor,
+                patches: torch.Tensor) -> torch.Tensor:
         """Margin e_y - max_{c != y} e_c of the masked evidence for each job (J,).
 
-        ``owner`` (J,) indexes ``images``/``u_clean``/``labels``; ``positions``
-        (J, 2) are top-left patch pixels; ``patches`` (J, C, ph, pw) in [0, 1].
-        Differentiable with respect to ``patches``.
+        ``owner`` (J,) indexes ``targets``; ``positions`` (J, 2) are top-left
+        patch pixels; ``patches`` (J, C, ph, pw) in [0, 1]. Differentiable with
+        respect to ``patches``.
         """
+        images, u_clean, labels = targets
         jobs = len(owner)
         s = self.record.stride
         (bh, bw), (ch, cw), (ph, pw) = self.block, self.crop, self.patch
@@ -194,7 +197,7 @@ class PatchAttack:
         patches = torch.stack([images[0, :, i : i + ph, j : j + pw] for i, j in corners.tolist()])
         labels = torch.zeros(1, dtype=torch.long)
         with torch.no_grad():
-            got = self.margins(images[:1], u_clean[:1], labels, owner, corners, patches)
+            got = self.margins(Targets(images[:1], u_clean[:1], labels), owner, corners, patches)
             evidence = reference.robust_masking(u_clean[:1], self.window, self.config.thres, self.config.clip)[1]
             want = reference.margin(evidence, labels)
         scale = float(evidence.abs().max()) + 1.0
@@ -205,16 +208,8 @@ class PatchAttack:
             )
 
     # ------------------------------------------------------------------- PGD
-    def pgd(
-        self,
-        images: torch.Tensor,
-        u_clean: torch.Tensor,
-        labels: torch.Tensor,
-        owner: torch.Tensor,
-        positions: torch.Tensor,
-        start: torch.Tensor,
-        alive: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def pgd(self, targets: Targets, owner: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
+            alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sign-gradient descent on the margin from ``start`` patches (J, C, ph, pw).
 
         Returns the lowest margin seen per job (J,) and its patch. Jobs of an
@@ -231,7 +226,7 @@ class PatchAttack:
                 break
             for chunk in active.split(self.config.batch_jobs):
                 p = patch[chunk].requires_grad_(step < steps)
-                margin = self.margins(images, u_clean, labels, owner[chunk], positions[chunk], p)
+                margin = self.margins(targets, owner[chunk], positions[chunk], p)
                 if step < steps:
                     (grad,) = torch.autograd.grad(margin.sum(), p)
                 margin = margin.detach()
@@ -250,28 +245,24 @@ class PatchAttack:
         shape = (count, self.record.in_channels, *self.patch)
         return torch.rand(shape, generator=self.generator)
 
-    def attack_group(
-        self, images: torch.Tensor, u_clean: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attack_group(self, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Attack every image of a small group; per image the best (margin, position, patch)."""
         height, width = self.record.input_size
         (ph, pw), stride = self.patch, self.config.stride
         grid_positions = torch.tensor(
             [(i, j) for i in flush_starts(height, ph, stride) for j in flush_starts(width, pw, stride)]
         )
-        n, k = len(images), len(grid_positions)
+        n, k = len(targets.images), len(grid_positions)
         owner = torch.arange(n).repeat_interleave(k)
         positions = grid_positions.repeat(n, 1)
         alive = torch.ones(n, dtype=torch.bool)
-        margin, patches = self.pgd(
-            images, u_clean, labels, owner, positions, self._random_patches(len(owner)), alive
-        )
+        margin, patches = self.pgd(targets, owner, positions, self._random_patches(len(owner)), alive)
         if self.config.refine and stride > 1 and bool(alive.any()):
             more = self._neighbours(margin.reshape(n, k), grid_positions,
                                     patches.reshape(n, k, *patches.shape[1:]), alive)
             if more is not None:
                 r_owner, r_positions, r_start = more
-                r_margin, r_patches = self.pgd(images, u_clean, labels, r_owner, r_positions, r_start, alive)
+                r_margin, r_patches = self.pgd(targets, r_owner, r_positions, r_start, alive)
                 owner = torch.cat([owner, r_owner])
                 positions = torch.cat([positions, r_positions])
                 margin = torch.cat([margin, r_margin])
@@ -361,7 +352,7 @@ class PatchAttack:
         if on_progress is not None and len(x) - len(targets):
             on_progress(len(x) - len(targets))
         for chunk in targets.split(group):
-            margin, positions, patches = self.attack_group(x[chunk], u[chunk], y[chunk])
+            margin, positions, patches = self.attack_group(Targets(x[chunk], u[chunk], y[chunk]))
             patched = self.paste(x[chunk], positions, patches)
             after = reference.robust_masking(
                 self.local_logits(patched), self.window, self.config.thres, self.config.clip

@@ -23,7 +23,7 @@ from ..runtime.files import PathText, atomic_path
 from ..runtime.geometry import IntOrPair
 from ..runtime.metadata import ModelRecord
 from .bagnet import VARIANTS
-from .registry import build_model, record_for, with_overrides
+from .registry import build_model, record_for
 
 PROJECT_FORMAT = "patchguard-edge"
 CONTAINER_KEYS = ("model_state_dict", "state_dict", "net")
@@ -138,7 +138,7 @@ def load_checkpoint(
         arch = arch or infer_arch(state)
         record = record_for(arch, num_classes=num_classes or found_classes, input_size=input_size)
     elif num_classes is not None or input_size is not None:
-        record = with_overrides(record, num_classes, input_size)
+        record = record_for(record, num_classes, input_size)
     model = build_model(record)
     problem = _describe_mismatch(model, state)
     if problem:

@@ -19,7 +19,7 @@ import contextlib
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -144,22 +144,14 @@ def _architecture(arch: str) -> Architecture:
 
 
 def record_for(
-    arch: str,
+    arch: Union[str, ModelRecord],
     num_classes: Optional[int] = None,
     input_size: Optional[IntOrPair] = None,
     class_names: Optional[Sequence[str]] = None,
 ) -> ModelRecord:
-    """The registered record of ``arch`` with the user's overrides applied."""
-    return with_overrides(_architecture(arch).record, num_classes, input_size, class_names)
-
-
-def with_overrides(
-    record: ModelRecord,
-    num_classes: Optional[int] = None,
-    input_size: Optional[IntOrPair] = None,
-    class_names: Optional[Sequence[str]] = None,
-) -> ModelRecord:
-    """``record`` with another class count (names reset), input size or class names."""
+    """The registered record of ``arch`` (or the record given, e.g. a checkpoint's) with the
+    user's overrides: another class count (names reset), input size or class names."""
+    record = arch if isinstance(arch, ModelRecord) else _architecture(arch).record
     changes: dict[str, Any] = {}
     if num_classes is not None and num_classes != record.num_classes:
         changes["num_classes"] = num_classes

@@ -8,15 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
+from _torch_certificate import certify
 
-from patchguard.models.reference import (
-    certify,
-    margin,
-    masked_evidence,
-    masked_training_logits,
-    robust_masking,
-    window_sums,
-)
+from patchguard.models.reference import margin, masked_evidence, masked_training_logits, robust_masking, window_sums
 
 
 def local_logits(*classes: list[list[float]]) -> torch.Tensor:

@@ -18,11 +18,11 @@ index literally and no tolerance is needed. Maps with NaN or inf get
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from .geometry import IntOrPair
+from .geometry import IntOrPair, Pair
 from .grid import scores_to_grid
 from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral
 
@@ -49,6 +49,15 @@ def cbn_predict(local_logits: np.ndarray) -> np.ndarray:
     return np.where(finite_maps(u), out, NO_LABEL)
 
 
+def _certify_inputs(local_logits: np.ndarray, window: IntOrPair, labels: Optional[np.ndarray],
+                    predict: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, Pair, np.ndarray]:
+    """u, the patch window (a, b) and the labels to certify (``labels``, or ``predict(u)``), checked once."""
+    u = check_logits(local_logits)
+    window = check_window(window, u.shape)
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    return u, window, predict(u) if y is None else y
+
+
 def cbn_certify(
     local_logits: np.ndarray, window: IntOrPair, labels: Optional[np.ndarray] = None
 ) -> np.ndarray:
@@ -58,12 +67,7 @@ def cbn_certify(
     patch moves each cell's ``f_y - f_c`` by at most ``2 unit``, so the test
     is ``sum outside P (f_y - f_c) > 2 unit |P|``, in exact integers.
     """
-    u = check_logits(local_logits)
-    a, b = check_window(window, u.shape)
-    y = check_labels(labels, u.shape[0], u.shape[3])
-    if y is None:
-        y = cbn_predict(u)
-    cells = a * b
+    u, (a, b), y = _certify_inputs(local_logits, window, labels, cbn_predict)
     certified = np.zeros(u.shape[0], dtype=bool)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
@@ -75,7 +79,7 @@ def cbn_certify(
             rows = np.arange(ys.size)
             margin = outside[rows, :, :, ys][..., None] - outside
             margin[rows, :, :, ys] = np.inf
-            certified[part] = (margin.min(axis=(1, 2, 3)) > 2.0 * unit * cells) & (y[part] >= 0)
+            certified[part] = (margin.min(axis=(1, 2, 3)) > 2.0 * unit * a * b) & (y[part] >= 0)
     return certified & finite_maps(u)
 
 
@@ -103,12 +107,7 @@ def vote_certify(
     can have ``out_c(P) > 0``; the rest share one count, ``out_c(P) = 0``,
     and are not counted one by one.
     """
-    u = check_logits(local_logits)
-    a, b = check_window(window, u.shape)
-    y = check_labels(labels, u.shape[0], u.shape[3])
-    if y is None:
-        y = vote_predict(u)
-    cells = a * b
+    u, (a, b), y = _certify_inputs(local_logits, window, labels, vote_predict)
     certified = np.zeros(u.shape[0], dtype=bool)
     for part in chunks(u):
         votes = cell_votes(u[part])
@@ -129,5 +128,5 @@ def vote_certify(
             # A class without a vote has out_c(P) = 0, and the patch can still
             # hand it all |P| cells: it is a rival too.
             np.maximum(rival, 0, out=rival)
-        certified[part] = (out_y > rival + cells).all(axis=(1, 2)) & (y[part] >= 0)
+        certified[part] = (out_y > rival + a * b).all(axis=(1, 2)) & (y[part] >= 0)
     return certified & finite_maps(u)

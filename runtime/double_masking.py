@@ -33,7 +33,7 @@ and no certificate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -204,7 +204,9 @@ def _chunks(u: np.ndarray, masks: MaskSet) -> list[slice]:
 
 
 def _prepare(local_logits: np.ndarray, patch_window: IntOrPair, masks_per_axis: IntOrPair,
-             clip: Optional[float]) -> tuple[np.ndarray, MaskSet, Optional[float]]:
+             clip: Optional[float], labels: Optional[np.ndarray] = None,
+             ) -> tuple[np.ndarray, Optional[np.ndarray], Iterator[tuple[slice, "DoubleMaskEvidence"]]]:
+    """Checked u and labels, and the evidence of u chunk by chunk: (rows, evidence of those rows)."""
     u = check_logits(local_logits)
     _, clip = check_params(0.0, clip)
     window = check_window(patch_window, u.shape, "patch window")
@@ -212,7 +214,9 @@ def _prepare(local_logits: np.ndarray, patch_window: IntOrPair, masks_per_axis: 
         masks = mask_set(u.shape[1:3], window, masks_per_axis)
     except PatchGuardError as exc:
         raise PatchGuardError(f"double masking: {exc}") from None
-    return u, masks, clip
+    y = check_labels(labels, u.shape[0], u.shape[3])
+    parts = ((part, DoubleMaskEvidence.of(u[part], masks, clip)) for part in _chunks(u, masks))
+    return u, y, parts
 
 
 def double_masking(
@@ -224,10 +228,10 @@ def double_masking(
 ) -> np.ndarray:
     """Double-masking predictions (B,) int64 of u (B, H, W, C) against a
     ``patch_window`` (a, b) of cells; :data:`NO_LABEL` for maps with NaN/inf."""
-    u, masks, clip = _prepare(local_logits, patch_window, masks_per_axis, clip)
+    u, _, parts = _prepare(local_logits, patch_window, masks_per_axis, clip)
     out = np.empty(u.shape[0], dtype=np.int64)
-    for part in _chunks(u, masks):
-        out[part] = DoubleMaskEvidence.of(u[part], masks, clip).predictions()
+    for part, evidence in parts:
+        out[part] = evidence.predictions()
     return out
 
 
@@ -241,13 +245,10 @@ def certify_double(
 ) -> np.ndarray:
     """Certificates (B,): every two-mask prediction is the label (``labels``,
     or each map's own double-masking prediction)."""
-    u, masks, clip = _prepare(local_logits, patch_window, masks_per_axis, clip)
-    y = check_labels(labels, u.shape[0], u.shape[3])
+    u, y, parts = _prepare(local_logits, patch_window, masks_per_axis, clip, labels)
     out = np.zeros(u.shape[0], dtype=bool)
-    for part in _chunks(u, masks):
-        evidence = DoubleMaskEvidence.of(u[part], masks, clip)
-        ys = evidence.predictions() if y is None else y[part]
-        out[part] = evidence.certified(ys)
+    for part, evidence in parts:
+        out[part] = evidence.certified(evidence.predictions() if y is None else y[part])
     return out
 
 
@@ -261,12 +262,10 @@ def double_masking_certified(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and certificates (B,) in one pass over the two-mask scores
     (the certificate is for ``labels``, or each map's own prediction)."""
-    u, masks, clip = _prepare(local_logits, patch_window, masks_per_axis, clip)
-    y = check_labels(labels, u.shape[0], u.shape[3])
+    u, y, parts = _prepare(local_logits, patch_window, masks_per_axis, clip, labels)
     predictions = np.empty(u.shape[0], dtype=np.int64)
     certified = np.zeros(u.shape[0], dtype=bool)
-    for part in _chunks(u, masks):
-        evidence = DoubleMaskEvidence.of(u[part], masks, clip)
+    for part, evidence in parts:
         predictions[part] = evidence.predictions()
         certified[part] = evidence.certified(predictions[part] if y is None else y[part])
     return predictions, certified

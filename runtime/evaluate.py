@@ -29,6 +29,7 @@ the fraction of clean images that raise an alert.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -53,46 +54,47 @@ def _fraction(flags: np.ndarray) -> float:
     return float(np.mean(flags)) if flags.size else 0.0
 
 
-def evaluate(
-    local_logits: np.ndarray,
-    labels: np.ndarray,
-    patch_sizes: Sequence[IntOrPair],
-    *,
-    receptive_field: int,
-    stride: int,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
-    taus: Sequence[float] = DEFAULT_TAUS,
-    top_k: int = 1,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What every figure of the report depends on besides the maps: the model's
+    receptive field r and stride s (patch sizes -> windows), the defense's T
+    and c_h, the double-masking mask count, the detection thresholds and k of
+    top-k. Checked on construction (one PatchGuardError per mistake)."""
+
+    receptive_field: int
+    stride: int
+    thres: float = 0.0
+    clip: Optional[float] = None
+    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS
+    taus: Sequence[float] = DEFAULT_TAUS
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        thres, clip = check_params(self.thres, self.clip)
+        object.__setattr__(self, "thres", thres)
+        object.__setattr__(self, "clip", clip)
+        object.__setattr__(self, "taus", tuple(check_tau(t) for t in self.taus))
+        object.__setattr__(self, "top_k", check_top_k(self.top_k))
+
+    def window(self, size: IntOrPair) -> tuple[int, int]:
+        """The window (a, b) of cells of a ``size`` px patch: mask for "mask", patch window for the rest."""
+        return window_shape(size, self.receptive_field, self.stride)
+
+
+def evaluate(local_logits: np.ndarray, labels: np.ndarray, patch_sizes: Sequence[IntOrPair],
+             options: EvaluationOptions) -> dict[str, Any]:
     """Accuracy and certified accuracy (report above) of u (N, H, W, C) with labels (N,).
 
     ``patch_sizes`` are pixel sizes (int, or (height, width)); each maps to
-    its window through the receptive field r and stride s
+    its window through the receptive field r and stride s of ``options``
     (:func:`geometry.window_shape`), which serves as mask for "mask" and as
     patch window for "cbn" and "vote".
     """
-    flags = per_image(local_logits, labels, patch_sizes, receptive_field=receptive_field,
-                      stride=stride, thres=thres, clip=clip, masks_per_axis=masks_per_axis,
-                      taus=taus, top_k=top_k)
-    return report_of(flags, patch_sizes, receptive_field=receptive_field, stride=stride,
-                     thres=thres, clip=clip, masks_per_axis=masks_per_axis, taus=taus, top_k=top_k)
+    return report_of(per_image(local_logits, labels, patch_sizes, options), patch_sizes, options)
 
 
-def per_image(
-    local_logits: np.ndarray,
-    labels: np.ndarray,
-    patch_sizes: Sequence[IntOrPair],
-    *,
-    receptive_field: int,
-    stride: int,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
-    taus: Sequence[float] = DEFAULT_TAUS,
-    top_k: int = 1,
-) -> dict[str, np.ndarray]:
+def per_image(local_logits: np.ndarray, labels: np.ndarray, patch_sizes: Sequence[IntOrPair],
+              options: EvaluationOptions) -> dict[str, np.ndarray]:
     """Every figure of the report as one bool (N,) array: does image n count?
 
     Keys: ``"undefended"``, ``"{i}/{defense}/accuracy"``,
@@ -103,14 +105,13 @@ def per_image(
     and :func:`report_of` turns them into the report.
     """
     u = check_logits(local_logits)
-    thres, clip = check_params(thres, clip)
     y = check_labels(labels, u.shape[0], u.shape[3])
     if y is None:
         raise PatchGuardError("evaluation needs labels")
     if len(patch_sizes) == 0:
         raise PatchGuardError("give at least one patch size")
-    taus = [check_tau(t) for t in taus]
-    top_k = check_top_k(top_k)
+    thres, clip, masks_per_axis, top_k = options.thres, options.clip, options.masks_per_axis, options.top_k
+    r, s = options.receptive_field, options.stride
     height, width = u.shape[1:3]
     with np.errstate(invalid="ignore", over="ignore"):
         undefended = u.sum(axis=(1, 2), dtype=np.float64).argmax(axis=1)
@@ -119,8 +120,7 @@ def per_image(
     cbn_ok = cbn_predict(u) == y
     vote_ok = vote_predict(u) == y
     for i, size in enumerate(patch_sizes):
-        window = check_fits(window_shape(size, receptive_field, stride), (height, width),
-                            f"a {size_text(size)} px patch (r={receptive_field}, s={stride})")
+        window = check_fits(options.window(size), (height, width), f"a {size_text(size)} px patch (r={r}, s={s})")
         certified = certify_mask(u, window, thres=thres, clip=clip, labels=y)
         double, double_ok = double_masking_certified(u, window, masks_per_axis=masks_per_axis,
                                                      clip=clip, labels=y)
@@ -139,7 +139,7 @@ def per_image(
             if accurate is not None:
                 flags[f"{i}/{name}/accuracy"] = accurate
             flags[f"{i}/{name}/certified"] = proven
-        for j, (correct, detected, alerts) in enumerate(_detection(u, y, window, taus)):
+        for j, (correct, detected, alerts) in enumerate(_detection(u, y, window, options.taus)):
             flags.update({f"{i}/detection/{j}/accuracy": correct,
                           f"{i}/detection/{j}/certified": detected,
                           f"{i}/detection/{j}/alert": alerts})
@@ -148,22 +148,10 @@ def per_image(
     return {name: np.asarray(value, dtype=bool) for name, value in flags.items()}
 
 
-def report_of(
-    flags: Mapping[str, np.ndarray],
-    patch_sizes: Sequence[IntOrPair],
-    *,
-    receptive_field: int,
-    stride: int,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
-    taus: Sequence[float] = DEFAULT_TAUS,
-    top_k: int = 1,
-) -> dict[str, Any]:
+def report_of(flags: Mapping[str, np.ndarray], patch_sizes: Sequence[IntOrPair],
+              options: EvaluationOptions) -> dict[str, Any]:
     """The report (above) from the per-image flags of :func:`per_image` (same options)."""
-    thres, clip = check_params(thres, clip)
-    taus = [check_tau(t) for t in taus]
-    top_k = check_top_k(top_k)
+    top_k = options.top_k
     names = ["mask", "mask_paper", "cbn", "vote", "double"] + ([f"mask_top{top_k}"] if top_k > 1 else [])
     results = []
     for i, size in enumerate(patch_sizes):
@@ -172,15 +160,15 @@ def report_of(
                            "certified": _fraction(flags[f"{i}/{name}/certified"])} for name in names}
         results.append({
             "patch_size": _size_json(size),
-            "window": list(window_shape(size, receptive_field, stride)),
-            "thres": thres,
-            "clip": clip,
-            "masks_per_axis": list(as_pair(masks_per_axis, "masks per axis")),
+            "window": list(options.window(size)),
+            "thres": options.thres,
+            "clip": options.clip,
+            "masks_per_axis": list(as_pair(options.masks_per_axis, "masks per axis")),
             "defenses": defenses,
             "detection": [{"tau": tau, "accuracy": _fraction(flags[f"{i}/detection/{j}/accuracy"]),
                            "certified": _fraction(flags[f"{i}/detection/{j}/certified"]),
                            "clean_alert_rate": _fraction(flags[f"{i}/detection/{j}/alert"])}
-                          for j, tau in enumerate(taus)],
+                          for j, tau in enumerate(options.taus)],
         })
     return {
         "n": int(flags["undefended"].shape[0]),

@@ -90,7 +90,7 @@ class Certifier:
     image, label) into per-image flags (BagNets) or counts (view defenses)."""
 
     def __init__(self, model: str, provider: Optional[str], threads: Optional[int],
-                 allow_unverified: bool, sizes: list[Any], options: dict[str, Any],
+                 allow_unverified: bool, sizes: list[Any], options: Any,
                  keep_logits: bool) -> None:
         from .backends import open_backend
 
@@ -119,7 +119,7 @@ class Certifier:
         # One backend call per chunk: the single-process path's calls.
         u = np.concatenate([np.asarray(self.backend.infer(normalize(images[chunks == c], self.backend.record)),
                                        dtype=np.float32) for c in np.unique(chunks)])
-        out.update(per_image(u, labels, self.sizes, **self.options))
+        out.update(per_image(u, labels, self.sizes, self.options))
         if self.keep_logits:
             out["logits"] = u
         out["label"] = labels
@@ -152,14 +152,14 @@ def _reap(pids: set[int], grace: float = 5.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: dict[str, Any], *,
+def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: Any, *,
                      workers: int = 2, chunk: int = 256, batch: Optional[int] = None,
                      address: Optional[str] = None, provider: Optional[str] = None,
                      threads: Optional[int] = None, allow_unverified: bool = False,
                      keep_logits: bool = False) -> dict[str, np.ndarray]:
     """Per-image results of ``labelled`` (a :class:`~.datasets.LabelledSet`) in the
     single-process order, as columns: BagNets: :func:`~.evaluate.per_image`'s flags
-    (``options`` its keywords), ``label``, and ``logits`` (N, H, W, C) when
+    (``options`` an :class:`~.evaluate.EvaluationOptions`), ``label``, and ``logits`` (N, H, W, C) when
     ``keep_logits``; view defenses: :func:`~.view_evaluate.view_counts`'s counts and
     ``{k}/seconds``. ``workers`` actors, ``batch`` rows per call (default ``chunk``)."""
     batch = chunk if batch is None else batch

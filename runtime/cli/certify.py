@@ -153,7 +153,7 @@ def main(logits: Optional[str], labels: Optional[str], engine: Optional[str], da
 
 def _extras(defense: str, masks_per_axis: Optional[int], taus: Sequence[str],
             top_k: int) -> dict[str, Any]:
-    """Options of the defenses beyond masking, checked once: evaluate()'s keywords."""
+    """Options of the defenses beyond masking, checked once: EvaluationOptions' fields."""
     from ..detection import check_tau
     from ..double_masking import DEFAULT_MASKS_PER_AXIS
     from ..evaluate import DEFAULT_TAUS
@@ -183,7 +183,7 @@ def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[st
                  extras: dict[str, Any]) -> None:
     from ..certificate import certified_patch_px, summarize
     from ..defenses import certify, predict
-    from ..evaluate import evaluate
+    from ..evaluate import EvaluationOptions, evaluate
     from ..masking import check_labels, check_logits, check_params
 
     u = check_logits(load_npy(path, "logits"))
@@ -232,8 +232,8 @@ def _logits_mode(path: str, labels_path: Optional[str], window_text: Optional[st
         images.append(row)
     report["images"] = images
     if y is not None and sizes and rf is not None:
-        report["evaluation"] = evaluate(u, y, sizes, receptive_field=rf, stride=int(stride or 0),
-                                        thres=thres, clip=clip, **extras)
+        report["evaluation"] = evaluate(u, y, sizes, EvaluationOptions(
+            receptive_field=rf, stride=int(stride or 0), thres=thres, clip=clip, **extras))
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
     _print_summary(summary.to_dict(), defense, window, y is not None)
@@ -313,7 +313,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
                  threads: Optional[int] = None, allow_unverified: bool = False,
                  ray: Optional[tuple[Optional[str], int, int]] = None) -> None:
     from ..backends import open_backend
-    from ..evaluate import evaluate, report_of
+    from ..evaluate import EvaluationOptions, evaluate, report_of
     from ..masking import check_params
 
     if data is None:
@@ -341,21 +341,21 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
             raise PatchGuardError(f"--dump applies to view defenses; {engine} is a BagNet")
         for size in sizes:  # fail before the (long) inference, not after it
             record.window_for(size)
-        options = dict(receptive_field=record.receptive_field, stride=record.stride, thres=thres,
-                       clip=clip, **extras)
+        options = EvaluationOptions(receptive_field=record.receptive_field, stride=record.stride, thres=thres,
+                                    clip=clip, **extras)
         if ray is not None:
             from ..datasets import open_labelled
 
             columns = _on_ray(ray, engine, provider, threads, allow_unverified)(
                 open_labelled(data, record, split, limit), sizes, options, bool(save_logits))
             labels, u = columns.pop("label"), columns.pop("logits", None)
-            report = report_of(columns, sizes, **options)
+            report = report_of(columns, sizes, options)
         else:
             images, labels = _load_data(data, split, record)
             if limit is not None:
                 images, labels = images[:limit], labels[:limit]
             u = _infer_all(backend, images, record)
-            report = evaluate(u, labels, sizes, **options)
+            report = evaluate(u, labels, sizes, options)
     if save_logits:
         np_path = Path(save_logits)
         with atomic_path(np_path) as tmp, open(tmp, "wb") as handle:

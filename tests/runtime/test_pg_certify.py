@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from patchguard.runtime import certify, robust_masking
 from patchguard.runtime.cli.certify import main
-from patchguard.runtime.evaluate import evaluate
+from patchguard.runtime.evaluate import EvaluationOptions, evaluate
 
 
 def _run(*args: str):
@@ -79,7 +79,7 @@ def test_patch_sizes_give_per_image_sizes_and_the_evaluation(maps) -> None:
     report = json.loads(out.read_text())
     assert report["window"] == [7, 7]  # ceil((9 + 5 - 1) / 2)
     assert {row["certified_patch_px"] for row in report["images"]} <= {0, 2, 5, 9}
-    assert report["evaluation"] == evaluate(u, hot, [2, 5, 9], receptive_field=5, stride=2)
+    assert report["evaluation"] == evaluate(u, hot, [2, 5, 9], EvaluationOptions(receptive_field=5, stride=2))
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -38,8 +38,10 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-def _options(record: Any, top_k: int = 3) -> dict[str, Any]:
-    return {"receptive_field": record.receptive_field, "stride": record.stride, "top_k": top_k}
+def _options(record: Any, top_k: int = 3) -> Any:
+    from patchguard.runtime.evaluate import EvaluationOptions
+
+    return EvaluationOptions(receptive_field=record.receptive_field, stride=record.stride, top_k=top_k)
 
 
 def _plain_report(model: Path, images: np.ndarray, labels: np.ndarray, sizes: list[int]) -> str:
@@ -50,7 +52,7 @@ def _plain_report(model: Path, images: np.ndarray, labels: np.ndarray, sizes: li
     with open_backend(model, threads=1) as backend:
         u = np.concatenate([backend.infer(normalize(images[i : i + 256], backend.record))
                             for i in range(0, len(images), 256)])
-        return json.dumps(evaluate(u, labels, sizes, **_options(backend.record)))
+        return json.dumps(evaluate(u, labels, sizes, _options(backend.record)))
 
 
 def _ray_report(model: Path, data: str, limit: int, sizes: list[int], **kwargs: Any) -> tuple[str, dict]:
@@ -65,7 +67,7 @@ def _ray_report(model: Path, data: str, limit: int, sizes: list[int], **kwargs: 
                                _options(record), threads=1, **kwargs)
     labels = columns.pop("label")
     logits = columns.pop("logits", None)
-    return json.dumps(report_of(columns, sizes, **_options(record))), {"labels": labels, "logits": logits}
+    return json.dumps(report_of(columns, sizes, _options(record))), {"labels": labels, "logits": logits}
 
 
 def test_pg_certify_ray_report_equals_the_single_process_report(default_onnx: Path, tmp_path: Path) -> None:

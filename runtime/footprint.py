@@ -29,17 +29,20 @@ changed model pixel lies inside the footprint computed here.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import Callable, Generic, Optional, TypeVar
 
 import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import Pair, cells_touched
 from .metadata import ModelRecord
-from .preprocess import ResizePlan
+from .preprocess import ResizePlan, resize_plan
 
+T = TypeVar("T")
 # Box in frame pixels: (left, top, right, bottom), right/bottom exclusive.
 Box = tuple[int, int, int, int]
 _FLOAT32_SLACK = 1e-3
@@ -190,6 +193,31 @@ def patch_side(
         )
     kh, kw = plan.scale
     return max(1, math.ceil(record.default_patch_px * math.sqrt(kh * kw) - 1e-9))
+
+
+class ThreatCache(Generic[T]):
+    """Threat models per frame size (h, w), built once each by ``build(size, plan, side)``
+    (the resize plan and the patch side the user's options give for that size).
+    Thread-safe; at most ``limit`` sizes, so a folder of many frame sizes cannot grow it forever."""
+
+    def __init__(self, record: ModelRecord, patch_size: Optional[int], patch_frac: Optional[float],
+                 build: Callable[[Pair, ResizePlan, int], T], limit: int = 64) -> None:
+        self.record, self.patch_size, self.patch_frac = record, patch_size, patch_frac
+        self._build, self._limit = build, limit
+        self._lock = threading.Lock()
+        self._items: dict[Pair, T] = {}
+
+    def get(self, frame_size: Sequence[int]) -> T:
+        key = (int(frame_size[0]), int(frame_size[1]))
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                plan = resize_plan(key, self.record)
+                found = self._build(key, plan, patch_side(plan, self.record, self.patch_size, self.patch_frac))
+                if len(self._items) >= self._limit:
+                    self._items.clear()
+                self._items[key] = found
+            return found
 
 
 def cells_to_box(plan: ResizePlan, record: ModelRecord, top: int, left: int, window: Pair) -> Box:

@@ -33,15 +33,14 @@ from .certificate import certify_batch
 from .detection import DEFAULT_TAU
 from .errors import PatchGuardError
 from .files import PathText
-from .footprint import Box, CameraThreat, camera_threat, cells_to_box, check_patch_options, patch_side
+from .footprint import Box, CameraThreat, ThreatCache, camera_threat, cells_to_box, check_patch_options
 from .geometry import IntOrPair, Pair, check_fits
 from .masking import NO_LABEL, check_logits, check_params
 from .metadata import ModelRecord
-from .preprocess import check_color, check_value_range, normalize, resize_plan, to_bgr8, to_model_image
+from .preprocess import check_color, check_value_range, normalize, to_bgr8, to_model_image
 from .readouts import Readouts, abstains, double_verdicts, frame_settings, mask_readouts
 
 # Frame sizes whose threat model is kept (a camera has one; a photo folder many).
-_THREAT_CACHE = 64
 
 
 @dataclass(frozen=True)
@@ -231,8 +230,7 @@ class Pipeline:
         self.patch_size = patch_size
         self.patch_frac = patch_frac
         self._infer_lock = threading.Lock()
-        self._threat_lock = threading.Lock()
-        self._threats: dict[Pair, CameraThreat] = {}
+        self._threats = ThreatCache(self.record, self.patch_size, self.patch_frac, self._camera_threat)
         self._views = self._view_frames(certify, defense, tau, top_k, abstain_below, abstain_spread)
 
     def _view_frames(self, certify: Optional[Union[str, int]], defense: str, tau: float, top_k: int,
@@ -294,19 +292,12 @@ class Pipeline:
         (a :class:`~.view_pipeline.ViewThreat` for a view defense)."""
         if self._views is not None:
             return self._views.threat(frame_size)
-        key = (int(frame_size[0]), int(frame_size[1]))
-        with self._threat_lock:
-            found = self._threats.get(key)
-            if found is None:
-                plan = resize_plan(key, self.record)
-                side = patch_side(plan, self.record, self.patch_size, self.patch_frac)
-                found = camera_threat(plan, self.record, side)
-                check_fits(found.window, self.record.map_size,
-                           f"a {side} px patch in {key[1]}x{key[0]} frames")
-                if len(self._threats) >= _THREAT_CACHE:
-                    self._threats.clear()  # a folder of many frame sizes must not grow it forever
-                self._threats[key] = found
-            return found
+        return self._threats.get(frame_size)
+
+    def _camera_threat(self, size: Pair, plan: Any, side: int) -> CameraThreat:
+        found = camera_threat(plan, self.record, side)
+        check_fits(found.window, self.record.map_size, f"a {side} px patch in {size[0]}x{size[1]} (HxW) frames")
+        return found
 
     def __call__(self, frame: np.ndarray, color: Optional[str] = None) -> FrameResult:
         """Label, certificate and masked box of one frame (gray, or 3/4 channels in

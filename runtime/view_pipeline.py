@@ -22,12 +22,10 @@ from typing import Any
 import numpy as np
 
 from .errors import PatchGuardError
-from .footprint import Box, footprint, patch_side
+from .footprint import Box, ThreatCache, footprint
 from .geometry import Pair
-from .preprocess import ResizePlan, normalize, resize_plan, to_model_image
+from .preprocess import ResizePlan, normalize, to_model_image
 from .views import ViewRunner, view_runner
-
-_THREAT_CACHE = 64
 
 
 def parse_certify(value: str | int | None) -> int:
@@ -78,28 +76,21 @@ class ViewFrames:
         self.value_range = value_range
         self._infer_lock = infer_lock
         self._lock = threading.Lock()
-        self._threats: dict[Pair, ViewThreat] = {}
+        self._threats = ThreatCache(self.record, patch_size, patch_frac, self._view_threat)
         self._frames = 0
 
     def threat(self, frame_size: Sequence[int]) -> ViewThreat:
-        key = (int(frame_size[0]), int(frame_size[1]))
-        with self._lock:
-            found = self._threats.get(key)
-            if found is None:
-                plan = resize_plan(key, self.record)
-                side = patch_side(plan, self.record, self.patch_size, self.patch_frac)
-                reach = footprint(plan, (side, side))
-                h, w = self.record.input_size
-                if reach[0] > h or reach[1] > w:
-                    raise PatchGuardError(
-                        f"a {side} px patch in {key[1]}x{key[0]} frames covers {reach[0]}x{reach[1]} "
-                        f"model pixels, more than the model's {h}x{w} input: choose a smaller patch")
-                runner = view_runner(self.record, reach, self.backend.infer, self.backend.max_batch)
-                found = ViewThreat(plan, side, reach, runner)
-                if len(self._threats) >= _THREAT_CACHE:
-                    self._threats.clear()
-                self._threats[key] = found
-            return found
+        return self._threats.get(frame_size)
+
+    def _view_threat(self, size: Pair, plan: ResizePlan, side: int) -> ViewThreat:
+        reach = footprint(plan, (side, side))
+        h, w = self.record.input_size
+        if reach[0] > h or reach[1] > w:
+            raise PatchGuardError(
+                f"a {side} px patch in {size[0]}x{size[1]} (HxW) frames covers {reach[0]}x{reach[1]} "
+                f"model pixels, more than the model's {h}x{w} input: choose a smaller patch")
+        return ViewThreat(plan, side, reach, view_runner(self.record, reach, self.backend.infer,
+                                                         self.backend.max_batch))
 
     def _certify_flags(self, n: int) -> np.ndarray:
         with self._lock:

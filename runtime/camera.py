@@ -176,7 +176,7 @@ class CameraStream(FrameSource):
         index = 0
         while self.capture is not None:
             for frame, stamp in self._frames(self.capture):
-                yield SourceFrame(index, frame, self.description, "bgr", stamp)
+                yield SourceFrame(index, frame, self.description, color="bgr", stamp_ns=stamp)
                 index += 1
                 if self.capture is None:
                     return

@@ -39,6 +39,7 @@ from .masking import NO_LABEL, check_logits, check_params
 from .metadata import ModelRecord
 from .preprocess import check_color, check_value_range, normalize, to_bgr8, to_model_image
 from .readouts import Readouts, abstains, double_verdicts, frame_settings, mask_readouts
+from .sources import Provenance
 
 # Frame sizes whose threat model is kept (a camera has one; a photo folder many).
 
@@ -412,14 +413,15 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
-class StreamItem:
+class StreamItem(Provenance):
     """One processed frame of a source: where it came from, when, and the verdict.
 
     ``time`` is the Unix time the frame arrived here; ``capture_time`` and
     ``stamp_ns`` the source's own capture stamp (seconds, integer ns), None
-    where it has none; ``color`` the channel order ``frame`` was read with,
-    ``value_range`` the pipeline's (for frames that are not uint8). This is
-    what every sink's ``write`` takes (:class:`.sinks.Sink`).
+    where it has none, and ``color`` the channel order ``frame`` was read with
+    (its :class:`~.sources.Provenance`); ``value_range`` the pipeline's (for
+    frames that are not uint8). This is what every sink's ``write`` takes
+    (:class:`.sinks.Sink`).
     """
 
     index: int
@@ -427,14 +429,7 @@ class StreamItem:
     time: float
     frame: np.ndarray
     result: FrameResult
-    color: str = "bgr"
-    stamp_ns: Optional[int] = None
-    frame_id: str = ""
     value_range: Optional[tuple[float, float]] = None
-
-    @property
-    def capture_time(self) -> Optional[float]:
-        return None if self.stamp_ns is None else self.stamp_ns / 1e9
 
     @functools.cached_property
     def view(self) -> np.ndarray:
@@ -459,6 +454,6 @@ def stream(
         stamp = time.time()
         order = forced or item.color
         yield StreamItem(item.index, item.name, stamp, item.image, pipeline(item.image, color=order),
-                         order, item.stamp_ns, item.frame_id, pipeline.value_range)
+                         pipeline.value_range, color=order, stamp_ns=item.stamp_ns, frame_id=item.frame_id)
         if max_frames is not None and count >= max_frames:
             return

@@ -116,7 +116,8 @@ class BagSource(FrameSource):
                         continue
                     raise
                 stamp = stamp_to_ns(msg.header.stamp) or int(logged_ns)
-                yield SourceFrame(index, frame, self.description, color, stamp, str(msg.header.frame_id))
+                yield SourceFrame(index, frame, self.description, color=color, stamp_ns=stamp,
+                                  frame_id=str(msg.header.frame_id))
                 index += 1
         except PatchGuardError:
             raise

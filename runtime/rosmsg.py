@@ -200,8 +200,8 @@ def run_on_message(pipeline: Any, msg: Any, types: MessageTypes, index: int = 0,
     frame, order = message_to_frame(msg, msgtype)
     order = color or order
     stamp = stamp_to_ns(msg.header.stamp)
-    item = StreamItem(index, source, time.time(), frame, pipeline(frame, color=order), order, stamp,
-                      str(msg.header.frame_id), pipeline.value_range)
+    item = StreamItem(index, source, time.time(), frame, pipeline(frame, color=order), pipeline.value_range,
+                      color=order, stamp_ns=stamp, frame_id=str(msg.header.frame_id))
     row = item_row(item)
     overlay = draw_overlay(item.view, item.result)
     return (row, *result_messages(types, overlay, row, stamp, item.frame_id))

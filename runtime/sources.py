@@ -39,19 +39,16 @@ IMAGE_SUFFIXES = frozenset({
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
-@dataclass(frozen=True)
-class SourceFrame:
-    """One frame as a source delivers it.
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """What a frame carries from its source, from reading to every sink.
 
-    ``image``: (H, W) or (H, W, C) array; ``color``: the channel order of a
-    3/4-channel image ("bgr" or "rgb"); ``stamp_ns``: capture time in integer
-    nanoseconds (a ROS header stamp), None where the source has none;
-    ``frame_id``: the ROS coordinate frame, "" elsewhere.
+    ``color``: the channel order of a 3/4-channel image ("bgr" or "rgb");
+    ``stamp_ns``: capture time in integer nanoseconds (a ROS header stamp),
+    None where the source has none; ``frame_id``: the ROS coordinate frame,
+    "" elsewhere. Keyword-only, after the fields of the records built on it.
     """
 
-    index: int
-    image: np.ndarray
-    name: str
     color: str = "bgr"
     stamp_ns: Optional[int] = None
     frame_id: str = ""
@@ -60,6 +57,16 @@ class SourceFrame:
     def capture_time(self) -> Optional[float]:
         """``stamp_ns`` in seconds (float), or None."""
         return None if self.stamp_ns is None else self.stamp_ns / 1e9
+
+
+@dataclass(frozen=True)
+class SourceFrame(Provenance):
+    """One frame as a source delivers it: ``image`` (H, W) or (H, W, C), the
+    ``index``-th of the source called ``name``, with its :class:`Provenance`."""
+
+    index: int
+    image: np.ndarray
+    name: str
 
 
 Frame = SourceFrame  # the name the iterators below are typed with

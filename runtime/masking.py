@@ -160,6 +160,9 @@ def clipped_integral(
     table[:, 0] = 0.0
     table[:, 1:, 0] = 0.0
     inner = table[:, 1:, 1:]
+    if batch == 1 and inner.size < _ROWWISE_ELEMENTS:  # one small map (the camera case)
+        inner[0] = _running_sums(to_grid(source[0], grid))
+        return table
     to_grid(source, grid, out=inner)
     _accumulate(inner)
     return table
@@ -188,9 +191,7 @@ def _accumulate(inner: np.ndarray) -> None:
     """
     small = inner.size < _ROWWISE_ELEMENTS
     if small and inner.shape[0] == 1 and inner.dtype == np.float64 and inner.ndim == 4:
-        height, width = inner.shape[1], inner.shape[2]
-        rows = np.matmul(_ones_below(height), inner[0].reshape(height, -1))
-        inner[0] = np.matmul(_ones_below(width), rows.reshape(inner.shape[1:]))
+        inner[0] = _running_sums(inner[0])
         return
     if small:
         np.cumsum(inner, axis=1, out=inner)
@@ -225,6 +226,14 @@ def _every_class(batch: int, classes: int) -> np.ndarray:
     index = np.repeat(np.arange(classes)[None], batch, axis=0)
     index.setflags(write=False)
     return index
+
+
+def _running_sums(v: np.ndarray) -> np.ndarray:
+    """Running sums over axes 0 and 1 of one small float64 map (H, W, K):
+    two products with triangular matrices of ones (see :func:`_accumulate`)."""
+    height = v.shape[0]
+    rows = np.matmul(_ones_below(height), v.reshape(height, -1))
+    return np.matmul(_ones_below(v.shape[1]), rows.reshape(v.shape))
 
 
 @functools.lru_cache(maxsize=16)

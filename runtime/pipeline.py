@@ -34,7 +34,7 @@ from .detection import DEFAULT_TAU
 from .errors import PatchGuardError
 from .files import PathText
 from .footprint import Box, CameraThreat, ThreatCache, camera_threat, cells_to_box, check_patch_options
-from .geometry import IntOrPair, Pair, check_fits
+from .geometry import Pair, check_fits
 from .masking import NO_LABEL, check_logits, check_params
 from .metadata import ModelRecord
 from .preprocess import check_color, check_value_range, normalize, to_bgr8, to_model_image
@@ -185,10 +185,11 @@ class Pipeline:
     default; "rgb" for ROS rgb8 images and most SDKs), overridable per call;
     ``value_range`` (lo, hi) maps frames that are not uint8 (uint16, float)
     onto 0..255 (:func:`.preprocess.to_uint8`); without it they are refused.
-    ``defense`` "mask" or "double" (``masks_per_axis``), ``tau`` (alert
-    threshold), ``top_k``, ``abstain_below`` (confidence) and
-    ``abstain_spread`` (logits) shape the per-frame readouts
-    (:func:`.readouts.frame_settings`).
+    ``readouts`` shape the per-frame readouts, the keywords of
+    :func:`.readouts.frame_settings`: ``defense`` "mask" or "double"
+    (``masks_per_axis``), ``tau`` (alert threshold), ``top_k``,
+    ``abstain_below`` (confidence) and ``abstain_spread`` (logits).
+    ``certify`` (view defenses only): certify every frame, every N-th, or none.
     """
 
     def __init__(
@@ -200,20 +201,14 @@ class Pipeline:
         clip: Optional[float] = None,
         color: str = "bgr",
         value_range: Optional[Sequence[float]] = None,
-        defense: str = "mask",
-        masks_per_axis: Optional[IntOrPair] = None,
-        tau: float = DEFAULT_TAU,
-        top_k: int = 1,
-        abstain_below: Optional[float] = None,
-        abstain_spread: Optional[float] = None,
         certify: Optional[Union[str, int]] = None,
         allow_unverified: bool = False,
+        **readouts: Any,
     ) -> None:
         # Every option is checked here, so a bad one fails before the first frame.
         self.thres, self.clip = check_params(thres, clip)
-        self.settings = frame_settings(defense, masks_per_axis, tau, top_k, abstain_below,
-                                       abstain_spread)
-        if defense == "double" and self.thres:
+        self.settings = frame_settings(**readouts)
+        if self.settings.defense == "double" and self.thres:
             raise PatchGuardError("the detection threshold T applies to robust masking, not 'double'")
         check_patch_options(patch_size, patch_frac)
         self.color = check_color(color)
@@ -232,10 +227,9 @@ class Pipeline:
         self.patch_frac = patch_frac
         self._infer_lock = threading.Lock()
         self._threats = ThreatCache(self.record, self.patch_size, self.patch_frac, self._camera_threat)
-        self._views = self._view_frames(certify, defense, tau, top_k, abstain_below, abstain_spread)
+        self._views = self._view_frames(certify)
 
-    def _view_frames(self, certify: Optional[Union[str, int]], defense: str, tau: float, top_k: int,
-                     abstain_below: Optional[float], abstain_spread: Optional[float]) -> Any:
+    def _view_frames(self, certify: Optional[Union[str, int]]) -> Any:
         """The view-defense path (:mod:`.view_pipeline`) when the model is an ordinary classifier."""
         from .view_pipeline import ViewFrames, parse_certify
 
@@ -245,9 +239,11 @@ class Pipeline:
                 raise PatchGuardError("--certify applies to view defenses (PatchCleanser, DS, crops); "
                                       "a BagNet certifies every frame")
             return None
-        local_only = {"defense": defense != "mask", "thres": bool(self.thres), "clip": self.clip is not None,
-                      "tau": tau != DEFAULT_TAU, "top_k": top_k != 1,
-                      "abstain_below": abstain_below is not None, "abstain_spread": abstain_spread is not None}
+        settings = self.settings
+        local_only = {"defense": settings.defense != "mask", "thres": bool(self.thres),
+                      "clip": self.clip is not None, "tau": settings.tau != DEFAULT_TAU, "top_k": settings.top_k != 1,
+                      "abstain_below": settings.abstain_below is not None,
+                      "abstain_spread": settings.abstain_spread is not None}
         given = [name for name, used in local_only.items() if used]
         if given:
             raise PatchGuardError(f"{', '.join(given)} apply to BagNets; {self.record.arch} runs the "
@@ -272,7 +268,7 @@ class Pipeline:
     ) -> "Pipeline":
         """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it;
         ``readouts`` are the per-frame options of :class:`Pipeline` (defense,
-        masks_per_axis, tau, top_k, abstain_below, abstain_spread). The model's
+        masks_per_axis, tau, top_k, abstain_below, abstain_spread; certify for view defenses). The model's
         locality is proved at load (:mod:`.verify`); one that does not prove is
         refused, unless ``allow_unverified``: labels only, no frame certified.
         ``onnx``: for a TensorRT engine, the ONNX it was built from, proved again

@@ -25,6 +25,7 @@ certificate: nothing they say can be trusted.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -70,9 +71,14 @@ class WindowReadout:
 
     labels: np.ndarray       # (B,) argmax g, NO_LABEL for maps with NaN/inf
     predictions: np.ndarray  # argmax g_w (exact, on the grid)
-    confidence: np.ndarray   # max softmax(g_w)
     scores: np.ndarray       # g_w in logits, (B, H-a+1, W-b+1, C)
     finite: np.ndarray       # (B,)
+
+    @functools.cached_property
+    def confidence(self) -> np.ndarray:
+        """max softmax(g_w) at every position (B, H-a+1, W-b+1)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return softmax_top(self.scores)[1]
 
     @classmethod
     def of(cls, u: np.ndarray, window: tuple[int, int]) -> "WindowReadout":
@@ -84,15 +90,25 @@ class WindowReadout:
             kept = total[:, None, None, :] - box_sums(table, *window)       # exact
             predictions = np.nan_to_num(kept).argmax(axis=-1)
             scores = grid.to_logits(kept) / cells
-            _, confidence = softmax_top(scores)
         finite = finite_maps(u)
         labels = np.where(finite, np.nan_to_num(total).argmax(axis=1), NO_LABEL)
-        return cls(labels.astype(np.int64), predictions, confidence, scores, finite)
+        return cls(labels.astype(np.int64), predictions, scores, finite)
 
     def alerts(self, tau: float) -> np.ndarray:
-        """(B,): some window predicts another class than the output with confidence > tau."""
-        other = (self.predictions != self.labels[:, None, None]) & (self.confidence > tau)
-        return other.any(axis=(1, 2)) | ~self.finite
+        """(B,): some window predicts another class than the output with confidence > tau.
+
+        Only those windows need a confidence: computed for them alone (the
+        softmax over many classes at every position is most of the cost),
+        row by row as :attr:`confidence` does, so the same bits."""
+        n, i, j = np.nonzero(self.predictions != self.labels[:, None, None])
+        if "confidence" in self.__dict__:  # computed already
+            loud = self.confidence[n, i, j] > tau
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                loud = softmax_top(self.scores[n, i, j])[1] > tau
+        alert = np.zeros(self.finite.shape[0], dtype=bool)
+        alert[n[loud]] = True
+        return alert | ~self.finite
 
     def certified(self, y: np.ndarray, tau: float) -> np.ndarray:
         """(B,): output y, and every window predicts y with confidence > tau."""

@@ -45,6 +45,8 @@ _GATHER_CLASSES = 64
 # Up to this many classes, one integral image of all of them serves every
 # step (no float32 pre-pass, no pruning): cheaper than gathering a few.
 _WHOLE_CLASSES = 16
+# Up to this many classes, maxima over cells or classes go through a transposed copy.
+_SHORT_AXIS = 32
 # Integral images at least this large are accumulated row by row (see _accumulate).
 _ROWWISE_ELEMENTS = 1 << 14
 
@@ -210,13 +212,17 @@ def spatial_max(x: np.ndarray) -> np.ndarray:
     short row at a time, several times slower than a transposed copy reduced
     along its contiguous axis; max is exact, so both give the same bits."""
     batch, height, width, k = x.shape
-    cells = x.reshape(batch, height * width, k).transpose(0, 2, 1)
-    return np.ascontiguousarray(cells).max(axis=2)
+    cells = x.reshape(batch, height * width, k)
+    if k > _SHORT_AXIS:  # long rows: numpy's own reduction is fast, a copy would not pay
+        return cells.max(axis=1)
+    return np.ascontiguousarray(cells.transpose(0, 2, 1)).max(axis=2)
 
 
 def class_max(x: np.ndarray) -> np.ndarray:
     """Largest value over the last (class) axis of (..., K): (...), by the
-    same transposed copy as :func:`spatial_max`."""
+    same transposed copy as :func:`spatial_max` when K is short."""
+    if x.shape[-1] > _SHORT_AXIS:
+        return x.max(axis=-1)
     return np.ascontiguousarray(np.moveaxis(x, -1, 0)).max(axis=0)
 
 

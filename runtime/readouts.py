@@ -34,7 +34,7 @@ from .detection import DEFAULT_TAU, WindowReadout, check_tau
 from .double_masking import DEFAULT_MASKS_PER_AXIS, DoubleMaskEvidence
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair
-from .masking import MaskEvidence, evidence_from
+from .masking import MaskEvidence, evidence_from, spatial_max
 from .topk import check_top_k, top_k_certified, top_k_margins
 
 #: Defenses a frame pipeline runs on the local logits.
@@ -142,7 +142,7 @@ def masked_scores(evidence: MaskEvidence) -> np.ndarray:
     grid units (``evidence.grid.to_logits`` for logits)."""
     classes = evidence.totals.shape[1]
     _, exact, windows = evidence.ranked(classes)
-    return evidence_from(exact, windows.max(axis=(1, 2)), evidence.thres)
+    return evidence_from(exact, spatial_max(windows), evidence.thres)
 
 
 def _finish(u: np.ndarray, labels: np.ndarray, scores: np.ndarray, margin: np.ndarray,

@@ -25,7 +25,16 @@ import numpy as np
 from .certificate import _decide, _exact_lower, _label_side, check_patch_window, own_labels
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
-from .masking import MaskEvidence, check_labels, check_logits, check_params, check_window, chunks, containing_max
+from .masking import (
+    MaskEvidence,
+    check_labels,
+    check_logits,
+    check_params,
+    check_window,
+    chunks,
+    class_max,
+    containing_max,
+)
 
 
 def check_top_k(top_k: int) -> int:
@@ -47,6 +56,8 @@ def _kth_gap(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.n
     if k >= classes:
         return np.full(gap.shape[:3], -np.inf)
     # y's own entry is -inf, so the k-th largest of all C is that of the others.
+    if k == 1:
+        return class_max(gap)
     return np.partition(gap, classes - k, axis=-1)[..., classes - k]
 
 

@@ -126,6 +126,23 @@ class Certifier:
         return out
 
 
+def start_ray(ray: Any, address: Optional[str], num_cpus: int) -> None:
+    """``ray.init``: the cluster at ``address``, or a local instance of ``num_cpus``
+    CPUs. A local start is tried twice: Ray gives a new node 30 s (fixed) to register,
+    which a busy machine can miss."""
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"num_cpus": num_cpus}))
+            return
+        except Exception as exc:  # Ray raises bare Exception too (a node that timed out starting)
+            ray.shutdown()
+            if address is None and attempt == 1:
+                continue
+            raise PatchGuardError(f"cannot reach the Ray cluster {address or '(local)'}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
 def _reap(pids: set[int], grace: float = 5.0) -> None:
     """End the actors of the local Ray instance we started that outlive its shutdown.
 
@@ -161,7 +178,8 @@ def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: Any, 
     single-process order, as columns: BagNets: :func:`~.evaluate.per_image`'s flags
     (``options`` an :class:`~.evaluate.EvaluationOptions`), ``label``, and ``logits`` (N, H, W, C) when
     ``keep_logits``; view defenses: :func:`~.view_evaluate.view_counts`'s counts and
-    ``{k}/seconds``. ``workers`` actors, ``batch`` rows per call (default ``chunk``)."""
+    ``{k}/seconds``. ``workers`` actors of ``threads`` CPUs (default 1) each, ``batch``
+    rows per call (default ``chunk``)."""
     batch = chunk if batch is None else batch
     for flag, value in (("--ray-workers", workers), ("--ray-batch", batch)):
         if value < 1:
@@ -170,14 +188,12 @@ def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: Any, 
         raise PatchGuardError("no images to certify")
     ray = lazy_import("ray", "ray")
     ray_data = lazy_import("ray.data", "ray")
+    # Each actor holds ``per_actor`` CPUs and gives onnxruntime that many threads: its
+    # default (every core, per actor) oversubscribes the node.
+    per_actor = threads or 1
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     **({} if address else {"num_cpus": workers + 1}))  # + 1: the read tasks
-        except Exception as exc:  # Ray raises bare Exception too (a node that timed out starting)
-            raise PatchGuardError(f"cannot reach the Ray cluster {address or '(local)'}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        start_ray(ray, address, workers * per_actor + 1)  # + 1: the read tasks
     pids: set[int] = set()
     try:
         count = -(-labelled.length // chunk)
@@ -185,10 +201,10 @@ def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: Any, 
                                            override_num_blocks=max(1, min(count, 4 * workers)))
         out = dataset.map_batches(
             Certifier, batch_size=batch, compute=ray_data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={"model": str(model), "provider": provider, "threads": threads,
+            fn_constructor_kwargs={"model": str(model), "provider": provider, "threads": per_actor,
                                    "allow_unverified": allow_unverified, "sizes": list(sizes),
                                    "options": options, "keep_logits": keep_logits},
-            num_cpus=1, max_restarts=-1, max_task_retries=-1)
+            num_cpus=per_actor, max_restarts=-1, max_task_retries=-1)
         parts = [part for part in out.iter_batches(batch_size=None, batch_format="numpy")]
         pids.update(int(pid) for part in parts for pid in np.unique(part["pid"]))
     finally:

@@ -73,7 +73,8 @@ BATCH = 256
               help="--ray: images per map_batches call (a multiple of 256 keeps the "
                    "single-process inference batches).")
 @click.option("--threads", type=int, default=None,
-              help="onnxruntime intra-op threads (--model mode) [default: onnxruntime's choice].")
+              help="onnxruntime intra-op threads (--model mode) [default: onnxruntime's choice; "
+                   "with --ray: per actor, 1, each actor holding that many CPUs].")
 @click.option("--window", "window_text", default=None, help="Mask window in cells: W or AxB.")
 @click.option("--patch-size", "patch_sizes", multiple=True,
               help="Patch side(s) in pixels: --patch-size 2 3 5, repeated, or a comma list.")
@@ -317,7 +318,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
     from ..masking import check_params
 
     if data is None:
-        raise PatchGuardError("--model mode needs --data fashion-mnist or --data DIR")
+        raise PatchGuardError("--model mode needs --data fashion-mnist, a class folder or a table")
     if not sizes:
         raise PatchGuardError("--model mode needs at least one --patch-size")
     if limit is not None and limit < 1:
@@ -351,9 +352,7 @@ def _engine_mode(engine: str, data: Optional[str], split: str, limit: Optional[i
             labels, u = columns.pop("label"), columns.pop("logits", None)
             report = report_of(columns, sizes, options)
         else:
-            images, labels = _load_data(data, split, record)
-            if limit is not None:
-                images, labels = images[:limit], labels[:limit]
+            images, labels = _load_data(data, split, record, limit)
             u = _infer_all(backend, images, record)
             report = evaluate(u, labels, sizes, options)
     if save_logits:
@@ -408,9 +407,7 @@ def _views_mode(backend: Any, engine: str, data: str, split: str, limit: Optiona
         seconds = [float(counts.pop(f"{k}/seconds").sum()) for k in range(len(runners(backend, sizes)))]
         report = views_report(backend, sizes, counts, seconds)
     else:
-        images, labels = _load_data(data, split, backend.record)
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
+        images, labels = _load_data(data, split, backend.record, limit)
         with progress(len(images) * len(sizes) * len(sibling_rules(backend.record)), "views") as bar:
             report, tables = evaluate_views(backend, images, labels, sizes, dump=dump is not None,
                                             on_progress=bar.update)
@@ -456,10 +453,11 @@ def _labels_path(save_logits: str) -> Path:
     return Path(save_logits).with_suffix(".labels.npy")
 
 
-def _load_data(data: str, split: str, record: Any) -> tuple[np.ndarray, np.ndarray]:
+def _load_data(data: str, split: str, record: Any,
+               limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     from ..datasets import load_labelled
 
-    found = load_labelled(data, record, split)
+    found = load_labelled(data, record, split, limit)
     return found.images, found.labels
 
 

@@ -33,7 +33,9 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray instance for the in-process tests (2 actors + the read tasks)."""
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    from patchguard.runtime.raydata import start_ray
+
+    start_ray(ray, None, 3)
     yield
     ray.shutdown()
 
@@ -148,6 +150,11 @@ def test_view_defenses_on_ray_give_the_single_process_report(ray_cluster: None, 
             assert row.pop("ms_per_image") > 0
     assert json.dumps(ray) == json.dumps(plain)
     assert {row["rule"] for row in plain["results"]} == {"ds", "mask-ds"}
+    # PatchCleanser's full prediction tables stay a single-process job: refused before Ray starts.
+    done = subprocess.run([*PG_CERTIFY, "--model", str(path), "--data", "fashion-mnist", "--patch-size", "2",
+                           "--dump", str(tmp_path / "t.npz"), "--ray"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "Error: --dump runs without --ray" in done.stderr
 
 
 def _ray_actor_pids() -> list[int]:
@@ -171,11 +178,12 @@ def test_killing_a_worker_mid_run_changes_nothing(ray_cluster: None, default_onn
     images, labels = images[:3000], labels[:3000]
     killed: list[tuple[int, float]] = []
     finished = threading.Event()
+    earlier = set(_ray_actor_pids())  # idle actors of the earlier tests' runs, if still there
 
     def kill_one() -> None:
-        # Wait for the pool, let it work a little, then SIGKILL one actor.
+        # Wait for this run's pool, let it work a little, then SIGKILL one actor.
         while not finished.is_set():
-            pids = _ray_actor_pids()
+            pids = [pid for pid in _ray_actor_pids() if pid not in earlier]
             if len(pids) >= 2:
                 time.sleep(1.0)
                 if finished.is_set():

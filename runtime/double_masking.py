@@ -111,11 +111,6 @@ def two_mask_scores(table: np.ndarray, masks: MaskSet) -> np.ndarray:
     return scores
 
 
-def decide(scores: np.ndarray) -> np.ndarray:
-    """PatchCleanser's decision (B,) from two-mask scores (B, M, M, C)."""
-    return decide_with_mask(scores)[0]
-
-
 def decide_with_mask(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PatchCleanser's decision (B,) and the mask (B,) whose second round
     decided it (-1 when the first round was unanimous or the majority won)."""

@@ -28,7 +28,7 @@ with a non-constant mode, Gather, attention, control flow, an op or a domain
 this module does not know) ends the proof with an error naming the node and
 its op. The output must be (B, H, W, C) with H, W the spatial axes.
 
-:func:`prove` returns the model's **proved** geometry; :func:`check_fits`
+:func:`prove` returns the model's **proved** geometry; :func:`check_proof_fits_record`
 says whether it lies inside the geometry the certificate uses (the record's
 r and s: same stride, every cell's real pixels inside ``[i s, i s + r)``,
 which is the footprint :mod:`.footprint` assumes); :func:`verify` does both.
@@ -564,7 +564,7 @@ def prove(model: Any, input_size: Pair | None = None) -> ProvedGeometry:
     return _Prover(load_graph(model), input_size).run()
 
 
-def check_fits(proof: ProvedGeometry, record: ModelRecord) -> None:
+def check_proof_fits_record(proof: ProvedGeometry, record: ModelRecord) -> None:
     """Refuse a proof that does not fit inside the record's r and s.
 
     Same stride, the record's map size, and every cell i's real pixels (its
@@ -593,9 +593,9 @@ def check_fits(proof: ProvedGeometry, record: ModelRecord) -> None:
 
 
 def verify(model: Any, record: ModelRecord) -> ProvedGeometry:
-    """:func:`prove` the graph at the record's input size, then :func:`check_fits`."""
+    """:func:`prove` the graph at the record's input size, then :func:`check_proof_fits_record`."""
     proof = prove(model, record.input_size)
-    check_fits(proof, record)
+    check_proof_fits_record(proof, record)
     return proof
 
 
@@ -614,7 +614,7 @@ def engine_proof(digest: str, proved: dict[str, Any] | None, record: ModelRecord
             "its sidecar holds no ONNX digest and proved geometry (an engine from an older "
             "pg-export, or not from pg-export): rebuild it with pg-export --onnx MODEL.onnx")
     proof = ProvedGeometry.from_dict(proved)
-    check_fits(proof, record)
+    check_proof_fits_record(proof, record)
     if onnx is not None:
         found = onnx_digest(onnx)
         if found != digest:

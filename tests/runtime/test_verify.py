@@ -18,7 +18,7 @@ import pytest
 from _calibration_fixtures import SAMPLES, write_images
 from _lying_models import build_lying_models
 
-from patchguard.runtime.verify import VerificationError, check_fits, prove, verify
+from patchguard.runtime.verify import VerificationError, check_proof_fits_record, prove, verify
 
 pytest.importorskip("onnx")
 
@@ -189,7 +189,7 @@ def test_proved_fields_contain_every_measured_dependency() -> None:
     assert checked >= 20
 
 
-def test_check_fits_wants_the_records_stride_and_map() -> None:
+def test_check_proof_fits_record_wants_the_records_stride_and_map() -> None:
     import onnx
     from onnx import helper, numpy_helper
 
@@ -205,9 +205,9 @@ def test_check_fits_wants_the_records_stride_and_map() -> None:
     proof = prove(model)
     assert proof.describe() == "r=3x3, s=2x2, offset=0,0, map 5x5"
     base = dict(arch="x", num_classes=2, input_size=(11, 11), mean=(0.0,), std=(1.0,), in_channels=1)
-    check_fits(proof, ModelRecord(receptive_field=3, stride=2, **base))
+    check_proof_fits_record(proof, ModelRecord(receptive_field=3, stride=2, **base))
     with pytest.raises(VerificationError, match="stride 2"):
-        check_fits(proof, ModelRecord(receptive_field=3, stride=1, **base))
+        check_proof_fits_record(proof, ModelRecord(receptive_field=3, stride=1, **base))
 
 
 # --------------------------------------------------------------------------

@@ -126,6 +126,14 @@ class Certifier:
         return out
 
 
+def _retry_forever(ray: Any) -> dict[str, int]:
+    """Actor restarts and batch retries without limit. Ray Data's actor pools do
+    that by default in the Ray this was tested with (2.60), which also deprecates
+    passing them (removal in 2.64); older Rays get them as keywords."""
+    version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    return {} if version >= (2, 60) else {"max_restarts": -1, "max_task_retries": -1}
+
+
 def start_ray(ray: Any, address: Optional[str], num_cpus: int) -> None:
     """``ray.init``: the cluster at ``address``, or a local instance of ``num_cpus``
     CPUs. A local start is tried twice: Ray gives a new node 30 s (fixed) to register,
@@ -204,7 +212,7 @@ def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: Any, 
             fn_constructor_kwargs={"model": str(model), "provider": provider, "threads": per_actor,
                                    "allow_unverified": allow_unverified, "sizes": list(sizes),
                                    "options": options, "keep_logits": keep_logits},
-            num_cpus=per_actor, max_restarts=-1, max_task_retries=-1)
+            num_cpus=per_actor, **_retry_forever(ray))
         parts = [part for part in out.iter_batches(batch_size=None, batch_format="numpy")]
         pids.update(int(pid) for part in parts for pid in np.unique(part["pid"]))
     finally:

@@ -94,6 +94,10 @@ class ParquetTable:
             raise PatchGuardError(f"{path} has columns {sorted(names)}; expected 'image' and 'label'")
         self.length = int(meta.num_rows)
         self._starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        self._groups: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_groups": {}}  # a Ray task reads its own row groups
 
     def _file(self) -> Any:
         parquet = lazy_import("pyarrow.parquet", "parquet")
@@ -106,9 +110,19 @@ class ParquetTable:
         """Rows [start, stop): images (decoded), labels int64, their colour order."""
         if stop <= start:
             return np.zeros((0, 1, 1), np.uint8), np.zeros(0, np.int64), "rgb"
+        pa = lazy_import("pyarrow", "parquet")
         groups = [i for i in range(len(self._starts) - 1)
                   if self._starts[i] < stop and self._starts[i + 1] > start]
-        table = self._file().read_row_groups(groups, columns=["image", "label"])
+        # Chunks are read in order: keep the row groups just read, so a large group is
+        # decoded once, not once per chunk it holds.
+        kept = self._groups
+        missing = [i for i in groups if i not in kept]
+        if missing:
+            fresh = self._file().read_row_groups(missing, columns=["image", "label"])
+            offsets = np.cumsum([0] + [int(self._starts[i + 1] - self._starts[i]) for i in missing])
+            kept.update({i: fresh.slice(int(a), int(b - a)) for i, a, b in zip(missing, offsets[:-1], offsets[1:])})
+        self._groups = {i: kept[i] for i in groups}
+        table = pa.concat_tables([self._groups[i] for i in groups])
         table = table.slice(start - int(self._starts[groups[0]]), stop - start)
         labels = np.asarray(table.column("label").to_numpy(zero_copy_only=False))
         if labels.dtype.kind not in "iu":

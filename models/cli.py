@@ -9,6 +9,7 @@ import click
 
 from ..runtime.console import Command, info, progress
 from ..runtime.errors import PatchGuardError, lazy_import
+from ..runtime.geometry import parse_pair
 
 EXAMPLES = """
 \b
@@ -20,6 +21,7 @@ Examples:
   pg-train --defense cleanser --epochs 20 --out runs/cleanser  # PatchCleanser's CNN (k = 6, 5 px patch)
   pg-train --defense ds --band 8 --epochs 5 --out runs/ds       # (De)randomized Smoothing, column bands
   pg-train --defense crops --crop 8 --crop-stride 4 --out runs/crops
+  pg-train --defense cleanser --data photos/ --input-size 64x64 --channels 3 --out runs/mine  # your own classes
 """
 
 # --defense: "mask" and "double" train a BagNet (local logits); view defenses
@@ -68,6 +70,11 @@ DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn
 @click.option("--cnn-config", "cnn_config", default=None,
               help='cnn: layout as JSON, e.g. \'{"stem": [3, 2, 24], "stages": [[48, 1, 2], [96, 1, 2]]}\' '
                    "(stem kernel/stride/channels; per stage channels/blocks/stride) [default: per input size].")
+@click.option("--input-size", "input_size", default=None,
+              help="cnn: model input HxW (or one side), e.g. 64x64 for an image folder; images are "
+                   "resized to it [default: 28x28].")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="cnn: 1 (grey) or 3 (RGB, ImageNet's mean and std) input channels [default: 1].")
 @click.option("--threads", type=int, default=None,
               help="Torch CPU threads (1 is fastest on a busy machine) [default: torch's].")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -75,8 +82,8 @@ DEFAULT_ARCH = {"mask": "smallbagnet", "double": "smallbagnet", "cleanser": "cnn
 def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None, out_dir: str,
          epochs: int, batch_size: int, lr: float, patch_px: int, clip: float | None, flip: bool,
          limit: int | None, eval_limit: int, masks_per_axis: int, fill: float, band: int, crop: int,
-         crop_stride: int, theta: float, cnn_config: str | None, threads: int | None, seed: int,
-         resume: bool) -> None:
+         crop_stride: int, theta: float, cnn_config: str | None, input_size: str | None,
+         channels: str | None, threads: int | None, seed: int, resume: bool) -> None:
     """Train a BagNet with PatchGuard's feature masking (or a view defense's classifier), checkpoints per epoch."""
     torch = lazy_import("torch", "export")
     from ..runtime.files import ensure_dir
@@ -106,9 +113,14 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
         init_state = model.state_dict()
     else:
         record = record_for(arch)
+    for flag, given in (("--cnn-config", cnn_config), ("--input-size", input_size), ("--channels", channels)):
+        if given is not None and (checkpoint or record.arch != "cnn"):
+            raise PatchGuardError(f"{flag} applies to a fresh --arch cnn only")
+    if input_size is not None:
+        record = record_for(record, input_size=parse_pair(input_size, "--input-size"))
+    if channels is not None:
+        record = _with_channels(record, int(channels))
     if cnn_config is not None:
-        if checkpoint or record.arch != "cnn":
-            raise PatchGuardError("--cnn-config applies to a fresh --arch cnn only")
         record = record.replace(config=_parse_cnn_config(cnn_config))
     local = defense in LOCAL_DEFENSES
     if local != record.is_local:
@@ -147,6 +159,18 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
          lambda bar: train(record, images, labels, out, config, eval_data=evaluation, init_state=init_state,
                            resume=resume, on_epoch=_history_writer(out, evaluation is not None, accuracy_name),
                            progress=bar))
+
+
+def _with_channels(record, channels: int):
+    """The record with 1 (grey, its own mean and std) or 3 (RGB, ImageNet's) input channels."""
+    from .registry import IMAGENET_MEAN, IMAGENET_STD
+
+    if channels == record.in_channels:
+        return record
+    if channels == 3:
+        return record.replace(in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    grey = float(sum(record.mean) / len(record.mean)), float(sum(record.std) / len(record.std))
+    return record.replace(in_channels=1, mean=(grey[0],), std=(grey[1],))
 
 
 def _parse_cnn_config(text: str) -> dict:

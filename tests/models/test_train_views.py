@@ -77,3 +77,35 @@ def test_cleanser_rejects_a_bagnet(tmp_path):
     assert result.exit_code == 1 and "is a BagNet" in result.output
     bad = CliRunner().invoke(train_main, [*SMOKE, "--cnn-config", "{\"stem\": [3]}", "--out", str(tmp_path)])
     assert bad.exit_code == 1 and "Error: --cnn-config" in bad.output
+
+
+def test_trains_an_rgb_folder_at_its_own_input_size(tmp_path):
+    """--input-size and --channels: a PatchCleanser CNN for a folder of colour
+    photos (real PNG files, decoded by the runtime's reader), its record
+    carrying the size, RGB and ImageNet's normalisation, its mask set the
+    size's; the flags refuse a BagNet and a malformed size."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["blue", "green", "red"]):  # OpenCV writes BGR
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(12):
+            image = rng.integers(0, 60, (48, 56, 3), dtype=np.uint8)
+            image[..., c] += 150
+            cv2.imwrite(str(tmp_path / "photos" / name / f"{i}.png"), image)
+    args = ["--defense", "cleanser", "--data", str(tmp_path / "photos"), "--epochs", "1", "--eval-limit", "0",
+            "--threads", "1", "--input-size", "32x40", "--channels", "3", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 0, result.output
+    assert "36 masks of 9x10 px" in result.output  # k = 6 per axis for a 5 px patch on 32x40
+    model, record = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert record.input_size == (32, 40) and record.in_channels == 3
+    assert tuple(record.mean) == (0.485, 0.456, 0.406) and record.class_names == ("blue", "green", "red")
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(2, 3, 32, 40)).shape) == (2, 3)
+    mistakes = [(["--arch", "smallbagnet", "--defense", "mask"], "--input-size applies to a fresh --arch cnn"),
+                (["--input-size", "3x3x3"], "--input-size must look like")]
+    for extra, message in mistakes:
+        bad = CliRunner().invoke(train_main, [*args[:-2], *extra, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 1 and message in bad.output, bad.output

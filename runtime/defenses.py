@@ -18,7 +18,7 @@ import numpy as np
 
 from .aggregations import cbn_certify, cbn_predict, vote_certify, vote_predict
 from .certificate import certify_mask
-from .double_masking import DEFAULT_MASKS_PER_AXIS, certify_double, double_masking
+from .double_masking import DEFAULT_MASKS_PER_AXIS, double_masking, double_masking_certified
 from .errors import PatchGuardError
 from .geometry import IntOrPair
 from .masking import masked_labels
@@ -96,8 +96,8 @@ def certify(
             f"patch_window applies to defense='mask' only; for {defense!r} the window is the patch"
         )
     if defense == "double":
-        return certify_double(local_logits, window, clip=clip, labels=labels,
-                              masks_per_axis=masks_per_axis or DEFAULT_MASKS_PER_AXIS)
+        return double_masking_certified(local_logits, window, clip=clip, labels=labels,
+                                        masks_per_axis=masks_per_axis or DEFAULT_MASKS_PER_AXIS)[1]
     if defense == "cbn":
         return cbn_certify(local_logits, window, labels)
     return vote_certify(local_logits, window, labels)

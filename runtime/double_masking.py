@@ -230,23 +230,6 @@ def double_masking(
     return out
 
 
-def certify_double(
-    local_logits: np.ndarray,
-    patch_window: IntOrPair,
-    *,
-    masks_per_axis: IntOrPair = DEFAULT_MASKS_PER_AXIS,
-    clip: Optional[float] = None,
-    labels: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """Certificates (B,): every two-mask prediction is the label (``labels``,
-    or each map's own double-masking prediction)."""
-    u, y, parts = _prepare(local_logits, patch_window, masks_per_axis, clip, labels)
-    out = np.zeros(u.shape[0], dtype=bool)
-    for part, evidence in parts:
-        out[part] = evidence.certified(evidence.predictions() if y is None else y[part])
-    return out
-
-
 def double_masking_certified(
     local_logits: np.ndarray,
     patch_window: IntOrPair,
@@ -256,7 +239,8 @@ def double_masking_certified(
     labels: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and certificates (B,) in one pass over the two-mask scores
-    (the certificate is for ``labels``, or each map's own prediction)."""
+    (the certificate is for ``labels``, or each map's own prediction: every
+    two-mask prediction is that label)."""
     u, y, parts = _prepare(local_logits, patch_window, masks_per_axis, clip, labels)
     predictions = np.empty(u.shape[0], dtype=np.int64)
     certified = np.zeros(u.shape[0], dtype=bool)

@@ -10,7 +10,7 @@ from _certify_fixtures import biased_maps, survives
 from _feature_fixtures import integer_maps, naive_double, naive_double_certify, naive_mask_starts, survives_extremes
 
 from patchguard.runtime import PatchGuardError
-from patchguard.runtime.double_masking import DoubleMaskEvidence, certify_double, double_masking, mask_set
+from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking, double_masking_certified, mask_set
 from patchguard.runtime.geometry import mask_starts
 
 
@@ -62,9 +62,9 @@ def test_double_masking_agrees_with_naive_loops_including_ties() -> None:
         else:
             u, _ = biased_maps(rng, 6, h, w, classes, strength=1.5)
         labels = double_masking(u, patch, masks_per_axis=k, clip=clip)
-        own = certify_double(u, patch, masks_per_axis=k, clip=clip)
+        own = double_masking_certified(u, patch, masks_per_axis=k, clip=clip)[1]
         y = rng.integers(0, classes, size=u.shape[0])
-        given = certify_double(u, patch, masks_per_axis=k, clip=clip, labels=y)
+        given = double_masking_certified(u, patch, masks_per_axis=k, clip=clip, labels=y)[1]
         for n in range(u.shape[0]):
             expected = naive_double(u[n], *patch, k, clip)
             assert labels[n] == expected, (n, h, w, patch, k, clip)
@@ -86,7 +86,7 @@ def test_double_masking_certificates_survive_brute_force() -> None:
         h, w, classes, patch, k, clip = _random_case(rng)
         classes = max(classes, 2)
         u, _ = biased_maps(rng, 8, h, w, classes, strength=1.5)
-        verdict = certify_double(u, patch, masks_per_axis=k, clip=clip)
+        verdict = double_masking_certified(u, patch, masks_per_axis=k, clip=clip)[1]
         labels = double_masking(u, patch, masks_per_axis=k, clip=clip)
 
         def defended(x: np.ndarray, patch: tuple = patch, k: int = k, clip: object = clip) -> np.ndarray:
@@ -117,7 +117,7 @@ def test_nan_maps_get_no_label_and_no_certificate() -> None:
     u[0, 1, 1, 0] = np.nan
     u[1, :, :, 2] += 5
     assert double_masking(u, 2, masks_per_axis=2).tolist() == [-1, 2]
-    assert certify_double(u, 2, masks_per_axis=2).tolist() == [False, True]
+    assert double_masking_certified(u, 2, masks_per_axis=2)[1].tolist() == [False, True]
 
 
 def test_predict_and_certify_take_defense_double() -> None:
@@ -127,7 +127,7 @@ def test_predict_and_certify_take_defense_double() -> None:
     u, _ = biased_maps(rng, 20, 8, 8, 4, strength=1.5)
     assert np.array_equal(predict(u, 3, defense="double", masks_per_axis=3),
                           double_masking(u, 3, masks_per_axis=3))
-    assert np.array_equal(certify(u, 3, defense="double"), certify_double(u, 3))
+    assert np.array_equal(certify(u, 3, defense="double"), double_masking_certified(u, 3)[1])
     with pytest.raises(PatchGuardError, match="masks_per_axis"):
         certify(u, 3, defense="mask", masks_per_axis=3)
     with pytest.raises(PatchGuardError, match="thres"):

@@ -6,7 +6,7 @@ from _certify_fixtures import biased_maps
 
 from patchguard.runtime import certify, robust_masking
 from patchguard.runtime.detection import detect
-from patchguard.runtime.double_masking import DoubleMaskEvidence, certify_double, mask_set
+from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking_certified, mask_set
 from patchguard.runtime.masking import MaskEvidence
 from patchguard.runtime.readouts import read_double, read_mask, softmax, spread
 from patchguard.runtime.topk import certification_margin, certify_top_k
@@ -38,7 +38,7 @@ def test_double_readouts_match_the_certificate() -> None:
     evidence = DoubleMaskEvidence.of(u, masks, None)
     labels = evidence.predictions()
     out = read_double(u, evidence, labels, (2, 2), tau=0.6, k=2)
-    certified = certify_double(u, 2, masks_per_axis=3)
+    certified = double_masking_certified(u, 2, masks_per_axis=3)[1]
     assert (out.margin[certified] >= 0).all() and certified[out.margin > 0].all()
     assert out.top_k_certified is None and out.top_labels.shape == (60, 2)
     assert (out.confidence > 0).all() and (out.confidence <= 1).all()

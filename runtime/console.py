@@ -9,11 +9,12 @@ carriage returns are junk.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import click
 
@@ -118,15 +119,37 @@ class StopSignals:
         self.received: Optional[int] = None
         self.finalising = False
         self._previous: dict[int, Any] = {}
+        self._holding = False
+        self._pending = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         first = self.received is None
         if first:
             self.received = signum
         if first and not self.finalising:
-            if signum == signal.SIGTERM:
-                raise Terminated()
-            raise KeyboardInterrupt()
+            if self._holding:  # raised when the held step ends
+                self._pending = True
+                return
+            self._raise(signum)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        if signum == signal.SIGTERM:
+            raise Terminated()
+        raise KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A step no signal cuts in two (one frame written to every output):
+        a signal arriving inside is raised as it ends."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending and not self.finalising and self.received is not None:
+            self._pending = False
+            self._raise(self.received)
 
     @property
     def exit_code(self) -> Optional[ExitCode]:

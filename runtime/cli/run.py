@@ -198,9 +198,10 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_frame_si
         try:
             sinks: list[Sink] = [s for s in (jsonl_sink, bag, video, display) if s is not None]
             for item in stream(pipeline, frames, max_frames, color=color):
-                summary.add(item.result)
-                for sink in sinks:
-                    sink.write(item)
+                with signals.held():  # a frame is in every output and the summary, or in none
+                    summary.add(item.result)
+                    for sink in sinks:
+                        sink.write(item)
                 if display and display.stopped:
                     summary.finish("closed by the user")
                     break

@@ -371,11 +371,13 @@ def upper_class_totals(u: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarra
 
 def _positive_totals(u: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """:func:`upper_class_totals` of float32 maps (B, cells, C) with many
-    classes and no user ceiling, in two matrix-vector products per map.
+    classes and no user ceiling, from two column sums per map.
 
     ``sum max(u, 0) = (sum u + sum |u|) / 2``: numpy's ``maximum`` runs at
-    half the speed of ``abs``, and these sums need no separate pass for finiteness (NaN and +-inf reach
-    ``sum u`` or ``sum |u|``). Each float32 sum errs by at most
+    half the speed of ``abs``, and these sums need no separate pass for
+    finiteness (NaN and +-inf reach ``sum u`` or ``sum |u|``; a float32 sum
+    that overflows sends its map to a cell-by-cell check, and its total to
+    the cap). Each float32 sum errs by at most
     ``(cells - 1) * eps32 * sum |u|``, whatever the order of additions, so
     ``2 * cells * eps32 * sum |u|`` on top of their half-sum is an
     over-estimate; the caller's grid scaling and cap follow.

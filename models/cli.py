@@ -118,8 +118,10 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
             raise PatchGuardError(f"{flag} applies to a fresh --arch cnn only")
     if input_size is not None:
         record = record_for(record, input_size=parse_pair(input_size, "--input-size"))
-    if channels is not None:
-        record = _with_channels(record, int(channels))
+    if channels == "3":  # the cnn record is grey (1 channel) already
+        from .registry import IMAGENET_MEAN, IMAGENET_STD
+
+        record = record.replace(in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     if cnn_config is not None:
         record = record.replace(config=_parse_cnn_config(cnn_config))
     local = defense in LOCAL_DEFENSES
@@ -159,18 +161,6 @@ def train_main(data: str, defense: str, arch: str | None, checkpoint: str | None
          lambda bar: train(record, images, labels, out, config, eval_data=evaluation, init_state=init_state,
                            resume=resume, on_epoch=_history_writer(out, evaluation is not None, accuracy_name),
                            progress=bar))
-
-
-def _with_channels(record, channels: int):
-    """The record with 1 (grey, its own mean and std) or 3 (RGB, ImageNet's) input channels."""
-    from .registry import IMAGENET_MEAN, IMAGENET_STD
-
-    if channels == record.in_channels:
-        return record
-    if channels == 3:
-        return record.replace(in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    grey = float(sum(record.mean) / len(record.mean)), float(sum(record.std) / len(record.std))
-    return record.replace(in_channels=1, mean=(grey[0],), std=(grey[1],))
 
 
 def _parse_cnn_config(text: str) -> dict:

@@ -572,8 +572,7 @@ class MaskEvidence:
         """Integral image (B, H + 1, W + 1) and mask window sums of v[..., y], y (B,)."""
         if self._label is None or not np.array_equal(self._label[0], y):
             known = self._table
-            at = self.index == y[:, None] if known is not None else None
-            if known is not None and at is not None and at.any(axis=1).all():
+            if known is not None and (at := self.index == y[:, None]).any(axis=1).all():
                 # y is among the classes summed already: gather, sum nothing again.
                 rows, column = np.arange(y.shape[0]), at.argmax(axis=1)
                 table, windows = known[rows, :, :, column], self.windows[rows, :, :, column]

@@ -62,9 +62,8 @@ def certified_accuracy(
     """Clean and certified accuracy of ``model`` on (x, y): robust masking or
     feature-space double masking, decided and certified by the runtime's numpy
     defense (the code that deploys the model and that pg-certify reports)."""
-    from ..runtime.certificate import certify_mask
+    from ..runtime.defenses import certify, predict
     from ..runtime.double_masking import double_masking_certified
-    from ..runtime.masking import masked_labels
 
     window = window_shape(patch_px, record.receptive_field, record.stride)
     model.eval()
@@ -76,7 +75,7 @@ def certified_accuracy(
             if defense == "double":
                 found, ok = double_masking_certified(u, window, masks_per_axis=masks_per_axis, labels=labels)
             else:
-                found, ok = masked_labels(u, window), certify_mask(u, window, labels=labels)
+                found, ok = predict(u, window), certify(u, window, labels=labels)
             correct += int((found == labels).sum())
             certified += int(ok.sum())
     return correct / len(x), certified / len(x)

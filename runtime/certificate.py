@@ -33,9 +33,10 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, window_shape
@@ -51,6 +52,7 @@ from .masking import (
     chunks,
     class_max,
     containing_max,
+    each_chunk,
     wrapped,
 )
 
@@ -78,34 +80,27 @@ def check_patch_window(patch_window: Optional[IntOrPair], mask: Pair) -> Pair:
 # --------------------------------------------------------------------------
 # Public entry points.
 
-def certify_mask(
-    local_logits: np.ndarray,
-    window: IntOrPair,
-    *,
-    patch_window: Optional[IntOrPair] = None,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    labels: Optional[np.ndarray] = None,
-    wrap: bool = False,
+def per_map(
+    local_logits: np.ndarray, window: IntOrPair, patch_window: Optional[IntOrPair], thres: float,
+    clip: Optional[float], labels: Optional[np.ndarray],
+    figure: Callable[[MaskEvidence, np.ndarray, Pair], np.ndarray], dtype: npt.DTypeLike, wrap: bool = False,
 ) -> np.ndarray:
-    """Algorithm 2: bool (B,) -- is the label certified against every patch
-    that fits in ``patch_window`` (default: the mask ``window``)?
+    """The inputs checked once, then ``figure(evidence, y, patch)`` chunk by chunk
+    (:func:`.masking.each_chunk`) into a (B,) array of ``dtype``.
 
-    ``labels=None`` certifies each map's own robust-masking prediction.
-    ``wrap``: windows and patches wrap around the columns (Mask-DS).
+    y is ``labels``, or each map's own robust-masking prediction
+    (:func:`own_labels`); ``patch`` is ``patch_window`` (default: the mask
+    ``window``); ``wrap``: windows and patches wrap around the columns (Mask-DS).
+    Certificates (:func:`.defenses.certify`) and margins (:mod:`.topk`) come this way.
     """
     u = check_logits(local_logits)
     thres, clip = check_params(thres, clip)
-    a, b = check_window(window, u.shape)
-    pa, pb = check_patch_window(patch_window, (a, b))
+    mask = check_window(window, u.shape)
+    patch = check_patch_window(patch_window, mask)
     y = check_labels(labels, u.shape[0], u.shape[3])
-    certified = np.zeros(u.shape[0], dtype=bool)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
-            evidence = MaskEvidence(u[part], (a, b), thres, clip, wrap)
-            ys = own_labels(evidence) if y is None else y[part]
-            certified[part] = certify_evidence(evidence, ys, (pa, pb))
-    return certified
+    return each_chunk(u, mask, thres, clip,
+                      lambda evidence, part: figure(evidence, own_labels(evidence) if y is None else y[part], patch),
+                      dtype, wrap)
 
 
 def largest_certified(
@@ -123,7 +118,7 @@ def largest_certified(
 
     ``patch_windows`` must grow (each contains the previous one) and fit in
     the mask. ``labels=None`` uses each map's robust-masking prediction, which
-    does not depend on the patch. ``wrap`` as in :func:`certify_mask`. The
+    does not depend on the patch. ``wrap`` as in :func:`per_map`. The
     search is :func:`certify_batch`'s.
     """
     u = check_logits(local_logits)
@@ -253,7 +248,7 @@ def certify_batch(
     certified map costs one certificate) and :func:`search_largest` over the
     smaller ones for the maps it refutes. The arguments must be checked
     already (:func:`largest_certified` is the checked entry point). ``wrap``
-    as in :func:`certify_mask`.
+    as in :func:`per_map`.
     """
     last = len(patch_windows) - 1
     out_labels = np.empty(u.shape[0], dtype=np.int64)

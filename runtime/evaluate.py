@@ -35,14 +35,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .aggregations import cbn_certify, cbn_predict, vote_certify, vote_predict
-from .certificate import certify_mask
+from .defenses import certify, predict
 from .detection import WindowReadout, check_tau
 from .double_masking import DEFAULT_MASKS_PER_AXIS, double_masking_certified
 from .errors import PatchGuardError
 from .geometry import IntOrPair, as_pair, check_fits, size_text, window_shape
-from .masking import MaskEvidence, check_labels, check_logits, check_params, chunks, clipped, finite_maps, masked_labels
+from .masking import MaskEvidence, check_labels, check_logits, check_params, chunks, clipped, each_chunk, finite_maps
 from .readouts import masked_scores
-from .topk import certify_top_k, check_top_k
+from .topk import check_top_k
 
 #: Alert thresholds reported by default (provable detection).
 DEFAULT_TAUS = (0.5, 0.7, 0.9)
@@ -121,11 +121,11 @@ def per_image(local_logits: np.ndarray, labels: np.ndarray, patch_sizes: Sequenc
     vote_ok = vote_predict(u) == y
     for i, size in enumerate(patch_sizes):
         window = check_fits(options.window(size), (height, width), f"a {size_text(size)} px patch (r={r}, s={s})")
-        certified = certify_mask(u, window, thres=thres, clip=clip, labels=y)
+        certified = certify(u, window, thres=thres, clip=clip, labels=y)
         double, double_ok = double_masking_certified(u, window, masks_per_axis=masks_per_axis,
                                                      clip=clip, labels=y)
         figures = {
-            "mask": (masked_labels(u, window, thres=thres, clip=clip) == y, certified),
+            "mask": (predict(u, window, thres=thres, clip=clip) == y, certified),
             "mask_paper": (None, certified & paper_ok),  # accuracy: robust masking's
             "cbn": (cbn_ok, cbn_certify(u, window, y)),
             "vote": (vote_ok, vote_certify(u, window, y)),
@@ -134,7 +134,7 @@ def per_image(local_logits: np.ndarray, labels: np.ndarray, patch_sizes: Sequenc
         if top_k > 1:
             figures[f"mask_top{top_k}"] = (
                 _in_top_k(u, y, window, thres, clip, top_k),
-                certify_top_k(u, window, top_k, thres=thres, clip=clip, labels=y))
+                certify(u, window, thres=thres, clip=clip, labels=y, top_k=top_k))
         for name, (accurate, proven) in figures.items():
             if accurate is not None:
                 flags[f"{i}/{name}/accuracy"] = accurate
@@ -195,14 +195,13 @@ def _detection(u: np.ndarray, y: np.ndarray, window: tuple[int, int],
 def _in_top_k(u: np.ndarray, y: np.ndarray, window: tuple[int, int], thres: float,
               clip: Optional[float], k: int) -> np.ndarray:
     """(N,) the label is among the k highest masked scores (ties: lowest index first)."""
-    out = np.zeros(u.shape[0], dtype=bool)
-    for part in chunks(u):
-        evidence = MaskEvidence(u[part], window, thres, clip)
+    def in_top_k(evidence: MaskEvidence, part: slice) -> np.ndarray:
         scores = masked_scores(evidence)
         own = scores[np.arange(scores.shape[0]), y[part]][:, None]
         ahead = (scores > own) | ((scores == own) & (np.arange(scores.shape[1]) < y[part][:, None]))
-        out[part] = (ahead.sum(axis=1) < k) & evidence.finite
-    return out
+        return (ahead.sum(axis=1) < k) & evidence.finite
+
+    return each_chunk(u, window, thres, clip, in_top_k, np.bool_)
 
 
 def _size_json(size: IntOrPair) -> Any:

@@ -17,15 +17,17 @@ Classes are pruned before any window sum: only classes whose
 computed (:class:`MaskEvidence`, which also shares them between the
 prediction, the certificate and the certified-patch-size search of a map).
 :func:`robust_masking` returns every class's evidence, so it computes all;
-:func:`masked_labels` gives the same predictions from the pruned classes.
+:meth:`MaskEvidence.predictions` gives the same predictions from the pruned
+classes (:func:`.defenses.predict`).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, check_fits
@@ -471,24 +473,22 @@ def robust_masking(
     return predictions.astype(np.int64), evidence
 
 
-def masked_labels(
-    local_logits: np.ndarray,
-    window: IntOrPair,
-    *,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    wrap: bool = False,
+def each_chunk(
+    u: np.ndarray, mask: Pair, thres: float, clip: Optional[float],
+    figure: Callable[["MaskEvidence", slice], np.ndarray], dtype: npt.DTypeLike, wrap: bool = False,
 ) -> np.ndarray:
-    """Algorithm 1's predictions (B,) int64, equal to :func:`robust_masking`'s,
-    computing window sums only for the classes that can win."""
-    u = check_logits(local_logits)
-    thres, clip = check_params(thres, clip)
-    mask = check_window(window, u.shape)
-    predictions = np.empty(u.shape[0], dtype=np.int64)
+    """``figure(evidence, part)``, one value per map, for checked maps u (B, H,
+    W, C): one :class:`MaskEvidence` per chunk (:func:`chunks`), so its window
+    sums serve whatever the figure asks of that chunk; a (B,) array of ``dtype``.
+
+    The one loop of the masking entry points (:func:`.defenses.predict` and
+    :func:`.defenses.certify` for "mask", margins, top-k membership).
+    """
+    out = np.zeros(u.shape[0], dtype=dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         for part in chunks(u):
-            predictions[part] = MaskEvidence(u[part], mask, thres, clip, wrap).predictions()
-    return predictions
+            out[part] = figure(MaskEvidence(u[part], mask, thres, clip, wrap), part)
+    return out
 
 
 class MaskEvidence:

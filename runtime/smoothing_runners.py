@@ -13,9 +13,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .ablation import band_keep, crop_keep, frame_views
-from .certificate import certify_mask
+from .defenses import certify, predict
 from .geometry import Pair
-from .masking import masked_labels
 from .smoothing import (
     band_confidences,
     band_delta,
@@ -109,8 +108,8 @@ class MaskDSRunner(AllViewsRunner):
     def decide(self, logits: np.ndarray,
                labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, dict]:
         conf = band_confidences(logits, self.record.defense.theta)
-        predicted = masked_labels(conf, self.window, wrap=True)
-        certified = certify_mask(conf, self.window, labels=labels, wrap=True)
+        predicted = predict(conf, self.window, wrap=True)
+        certified = certify(conf, self.window, labels=labels, wrap=True)
         return predicted, certified, {"window": self.window[1]}
 
 

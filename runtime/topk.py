@@ -18,23 +18,14 @@ and an exact tie is never a certificate; k = 1 gives the same verdicts.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from .certificate import _decide, _exact_lower, _label_side, check_patch_window, own_labels
+from .certificate import _decide, _exact_lower, _label_side, per_map
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
-from .masking import (
-    MaskEvidence,
-    check_labels,
-    check_logits,
-    check_params,
-    check_window,
-    chunks,
-    class_max,
-    containing_max,
-)
+from .masking import MaskEvidence, class_max, containing_max
 
 
 def check_top_k(top_k: int) -> int:
@@ -90,42 +81,6 @@ def top_k_margins(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int = 1
     return np.where(evidence.finite, evidence.grid.to_logits(margin), np.nan)
 
 
-def _per_map(local_logits: np.ndarray, window: IntOrPair, patch_window: Optional[IntOrPair], thres: float,
-             clip: Optional[float], labels: Optional[np.ndarray], out: np.dtype,
-             figure: Callable[[MaskEvidence, np.ndarray, Pair], np.ndarray]) -> np.ndarray:
-    """Inputs checked once, then ``figure(evidence, y, patch)`` chunk by chunk into a (B,) array of
-    ``out``; y is ``labels``, or each map's own robust-masking prediction."""
-    u = check_logits(local_logits)
-    thres, clip = check_params(thres, clip)
-    mask = check_window(window, u.shape)
-    patch = check_patch_window(patch_window, mask)
-    y = check_labels(labels, u.shape[0], u.shape[3])
-    result = np.zeros(u.shape[0], dtype=out)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
-            evidence = MaskEvidence(u[part], mask, thres, clip)
-            result[part] = figure(evidence, own_labels(evidence) if y is None else y[part], patch)
-    return result
-
-
-def certify_top_k(
-    local_logits: np.ndarray,
-    window: IntOrPair,
-    top_k: int,
-    *,
-    patch_window: Optional[IntOrPair] = None,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    labels: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """Top-k certificates (B,): the label (``labels``, or each map's own
-    robust-masking prediction) stays among the k highest masked scores under
-    every patch inside ``patch_window`` (default: the mask ``window``)."""
-    k = check_top_k(top_k)
-    return _per_map(local_logits, window, patch_window, thres, clip, labels, np.dtype(bool),
-                    lambda evidence, y, patch: top_k_certified(evidence, y, patch, k))
-
-
 def certification_margin(
     local_logits: np.ndarray,
     window: IntOrPair,
@@ -139,5 +94,5 @@ def certification_margin(
     """Margins (B,) float64 in logit units of evidence (see the module
     docstring); NaN for maps with NaN or inf. Divide by H * W for mean-logit units."""
     k = check_top_k(top_k)
-    return _per_map(local_logits, window, patch_window, thres, clip, labels, np.dtype(np.float64),
-                    lambda evidence, y, patch: top_k_margins(evidence, y, patch, k))
+    return per_map(local_logits, window, patch_window, thres, clip, labels,
+                   lambda evidence, y, patch: top_k_margins(evidence, y, patch, k), np.float64)

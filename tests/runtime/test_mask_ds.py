@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from patchguard.runtime.certificate import certify_mask, largest_certified
-from patchguard.runtime.masking import masked_labels, robust_masking
+from patchguard.runtime.certificate import largest_certified
+from patchguard.runtime.defenses import certify, predict
+from patchguard.runtime.masking import robust_masking
 from patchguard.runtime.smoothing import band_confidences, mask_ds_window
 
 
@@ -67,10 +68,10 @@ def test_wrapped_masking_equals_naive_loops_on_1000_maps_with_ties() -> None:
         v = random_map(rng, width, classes)
         u = v[None, None]                                   # (1, 1, W, C)
         own = naive_predict(v, b, thres)
-        assert masked_labels(u, (1, b), thres=thres, wrap=True)[0] == own
+        assert predict(u, (1, b), thres=thres, wrap=True)[0] == own
         assert robust_masking(u, (1, b), thres=thres, wrap=True)[0][0] == own
         y = int(rng.integers(0, classes)) if n % 2 else own
-        got = bool(certify_mask(u, (1, b), patch_window=(1, pb), thres=thres, labels=np.array([y]),
+        got = bool(certify(u, (1, b), patch_window=(1, pb), thres=thres, labels=np.array([y]),
                                 wrap=True)[0])
         assert got == naive_certified(v, b, pb, thres, y), (v, b, pb, thres, y)
         agree += 1
@@ -83,8 +84,8 @@ def test_wrapping_matters_a_window_over_the_seam_is_masked() -> None:
     v = np.zeros((1, 1, 8, 2))
     v[0, 0, :, 0] = 0.15
     v[0, 0, [0, 7], 1] = 1.0
-    assert masked_labels(v, (1, 2))[0] == 1            # without wrap the seam is never masked whole
-    assert masked_labels(v, (1, 2), wrap=True)[0] == 0
+    assert predict(v, (1, 2))[0] == 1            # without wrap the seam is never masked whole
+    assert predict(v, (1, 2), wrap=True)[0] == 0
 
 
 def test_certified_mask_ds_labels_survive_a_brute_force_adversary() -> None:
@@ -97,8 +98,8 @@ def test_certified_mask_ds_labels_survive_a_brute_force_adversary() -> None:
         conf = band_confidences(logits)                     # (1, 1, W, C)
         for p in (1, 2, 3):
             window = mask_ds_window(p, band, width)
-            y = masked_labels(conf, window, wrap=True)[0]
-            if not certify_mask(conf, window, wrap=True)[0]:
+            y = predict(conf, window, wrap=True)[0]
+            if not certify(conf, window, wrap=True)[0]:
                 continue
             for start in range(width):
                 cols = [(start + k) % width for k in range(window[1])]
@@ -108,7 +109,7 @@ def test_certified_mask_ds_labels_survive_a_brute_force_adversary() -> None:
                         bad[0, 0, cols] = np.eye(classes)[trial % classes]
                     else:
                         bad[0, 0, cols] = rng.dirichlet(np.ones(classes), len(cols))
-                    assert masked_labels(bad, window, wrap=True)[0] == y
+                    assert predict(bad, window, wrap=True)[0] == y
                     attacked += 1
     assert attacked > 1000
 
@@ -120,12 +121,12 @@ def test_largest_certified_wraps_too() -> None:
     index = largest_certified(conf, (1, 4), sizes, wrap=True)
     for n, best in enumerate(index):
         for s, size in enumerate(sizes):
-            expect = bool(certify_mask(conf[n : n + 1], (1, 4), patch_window=size, wrap=True)[0])
+            expect = bool(certify(conf[n : n + 1], (1, 4), patch_window=size, wrap=True)[0])
             assert expect == (s <= best)
 
 
 @pytest.mark.parametrize("b", [1, 5, 10])
 def test_a_window_as_wide_as_the_map_certifies_nothing(b: int) -> None:
     conf = band_confidences(np.random.default_rng(3).normal(0, 3, (20, 10, 3)))
-    certified = certify_mask(conf, (1, 10), patch_window=(1, b), wrap=True)
+    certified = certify(conf, (1, 10), patch_window=(1, b), wrap=True)
     assert not certified.any()

@@ -9,7 +9,7 @@ from patchguard.runtime.detection import detect
 from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking_certified, mask_set
 from patchguard.runtime.masking import MaskEvidence
 from patchguard.runtime.readouts import read_double, read_mask, softmax, spread
-from patchguard.runtime.topk import certification_margin, certify_top_k
+from patchguard.runtime.topk import certification_margin
 
 
 def test_mask_readouts_match_the_defenses() -> None:
@@ -20,7 +20,7 @@ def test_mask_readouts_match_the_defenses() -> None:
     evidence = MaskEvidence(u, (3, 3), 0.0, None)
     out = read_mask(u, evidence, labels, (3, 3), tau=0.6, k=3)
     assert np.array_equal(out.margin > 0, certify(u, 3) & (labels >= 0))
-    assert np.array_equal(out.top_k_certified, certify_top_k(u, 3, 3))
+    assert np.array_equal(out.top_k_certified, certify(u, 3, top_k=3))
     assert np.array_equal(out.alert, detect(u, 3, tau=0.6).alerts)
     finite = labels >= 0
     assert np.isnan(out.confidence[~finite]).all() and np.isnan(out.margin[~finite]).all()

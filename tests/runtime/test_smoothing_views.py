@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from patchguard.runtime.ablation import band_keep, crop_keep, frame_views
-from patchguard.runtime.certificate import certify_mask
+from patchguard.runtime.defenses import certify
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.metadata import ModelRecord
 from patchguard.runtime.smoothing import band_confidences, crop_delta, ds_counts, ds_margin, ds_votes
@@ -61,7 +61,7 @@ def test_run_agrees_with_the_decision_from_every_views_logits(kind: str) -> None
     truth = np.arange(7) % 4
     by_label = runner.run(x, labels=truth)
     if kind == "mask-ds":
-        expect = certify_mask(band_confidences(logits, 0.3), runner.window, labels=truth, wrap=True)
+        expect = certify(band_confidences(logits, 0.3), runner.window, labels=truth, wrap=True)
     else:
         counts = ds_counts(ds_votes(logits, record.defense.theta), 4)
         expect = ds_margin(counts, truth) >= runner.delta

@@ -3,13 +3,16 @@ with a naive loop (ties included), k = 1 equals the ordinary certificate, the
 margin decides the certificate, and brute-force soundness of top-k."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from _certify_fixtures import biased_maps, survives
 from _feature_fixtures import integer_maps, naive_top_k_certify, survives_extremes
 
 from patchguard.runtime import PatchGuardError, certify, robust_masking
-from patchguard.runtime.topk import certification_margin, certify_top_k
+from patchguard.runtime.certificate import per_map
+from patchguard.runtime.topk import certification_margin, top_k_certified
 
 
 def _case(rng: np.random.Generator) -> tuple:
@@ -33,10 +36,11 @@ def test_top_k_agrees_with_naive_loop_and_k1_with_the_certificate() -> None:
         else:
             u, _ = biased_maps(rng, 6, h, w, classes, strength=1.5)
         y = rng.integers(0, classes, size=u.shape[0])
-        got = certify_top_k(u, mask, k, patch_window=patch, thres=thres, clip=clip, labels=y)
+        got = certify(u, mask, top_k=k, patch_window=patch, thres=thres, clip=clip, labels=y)
         margin = certification_margin(u, mask, top_k=k, patch_window=patch, thres=thres,
                                       clip=clip, labels=y)
-        one = certify_top_k(u, mask, 1, patch_window=patch, thres=thres, clip=clip)
+        # certify(top_k=1) is the ordinary certificate; the top-k decision at k = 1 must agree with it.
+        one = per_map(u, mask, patch, thres, clip, None, functools.partial(top_k_certified, k=1), np.bool_)
         ordinary = certify(u, mask, patch_window=patch, thres=thres, clip=clip)
         assert np.array_equal(one, ordinary)
         if thres == 0.0:  # exact integers: the margin decides (with T > 0 it is a float report)
@@ -70,7 +74,7 @@ def test_top_k_certificates_survive_brute_force() -> None:
         classes, k = max(classes, k + 2), max(k, 2)
         u, hot = biased_maps(rng, 8, h, w, classes, strength=0.7)
         y = np.where(rng.random(u.shape[0]) < 0.7, hot, rng.integers(0, classes, size=u.shape[0]))
-        verdict = certify_top_k(u, mask, k, patch_window=patch, thres=thres, clip=clip, labels=y)
+        verdict = certify(u, mask, top_k=k, patch_window=patch, thres=thres, clip=clip, labels=y)
         for n in range(u.shape[0]):
             label = int(y[n])
 
@@ -95,4 +99,4 @@ def test_top_k_certificates_survive_brute_force() -> None:
 def test_bad_top_k_is_one_error() -> None:
     for k in (0, -1, 1.5, True):
         with pytest.raises(PatchGuardError, match="top_k"):
-            certify_top_k(np.zeros((1, 3, 3, 2)), 1, k)  # type: ignore[arg-type]
+            certify(np.zeros((1, 3, 3, 2)), 1, top_k=k)  # type: ignore[arg-type]

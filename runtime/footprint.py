@@ -167,12 +167,8 @@ def check_patch_options(patch_size: Optional[int], patch_frac: Optional[float]) 
         raise PatchGuardError(f"patch fraction must be a number in (0, 1], got {patch_frac!r}")
 
 
-def patch_side(
-    plan: ResizePlan,
-    record: ModelRecord,
-    patch_size: Optional[int] = None,
-    patch_frac: Optional[float] = None,
-) -> int:
+def patch_side(plan: ResizePlan, record: ModelRecord, patch_size: Optional[int] = None,
+               patch_frac: Optional[float] = None) -> int:
     """Side in camera pixels of the square patch the user's options describe.
 
     ``patch_size``: the side itself. ``patch_frac``: a square covering that

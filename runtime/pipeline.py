@@ -255,31 +255,25 @@ class Pipeline:
     def from_engine(
         cls,
         path: PathText,
-        patch_size: Optional[int] = None,
-        patch_frac: Optional[float] = None,
-        thres: float = 0.0,
-        clip: Optional[float] = None,
+        *,
         provider: Optional[str] = None,
-        color: str = "bgr",
-        value_range: Optional[Sequence[float]] = None,
-        allow_unverified: bool = False,
         onnx: Optional[PathText] = None,
-        **readouts: Any,
+        allow_unverified: bool = False,
+        **options: Any,
     ) -> "Pipeline":
         """Open ``path`` (``.onnx`` or ``.plan``) and build a pipeline around it;
-        ``readouts`` are the per-frame options of :class:`Pipeline` (defense,
-        masks_per_axis, tau, top_k, abstain_below, abstain_spread; certify for view defenses). The model's
+        ``options`` are :class:`Pipeline`'s (patch_size, patch_frac, thres, clip,
+        color, value_range, certify, and the per-frame readouts). The model's
         locality is proved at load (:mod:`.verify`); one that does not prove is
         refused, unless ``allow_unverified``: labels only, no frame certified.
+        ``provider``: the onnxruntime execution provider (:mod:`.backends`).
         ``onnx``: for a TensorRT engine, the ONNX it was built from, proved again
         and checked against the SHA-256 in the engine's sidecar."""
         from .backends import open_backend
 
         backend = open_backend(path, provider=provider, allow_unverified=allow_unverified, onnx=onnx)
         try:
-            return cls(backend, patch_size=patch_size, patch_frac=patch_frac, thres=thres, clip=clip,
-                       color=color, value_range=value_range, allow_unverified=allow_unverified,
-                       **readouts)
+            return cls(backend, allow_unverified=allow_unverified, **options)
         except BaseException:
             backend.close()
             raise

@@ -15,14 +15,8 @@ from patchguard.models.reference import clipped, robust_masking, window_sums
 from patchguard.runtime.geometry import IntOrPair, as_pair
 
 
-def certify(
-    u: torch.Tensor,
-    window: IntOrPair,
-    patch_window: Optional[IntOrPair] = None,
-    thres: float = 0.0,
-    clip: Optional[float] = None,
-    labels: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def certify(u: torch.Tensor, window: IntOrPair, patch_window: Optional[IntOrPair] = None, thres: float = 0.0,
+            clip: Optional[float] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Algorithm 2 with a patch window (pa, pb) no larger than the mask (a, b).
 
     For every patch position P: the upper bound of each class c != y is

@@ -24,6 +24,9 @@ import zlib
 from pathlib import Path
 from typing import Callable, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _fault_models import with_huge_constant, with_metadata
+
 COMMANDS = {
     "pg-run": "patchguard.runtime.cli.run:main", "pg-certify": "patchguard.runtime.cli.certify:main",
     "pg-bench": "patchguard.runtime.cli.bench:main", "pg-export": "patchguard.export.cli:main",
@@ -60,40 +63,6 @@ def png_bomb(path: Path, side: int = 60000) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                      + chunk(b"IDAT", zlib.compress(b"\x00" * (side + 1) * 4)) + chunk(b"IEND", b""))
     return path
-
-
-def with_metadata(source: Path, target: Path, **change: object) -> Path:
-    import onnx
-
-    model = onnx.load(str(source))
-    for prop in model.metadata_props:
-        if prop.key == "patchguard":
-            record = json.loads(prop.value)
-            record.update(change)
-            record.pop("map_size", None)
-            prop.value = json.dumps(record)
-    onnx.save(model, str(target))
-    return target
-
-
-def with_huge_constant(source: Path, target: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(source))
-    graph = model.graph
-    out = graph.output[0].name
-    graph.node.extend([
-        helper.make_node("Constant", [], ["huge_shape"], value=helper.make_tensor(
-            "v", TensorProto.INT64, [3], [100000, 100000, 100000])),
-        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"],
-                         value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("ReduceMax", ["huge"], ["huge_max"], keepdims=0),
-        helper.make_node("Add", [out, "huge_max"], ["bombed"]),
-    ])
-    graph.output[0].name = "bombed"
-    onnx.save(model, str(target))
-    return target
 
 
 class Table:
@@ -134,8 +103,6 @@ class Table:
 def build(folder: Path) -> dict[str, Path]:
     import cv2
     import numpy as np
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from _pipeline_fixtures import export_default_model, fashion_frames, write_video
 
     files = {"model": export_default_model(folder / "model.onnx")}

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pytest
+from _fault_models import with_huge_constant
 from click.testing import CliRunner
 
 from patchguard.runtime.errors import ExitCode, PatchGuardError
@@ -118,23 +119,8 @@ def test_onnxruntime_errors_at_run_time_are_one_line(default_onnx: Path, tmp_pat
                                                     photo: Path) -> None:
     """An ONNX whose graph allocates a huge ConstantOfShape: onnxruntime fails at the first
     frame; the error names the file and the cause, on one line."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(default_onnx))
-    graph = model.graph
-    out = graph.output[0].name
-    graph.node.extend([
-        helper.make_node("Constant", [], ["huge_shape"], value=helper.make_tensor(
-            "huge_shape_value", TensorProto.INT64, [3], [100000, 100000, 100000])),
-        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"],
-                         value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("ReduceMax", ["huge"], ["huge_max"], keepdims=0),
-        helper.make_node("Add", [out, "huge_max"], ["bombed"]),
-    ])
-    graph.output[0].name = "bombed"
-    bad = tmp_path / "bomb.onnx"
-    onnx.save(model, str(bad))
+    pytest.importorskip("onnx")
+    bad = with_huge_constant(default_onnx, tmp_path / "bomb.onnx")
     from patchguard.runtime.cli.run import main
 
     line = one_error(invoke(main, ["--engine", str(bad), "--source", str(photo)]), "bomb.onnx")

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import IntOrPair
-from .grid import Grid, grid_for, to_grid
-from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral
+from .grid import Grid, grid_for
+from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, clipped_integral, finite_maps
 
 #: A default alert threshold (confidence of a window's prediction).
 DEFAULT_TAU = 0.8
@@ -49,11 +49,6 @@ def check_tau(tau: float) -> float:
     if not 0.0 <= tau < 1.0:
         raise PatchGuardError(f"tau (alert confidence) must be in [0, 1), got {tau}")
     return tau
-
-
-def signed_grid(u: np.ndarray, grid: Grid) -> np.ndarray:
-    """u cell by cell on the grid, sign kept: integers in [-unit, unit] (float64)."""
-    return to_grid(u, grid) - to_grid(np.negative(u), grid)
 
 
 def softmax_top(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +66,20 @@ class WindowReadout:
 
     labels: np.ndarray       # (B,) argmax g, NO_LABEL for maps with NaN/inf
     predictions: np.ndarray  # argmax g_w (exact, on the grid)
-    scores: np.ndarray       # g_w in logits, (B, H-a+1, W-b+1, C)
+    kept: np.ndarray         # (S - W(w)) on the signed grid, (B, H-a+1, W-b+1, C), exact
+    grid: Grid
+    cells: int               # H * W: g_w is (S - W(w)) / (H W) in logits
     finite: np.ndarray       # (B,)
+
+    def scores_at(self, *index: Any) -> np.ndarray:
+        """g_w in logits at ``kept[index]`` (all positions without an index); each
+        value depends on its own integer alone, so a subset has the same bits."""
+        return self.grid.to_logits(self.kept[index]) / self.cells
+
+    @functools.cached_property
+    def scores(self) -> np.ndarray:
+        """g_w in logits, (B, H-a+1, W-b+1, C)."""
+        return self.scores_at()
 
     @functools.cached_property
     def confidence(self) -> np.ndarray:
@@ -82,17 +89,16 @@ class WindowReadout:
 
     @classmethod
     def of(cls, u: np.ndarray, window: tuple[int, int]) -> "WindowReadout":
-        cells = u.shape[1] * u.shape[2]
         grid = grid_for(u.shape, None)
+        finite = finite_maps(u)
         with np.errstate(invalid="ignore", over="ignore"):
-            table = integral(signed_grid(u, grid))
+            # u cell by cell on the grid, sign kept: every S and S - W(w) an exact integer.
+            table = clipped_integral(u, grid, signed=True)
             total = table[:, -1, -1]                                        # S (B, C), exact
             kept = total[:, None, None, :] - box_sums(table, *window)       # exact
-            predictions = np.nan_to_num(kept).argmax(axis=-1)
-            scores = grid.to_logits(kept) / cells
-        finite = finite_maps(u)
+            predictions = (kept if finite.all() else np.nan_to_num(kept)).argmax(axis=-1)
         labels = np.where(finite, np.nan_to_num(total).argmax(axis=1), NO_LABEL)
-        return cls(labels.astype(np.int64), predictions, scores, finite)
+        return cls(labels.astype(np.int64), predictions, kept, grid, u.shape[1] * u.shape[2], finite)
 
     def alerts(self, tau: float) -> np.ndarray:
         """(B,): some window predicts another class than the output with confidence > tau.
@@ -105,7 +111,7 @@ class WindowReadout:
             loud = self.confidence[n, i, j] > tau
         else:
             with np.errstate(invalid="ignore", over="ignore"):
-                loud = softmax_top(self.scores[n, i, j])[1] > tau
+                loud = softmax_top(self.scores_at(n, i, j))[1] > tau
         alert = np.zeros(self.finite.shape[0], dtype=bool)
         alert[n[loud]] = True
         return alert | ~self.finite

@@ -142,7 +142,7 @@ def clipped(u: np.ndarray, clip: Optional[float]) -> np.ndarray:
 
 
 def clipped_integral(
-    u: np.ndarray, grid: Union[Grid, float, None], index: Optional[np.ndarray] = None
+    u: np.ndarray, grid: Union[Grid, float, None], index: Optional[np.ndarray] = None, signed: bool = False,
 ) -> np.ndarray:
     """Integral image of the grid values of ``v = clip(u, 0, c_h)``: (B, H + 1, W + 1, K).
 
@@ -150,7 +150,8 @@ def clipped_integral(
     integers), so ``table[:, H, W]`` is the total S. ``index`` (B, K) picks
     K classes per map (default: all C). The grid map and the class gather
     write straight into the table. ``grid`` may also be the ceiling c_h
-    (None: none), meaning that ceiling's grid for u's shape.
+    (None: none), meaning that ceiling's grid for u's shape. ``signed``:
+    ``v = clip(u, -c_h, c_h)`` instead (:func:`.grid.to_grid`).
     """
     if not isinstance(grid, Grid):
         grid = grid_for(u.shape, grid)
@@ -165,9 +166,9 @@ def clipped_integral(
     table[:, 1:, 0] = 0.0
     inner = table[:, 1:, 1:]
     if batch == 1 and inner.size < _ROWWISE_ELEMENTS:  # one small map (the camera case)
-        inner[0] = _running_sums(to_grid(source[0], grid))
+        inner[0] = _running_sums(to_grid(source[0], grid, signed=signed))
         return table
-    to_grid(source, grid, out=inner)
+    to_grid(source, grid, out=inner, signed=signed)
     _accumulate(inner)
     return table
 

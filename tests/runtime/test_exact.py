@@ -83,6 +83,21 @@ def test_grid_is_cell_wise_and_dtype_free() -> None:
     assert list(extreme) == [grid.unit, 0, grid.unit, grid.unit]
 
 
+@pytest.mark.parametrize("clip", [None, 1.0, 3.0, 1e-300, 1e300])
+def test_signed_grid_is_the_difference_of_two_clipped_grids(clip: float | None) -> None:
+    """Provable detection's signed grid (one clip to [-unit, unit], toward zero) gives the
+    integers of ``to_grid(u) - to_grid(-u)`` cell by cell, extremes and both dtypes included."""
+    rng = np.random.default_rng(9)
+    u = rng.normal(size=(4, 5, 6, 7)) * 10.0 ** rng.integers(-40, 40, size=(4, 5, 6, 7))
+    u.flat[:12] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300, F32_MAX, -F32_MAX, 5e-324, -5e-324, 1.0]
+    for x in (u, u.astype(np.float32)):
+        grid = grid_for(x.shape, clip)
+        with np.errstate(over="ignore", invalid="ignore"):  # as every caller (huge u / tiny c_h)
+            signed = to_grid(x, grid, signed=True)
+            difference = to_grid(x, grid) - to_grid(np.negative(x), grid)
+        assert np.array_equal(signed, difference, equal_nan=True)
+        assert np.nanmax(np.abs(signed)) <= grid.unit
+
 def test_compare_is_exact() -> None:
     rng = np.random.default_rng(5)
     x = rng.integers(-2 ** 52, 2 ** 52, size=400).astype(np.float64)

@@ -11,6 +11,10 @@ world. ``reconnect`` tries that many times to reopen a camera that stops
 delivering, waiting 0.5 s, 1 s, 2 s, ... (at most 8 s) between tries; the
 count starts afresh after every frame. A camera lost for good sets
 ``lost`` (pg-run's exit 3), as a dropped stream does.
+
+A video file given as the camera is a recording, not a device: it is read as
+``--source`` reads it, every frame to its end. Its end is no outage, so
+``reconnect`` does not apply (reopening it would replay it forever).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import numpy as np
 
 from .errors import PatchGuardError
 from .geometry import as_pair
-from .sources import FrameSource, SourceFrame, opencv
+from .sources import FrameSource, SourceFrame, open_source, opencv
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +215,25 @@ class CameraStream(FrameSource):
 
 
 def open_camera(camera: Union[int, str], size: Optional[tuple[int, int]] = None, fps: Optional[float] = None,
-                reconnect: int = 0, latest: bool = True) -> CameraStream:
-    """``--camera`` with its options, opened (one-line errors). ``size`` is (height, width)."""
+                reconnect: int = 0, latest: bool = True) -> FrameSource:
+    """``--camera`` with its options, opened (one-line errors). ``size`` is (height, width).
+
+    A regular file (a recording) comes back as ``open_source`` opens it; a warning
+    names the camera options given that do not apply to it.
+    """
     target, description = parse_camera(camera)
     wanted = as_pair(size, "camera frame size") if size is not None else None
     if fps is not None and not fps > 0:
         raise PatchGuardError(f"--camera-fps must be positive, got {fps}")
+    if isinstance(target, str) and os.path.isfile(target):
+        if reconnect < 0:  # CameraStream's own check is not reached for a file
+            raise PatchGuardError(f"--reconnect must be 0 or more, got {reconnect}")
+        unused = [flag for flag, given in (("--reconnect", reconnect), ("--camera-frame-size", wanted),
+                                           ("--camera-fps", fps)) if given]
+        if unused:
+            log.warning("%s is a file, not a device: it is read to its end like --source (%s %s not apply)",
+                        description, ", ".join(unused), "does" if len(unused) == 1 else "do")
+        return open_source(target)
     cv2 = opencv()
     api = cv2.CAP_V4L2 if sys.platform.startswith("linux") and isinstance(target, int) else cv2.CAP_ANY
 

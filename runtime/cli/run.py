@@ -60,7 +60,8 @@ def _log_through(bar: Any) -> Any:
               help="Older spelling of --camera-frame-size, width first (1280x720).")
 @click.option("--camera-fps", type=float, default=None, help="Ask the camera for this frame rate.")
 @click.option("--reconnect", type=int, default=0, show_default=True,
-              help="Reopen a camera that stops delivering, up to N tries (back-off 0.5 s to 8 s).")
+              help="Reopen a camera that stops delivering, up to N tries per outage (back-off "
+                   "0.5 s to 8 s); a video file given to --camera ends, it is not reopened.")
 @click.option("--source", default=None,
               help="Video file, image, folder (sorted), glob, RTSP/HTTP URL or GStreamer pipeline.")
 @click.option("--patch-size", type=int, default=None, help="Patch side in camera pixels.")

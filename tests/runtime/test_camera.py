@@ -1,9 +1,13 @@
 """Cameras: index / device / by-id parsing, one-line errors, latest-frame reading,
 reconnect with back-off. No camera exists here: a video file opened by the same
-OpenCV capture class stands in for the device (it "drops" when it ends)."""
+OpenCV capture class stands in for the device (it "drops" when it ends), and for
+pg-run a named pipe fed with a clip (a video *file* given to --camera is a recording)."""
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -109,19 +113,49 @@ def test_missing_camera_and_camera_only_options_are_one_line(tmp_path: Path) -> 
     assert result.exit_code != 0 and "apply to --camera" in result.output
 
 
-def test_pg_run_on_a_camera_that_stops_exits_3(default_onnx: Path, tmp_path: Path) -> None:
-    """End to end through pg-run: a 'camera' (a video file opened the same way) that stops
-    delivering is a lost source (exit 3), with every row kept. (No --reconnect here: the
-    file would reopen every time; test_reconnect_with_back_off covers the tries.)"""
-    import json
+def _fifo_camera(tmp_path: Path, video: Path) -> Path:
+    """A named pipe fed once with ``video``'s bytes: a live stream (not a file) that
+    stops delivering when its writer is done, as an unplugged camera does."""
+    fifo = tmp_path / "cam.fifo"
+    os.mkfifo(fifo)
 
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:  # blocks until pg-run opens the other end
+            pipe.write(video.read_bytes())
+
+    threading.Thread(target=feed, daemon=True).start()
+    return fifo
+
+
+def test_pg_run_on_a_camera_that_stops_exits_3(default_onnx: Path, tmp_path: Path) -> None:
+    """End to end through pg-run: a live 'camera' (a pipe fed with a clip) that stops
+    delivering is a lost source (exit 3), with every row kept."""
     from patchguard.runtime.cli.run import main
 
-    video, out = _video(tmp_path / "cam.avi", 8), tmp_path / "rows.jsonl"
-    result = CliRunner().invoke(main, ["--engine", str(default_onnx), "--camera", str(video),
+    camera = _fifo_camera(tmp_path, _video(tmp_path / "cam.avi", 8))
+    out = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["--engine", str(default_onnx), "--camera", str(camera),
                                        "--jsonl", str(out)])
     assert result.exit_code == 3, result.output
     assert "stopped delivering frames" in result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0]["kind"] == "header" and rows[0]["settings"]["camera"] == str(video)
+    assert rows[0]["kind"] == "header" and rows[0]["settings"]["camera"] == str(camera)
     assert len(rows) > 1 and all(r["capture_time"] is not None for r in rows[1:])
+
+
+def test_pg_run_on_a_video_file_as_camera_ends_at_its_end(default_onnx: Path, tmp_path: Path) -> None:
+    """A recording given to --camera is read like --source, every frame once: its end is
+    no outage, so --reconnect does not reopen it (it used to replay it forever; --max-frames
+    bounds the run if that comes back)."""
+    from patchguard.runtime.cli.run import main
+
+    video, out = _video(tmp_path / "cam.avi", 8), tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["--engine", str(default_onnx), "--camera", str(video),
+                                       "--reconnect", "2", "--max-frames", "40", "--jsonl", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "is a file, not a device" in result.output and "--reconnect does not apply" in result.output
+    assert "reconnecting" not in result.output and "end of source" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in rows[1:]] == list(range(8))
+    with pytest.raises(PatchGuardError, match="--reconnect must be 0 or more"):
+        open_camera(str(video), reconnect=-1)

@@ -16,6 +16,11 @@ outputs:
   ``certified_patch_px`` INT64 [1], ``masked_box`` INT64 [4] (left, top, right,
   bottom; -1s for none), ``result`` BYTES [1]: the whole
   :meth:`.pipeline.FrameResult.to_dict` as JSON (the defense's other fields).
+  A frame that cannot be decoded or run (bytes OpenCV cannot decode, ``frame``
+  bytes that do not match ``size``, a frame too small for the patch, samples
+  that are not uint8) answers label -1, certified false, masked_box -1s and
+  ``result`` ``{"error": "<one line>"}``; the other frames of the batch, other
+  clients' included, get their results (an exception would fail them all).
 
 Nothing here imports PyTriton or tritonclient at module level: ``import
 patchguard.runtime`` stays free of both.
@@ -25,11 +30,13 @@ from __future__ import annotations
 import json
 import os
 import sysconfig
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import PatchGuardError, lazy_import
+from .errors import PatchGuardError, first_line, lazy_import
+from .sources import opencv
 
 MODEL_NAME = "patchguard"
 INPUT_NAMES = ("image", "frame", "size")
@@ -40,22 +47,44 @@ NO_BOX = (-1, -1, -1, -1)
 # --------------------------------------------------------------------------
 # Server side: requests to frames, results to responses.
 
-def decode_request(request: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The frames of one request (its batch dimension first)."""
+@dataclass(frozen=True)
+class Refused:
+    """A frame the server cannot run, and why (one line). Its response row says so
+    (``result`` is ``{"error": reason}``) while the other frames of the batch run."""
+
+    reason: str
+
+
+def decode_request(request: dict[str, np.ndarray]) -> list[Union[np.ndarray, Refused]]:
+    """The frames of one request (its batch dimension first), each decoded or refused."""
     if "image" in request:
-        return [decode_image(item) for item in np.asarray(request["image"]).reshape(-1)]
+        return [_decoded(decode_image, item) for item in np.asarray(request["image"]).reshape(-1)]
     if "frame" not in request or "size" not in request:
-        raise PatchGuardError("a request needs 'image' (encoded bytes) or 'frame' (raw uint8) with 'size'")
+        # Triton hands over only the inputs a request has: its rows are the frames to answer.
+        count = max([len(np.asarray(v)) for v in request.values()] or [1])
+        return [Refused("a request needs 'image' (encoded bytes) or 'frame' (raw uint8) with 'size'")] * count
     raws = np.asarray(request["frame"]).reshape(-1)
-    sizes = np.asarray(request["size"]).reshape(len(raws), -1)
-    return [raw_frame(raw, size) for raw, size in zip(raws, sizes, strict=True)]
+    sizes = np.asarray(request["size"])
+    if sizes.size != 3 * len(raws):
+        return [Refused(f"'size' must hold height, width, channels for each of the {len(raws)} frames, "
+                        f"got {sizes.size} values")] * len(raws)
+    return [_decoded(raw_frame, raw, size) for raw, size in zip(raws, sizes.reshape(len(raws), 3), strict=True)]
+
+
+def _decoded(decode: Callable[..., np.ndarray], *args: Any) -> Union[np.ndarray, Refused]:
+    try:
+        return decode(*args)
+    except PatchGuardError as exc:
+        return Refused(first_line(exc))
 
 
 def decode_image(data: Any) -> np.ndarray:
-    import cv2
-
+    cv2 = opencv()  # quiet, and with the project's decoded-pixel limit
     raw = np.frombuffer(_bytes(data), dtype=np.uint8)
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    try:
+        image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    except cv2.error:
+        image = None
     if image is None:
         raise PatchGuardError(f"'image' is not an image OpenCV can decode ({raw.size} bytes)")
     return image
@@ -79,27 +108,49 @@ def _bytes(data: Any) -> bytes:
 
 
 def result_arrays(results: Sequence[Any]) -> dict[str, np.ndarray]:
-    """One response's outputs (batch dimension first) from its FrameResults."""
+    """One response's outputs (batch dimension first) from its FrameResults; a
+    :class:`Refused` frame gets label -1, no certificate, no box and ``{"error": reason}``."""
+    def row(r: Any) -> tuple[int, str, bool, int, Sequence[int], dict[str, Any]]:
+        if isinstance(r, Refused):
+            return -1, "", False, 0, NO_BOX, {"error": r.reason}
+        box = list(r.masked_box) if r.masked_box is not None else NO_BOX
+        return r.label, r.class_name, r.certified, r.certified_patch_px, box, r.to_dict()
+
+    rows = [row(r) for r in results]
     return {
-        "label": np.array([[r.label] for r in results], dtype=np.int64),
-        "class_name": np.array([[r.class_name.encode()] for r in results], dtype=np.object_),
-        "certified": np.array([[r.certified] for r in results], dtype=np.bool_),
-        "certified_patch_px": np.array([[r.certified_patch_px] for r in results], dtype=np.int64),
-        "masked_box": np.array([list(r.masked_box) if r.masked_box is not None else NO_BOX
-                                for r in results], dtype=np.int64).reshape(len(results), 4),
-        "result": np.array([[json.dumps(r.to_dict()).encode()] for r in results], dtype=np.object_),
+        "label": np.array([[r[0]] for r in rows], dtype=np.int64),
+        "class_name": np.array([[r[1].encode()] for r in rows], dtype=np.object_),
+        "certified": np.array([[r[2]] for r in rows], dtype=np.bool_),
+        "certified_patch_px": np.array([[r[3]] for r in rows], dtype=np.int64),
+        "masked_box": np.array([r[4] for r in rows], dtype=np.int64).reshape(len(rows), 4),
+        "result": np.array([[json.dumps(r[5]).encode()] for r in rows], dtype=np.object_),
     }
 
 
 def infer_requests(pipeline: Any, requests: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Triton's batch of requests: every frame decoded, certified in one
-    :meth:`~.pipeline.Pipeline.run_batch`, split back per request."""
+    :meth:`~.pipeline.Pipeline.run_batch`, split back per request. A frame that
+    cannot be decoded or run gets its own error row; the others their results."""
     frames = [decode_request(request) for request in requests]
-    results = pipeline.run_batch([f for group in frames for f in group])
-    out, start = [], 0
-    for group in frames:
-        out.append(result_arrays(results[start : start + len(group)]))
-        start += len(group)
+    good = [f for group in frames for f in group if not isinstance(f, Refused)]
+    results = iter(_run(pipeline, good))
+    return [result_arrays([f if isinstance(f, Refused) else next(results) for f in group]) for group in frames]
+
+
+def _run(pipeline: Any, frames: list[np.ndarray]) -> list[Any]:
+    """FrameResults of ``frames`` in one batch; when the batch is refused (a frame too
+    small for the patch, samples that are not uint8, ...), frame by frame, so only the
+    frames at fault are refused. Other exceptions (the backend failing) fail the batch."""
+    try:
+        return list(pipeline.run_batch(frames))
+    except PatchGuardError:
+        pass
+    out: list[Any] = []
+    for frame in frames:
+        try:
+            out.extend(pipeline.run_batch([frame]))
+        except PatchGuardError as exc:
+            out.append(Refused(first_line(exc)))
     return out
 
 
@@ -172,8 +223,11 @@ def client_outputs(module: Any) -> list[Any]:
 
 def response_dict(response: Any) -> dict[str, Any]:
     """The server's ``result`` (FrameResult.to_dict()) of a one-frame response,
-    checked against the typed outputs it was sent with."""
+    checked against the typed outputs it was sent with; a refused frame's
+    reason is raised as a one-line error."""
     result = json.loads(response.as_numpy("result").reshape(-1)[0])
+    if "error" in result:
+        raise PatchGuardError(f"the server refused the frame: {result['error']}")
     box = [int(v) for v in response.as_numpy("masked_box").reshape(-1)]
     typed = {"label": int(response.as_numpy("label").reshape(-1)[0]),
              "class_name": response.as_numpy("class_name").reshape(-1)[0].decode(),

@@ -21,7 +21,9 @@ batching: the frames of every batch Triton forms are certified as one numpy
 batch. Inputs: 'image' (encoded bytes) or 'frame' (raw uint8 bytes) with
 'size' (height, width, channels); outputs: label, class_name, certified,
 certified_patch_px, masked_box and 'result', the whole per-frame JSON of
-pg-run (patchguard/runtime/serving.py). Needs nvidia-pytriton (pip install
+pg-run (patchguard/runtime/serving.py); a frame that cannot be decoded or run
+answers label -1 and 'result' {"error": "..."}, and the rest of its batch its
+results. Needs nvidia-pytriton (pip install
 'patchguard-edge[serve]'); the Python library's folder is put on
 LD_LIBRARY_PATH for Triton's Python-backend stub.
 """

@@ -435,10 +435,11 @@ def _candidates(evidence: MaskEvidence, y: np.ndarray, floor: np.ndarray) -> int
     return int(candidate.sum(axis=1).max(initial=0))
 
 
-def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) -> np.ndarray:
-    """Largest ``S_c - max_{W >= P} sum v[W, c]`` (B, H-pa+1, W-pb+1) over the
-    ``count`` best-ranked classes c != y: the upper bound times (1 - T),
-    exact (the division is left to :func:`.grid.beats`)."""
+def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair, rank: int = 1) -> np.ndarray:
+    """Largest (the ``rank``-th largest) ``S_c - max_{W >= P} sum v[W, c]`` (B, H-pa+1,
+    W-pb+1) over the ``count`` best-ranked classes c != y: the upper bound
+    times (1 - T), exact (the division is left to :func:`.grid.beats`);
+    -inf where fewer than ``rank`` such classes exist."""
     batch, height, width, classes = evidence.u.shape
     (a, b), (pa, pb) = evidence.mask, patch
     if count == 0:
@@ -455,7 +456,11 @@ def _rival_gaps(evidence: MaskEvidence, y: np.ndarray, count: int, patch: Pair) 
     # y is no rival of itself: its gap becomes -inf at every position.
     others = np.where(index == y[:, None], -np.inf, exact)
     gap = others[:, None, None, :] - containing_max(windows, a, b, pa, pb, evidence.wrap)
-    return class_max(gap)
+    if rank == 1:
+        return class_max(gap)
+    if gap.shape[3] < rank:
+        return np.full(gap.shape[:3], -np.inf)
+    return np.partition(gap, gap.shape[3] - rank, axis=3)[..., gap.shape[3] - rank]
 
 
 def _uses_m0(best: np.ndarray, t: np.ndarray, thres: float) -> np.ndarray:

@@ -95,7 +95,8 @@ class WindowReadout:
             # u cell by cell on the grid, sign kept: every S and S - W(w) an exact integer.
             table = clipped_integral(u, grid, signed=True)
             total = table[:, -1, -1]                                        # S (B, C), exact
-            kept = total[:, None, None, :] - box_sums(table, *window)       # exact
+            kept = box_sums(table, *window)
+            np.subtract(total[:, None, None, :], kept, out=kept)            # S - W(w), exact
             predictions = (kept if finite.all() else np.nan_to_num(kept)).argmax(axis=-1)
         labels = np.where(finite, np.nan_to_num(total).argmax(axis=1), NO_LABEL)
         return cls(labels.astype(np.int64), predictions, kept, grid, u.shape[1] * u.shape[2], finite)
@@ -111,10 +112,28 @@ class WindowReadout:
             loud = self.confidence[n, i, j] > tau
         else:
             with np.errstate(invalid="ignore", over="ignore"):
+                n, i, j = (x[self._may_exceed(tau)[n, i, j]] for x in (n, i, j))
                 loud = softmax_top(self.scores_at(n, i, j))[1] > tau
         alert = np.zeros(self.finite.shape[0], dtype=bool)
         alert[n[loud]] = True
         return alert | ~self.finite
+
+    def _may_exceed(self, tau: float) -> np.ndarray:
+        """Positions (B, H-a+1, W-b+1) whose confidence may exceed tau; the others'
+        is below it for sure, decided without a softmax.
+
+        The softmax's denominator ``sum_c exp(g_c - peak)`` is at least
+        ``C exp(mean_c g - peak)`` (exp is convex), so where that reaches
+        ``1 / tau`` the confidence is at most tau. The test asks for a
+        relative 1e-6 more: the float sums behind it err by far less, so a
+        window it clears would also be below tau by the softmax itself.
+        """
+        classes = self.kept.shape[3]
+        if tau == 0.0:  # every confidence exceeds 0
+            return np.ones(self.predictions.shape, dtype=bool)
+        peak = np.take_along_axis(self.kept, self.predictions[..., None], axis=3)[..., 0]
+        gap = (self.kept.sum(axis=3) / classes - peak) * (self.grid.resolution / self.cells)  # logits, <= 0
+        return ~(gap >= np.log((1.0 + 1e-6) / (tau * classes)))
 
     def certified(self, y: np.ndarray, tau: float) -> np.ndarray:
         """(B,): output y, and every window predicts y with confidence > tau."""

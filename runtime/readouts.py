@@ -133,8 +133,8 @@ def top_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def spread(u: np.ndarray) -> np.ndarray:
     """Cell-to-cell standard deviation of u (B, H, W, C), averaged over classes (B,)."""
-    flat = np.asarray(u, dtype=np.float64).reshape(u.shape[0], -1, u.shape[3])
-    return flat.std(axis=1).mean(axis=1)
+    flat = u.reshape(u.shape[0], -1, u.shape[3])
+    return flat.std(axis=1, dtype=np.float64).mean(axis=1)
 
 
 def masked_scores(evidence: MaskEvidence) -> np.ndarray:
@@ -165,9 +165,9 @@ def read_mask(u: np.ndarray, evidence: MaskEvidence, labels: np.ndarray, window:
     (also the patch window), ``labels`` (B,) its predictions (-1: none)."""
     safe = np.maximum(labels, 0)
     with np.errstate(invalid="ignore", over="ignore"):
+        scores = evidence.grid.to_logits(masked_scores(evidence))  # every class's sums, reused below
         margin = top_k_margins(evidence, safe, window, 1)
         top_ok = top_k_certified(evidence, safe, window, k) if k > 1 else None
-        scores = evidence.grid.to_logits(masked_scores(evidence))
     margin = np.where(labels >= 0, margin, np.nan)
     return _finish(u, labels, scores, margin, top_ok, window, tau, k, evidence.finite)
 

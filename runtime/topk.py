@@ -22,10 +22,10 @@ from typing import Optional
 
 import numpy as np
 
-from .certificate import _decide, _exact_lower, _label_side, per_map
+from .certificate import _decide, _exact_lower, _label_side, _rival_gaps, per_map
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
-from .masking import MaskEvidence, class_max, containing_max
+from .masking import MaskEvidence, spatial_max
 
 
 def check_top_k(top_k: int) -> int:
@@ -38,18 +38,25 @@ def check_top_k(top_k: int) -> int:
 def _kth_gap(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.ndarray:
     """The k-th largest rival gap ``S_c - max_{W >= P} sum v[W, c]`` (the upper
     bound times 1 - T; exact grid integers) among the classes c != y at every
-    (pa, pb) position, (B, P1, P2); -inf where fewer than k other classes exist."""
-    (a, b), (pa, pb) = evidence.mask, patch
-    classes = evidence.totals.shape[1]
-    _, exact, windows = evidence.ranked(classes)  # all classes, in class order
-    gap = exact[:, None, None, :] - containing_max(windows, a, b, pa, pb)
-    gap[np.arange(y.shape[0]), :, :, y] = -np.inf
+    (pa, pb) position, (B, P1, P2); -inf where fewer than k other classes exist.
+
+    Only the classes that can be among the k largest get window sums: every
+    gap of c lies in ``[S_c - M_c, S_c]`` (``M_c``: c's largest mask window,
+    which contains any patch position's windows; window sums are >= 0), so the
+    k-th largest ``S_c - M_c`` of some classes c != y, L, is at most the k-th
+    largest gap at every position, and a class with ``S_c < L`` cannot change
+    it. Ranked by total, the others are a prefix of the ranking once y is skipped.
+    """
+    batch, height, width, classes = evidence.u.shape
     if k >= classes:
-        return np.full(gap.shape[:3], -np.inf)
-    # y's own entry is -inf, so the k-th largest of all C is that of the others.
-    if k == 1:
-        return class_max(gap)
-    return np.partition(gap, classes - k, axis=-1)[..., classes - k]
+        return np.full((batch, height - patch[0] + 1, width - patch[1] + 1), -np.inf)
+    index, exact, windows = evidence.ranked(k + 1)
+    floor = np.where(index == y[:, None], -np.inf, exact - spatial_max(windows))
+    least = np.partition(floor, floor.shape[1] - k, axis=1)[:, floor.shape[1] - k]
+    reach = evidence.totals >= least[:, None]
+    reach[np.arange(batch), y] = False
+    count = max(int(reach.sum(axis=1).max(initial=0)), k)
+    return _rival_gaps(evidence, y, min(count, classes - 1), patch, k)
 
 
 def top_k_certified(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.ndarray:

@@ -122,3 +122,36 @@ def test_certified_detection_survives_brute_force() -> None:
           f"alert); the same adversary did that to {flipped} of {uncertified} uncertified ones")
     assert broken == 0
     assert flipped > 0
+
+
+def test_alerts_screened_without_a_softmax_are_the_softmax_alerts() -> None:
+    """Windows whose confidence is below tau for sure (C exp(mean - peak) >= 1 / tau) skip
+    the softmax; the alerts are exactly those of every window's softmax, over 2-300
+    classes, logits from 1e-3 to 1e4, and tau from 0 to 0.99."""
+    rng = np.random.default_rng(31)
+    screened = computed = alerts = 0
+    for trial in range(120):
+        classes = int(rng.choice([2, 5, 40, 300]))
+        scale = float(10.0 ** rng.uniform(-3, 4))
+        u = rng.normal(size=(3, 8, 9, classes)) * scale
+        u[:, :, :, int(rng.integers(classes))] += rng.uniform(0, 0.5) * scale
+        u[0, 2:5, 3:6, int(rng.integers(classes))] += 8 * scale  # a patch-like blob
+        if trial % 5 == 0:
+            u[1, 0, 0, 0] = np.inf
+        u = u.astype(np.float32) if trial % 2 else u
+        window = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        tau = float(rng.choice([0.0, 0.3, 0.8, 0.99]))
+        fast = WindowReadout.of(u, window)
+        full = WindowReadout.of(u, window)
+        _ = full.confidence  # every window's softmax: alerts() then reads it
+        got, want = fast.alerts(tau), full.alerts(tau)
+        assert np.array_equal(got, want), (trial, classes, scale, tau)
+        other = fast.predictions != fast.labels[:, None, None]
+        with np.errstate(invalid="ignore", over="ignore"):
+            unsure = fast._may_exceed(tau)
+        screened += int((other & ~unsure).sum())
+        computed += int((other & unsure).sum())
+        alerts += int(want.sum())
+    print(f"windows predicting another class: {screened} cleared without a softmax, {computed} computed; "
+          f"{alerts} alerts")
+    assert screened > 100 and computed > 100 and alerts > 50

@@ -36,6 +36,9 @@ from .geometry import IntOrPair
 from .grid import Grid, grid_for
 from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, clipped_integral, finite_maps
 
+# Above this many classes, alerts screen windows before their softmax (cheaper than it for few).
+_SCREEN_CLASSES = 32
+
 #: A default alert threshold (confidence of a window's prediction).
 DEFAULT_TAU = 0.8
 
@@ -112,7 +115,8 @@ class WindowReadout:
             loud = self.confidence[n, i, j] > tau
         else:
             with np.errstate(invalid="ignore", over="ignore"):
-                n, i, j = (x[self._may_exceed(tau)[n, i, j]] for x in (n, i, j))
+                if self.kept.shape[3] > _SCREEN_CLASSES:
+                    n, i, j = (x[self._may_exceed(tau)[n, i, j]] for x in (n, i, j))
                 loud = softmax_top(self.scores_at(n, i, j))[1] > tau
         alert = np.zeros(self.finite.shape[0], dtype=bool)
         alert[n[loud]] = True

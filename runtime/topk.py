@@ -27,6 +27,9 @@ from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
 from .masking import MaskEvidence, spatial_max
 
+# Up to this many classes the k-th rival gap bounds every class (no pruning).
+_ALL_CLASSES = 32
+
 
 def check_top_k(top_k: int) -> int:
     """k >= 1 (an int)."""
@@ -50,6 +53,8 @@ def _kth_gap(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.n
     batch, height, width, classes = evidence.u.shape
     if k >= classes:
         return np.full((batch, height - patch[0] + 1, width - patch[1] + 1), -np.inf)
+    if classes <= _ALL_CLASSES:  # bounding them all costs less than choosing
+        return _rival_gaps(evidence, y, classes - 1, patch, k)
     index, exact, windows = evidence.ranked(k + 1)
     floor = np.where(index == y[:, None], -np.inf, exact - spatial_max(windows))
     least = np.partition(floor, floor.shape[1] - k, axis=1)[:, floor.shape[1] - k]

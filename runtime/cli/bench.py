@@ -230,7 +230,10 @@ def main(engine: Optional[str], source: Optional[str], topic: Optional[str], max
     """Time preprocessing, inference and certification: mean, p50, p95, p99, max per stage."""
     from ..detection import DEFAULT_TAU
     from ..files import check_outputs, write_text_atomic
+    from ..heap import keep_freed_memory
     from ..readouts import frame_settings
+
+    keep_freed_memory()  # as pg-run: every frame reuses the last one's memory (glibc)
 
     check_outputs({"--json": json_out}, {"--engine": engine, "--source": source})
     budget = memory_budget(max_memory)

@@ -131,10 +131,13 @@ def main(ctx: click.Context, engine: str, camera: Optional[str], camera_frame_si
     from ..camera import open_camera
     from ..detection import DEFAULT_TAU
     from ..files import check_outputs, write_text_atomic
+    from ..heap import keep_freed_memory
     from ..pipeline import Pipeline, stream
     from ..resultstream import header_row
     from ..sinks import DisplaySink, JsonlSink, RunSummary, Sink, VideoSink
     from ..sources import open_source
+
+    keep_freed_memory()  # every frame reuses the last one's memory (glibc)
 
     if (camera is None) == (source is None):
         raise PatchGuardError("give exactly one of --camera N or --source S")

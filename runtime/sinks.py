@@ -9,7 +9,7 @@ so a reader can follow the file live and a run that dies leaves only whole
 rows behind; a failed write cuts the file back to its last whole row (a
 stream log cannot be written atomically; the video, which is useless
 half-written, is: it goes to a temporary file that is renamed into place
-when the run ends).
+when the run ends, and removed instead when the disk fills under it).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Optional, Protocol
 
 import numpy as np
 
-from .errors import PatchGuardError
+from .errors import OutputError, PatchGuardError
 from .files import LineFile, PathText, ensure_dir
 from .pipeline import FrameResult, StreamItem
 from .sources import opencv
@@ -135,6 +135,12 @@ class VideoSink:
 
     The container comes from the suffix (``.avi`` -> MJPG, ``.mp4`` -> mp4v);
     the size is fixed by the first frame; later frames of another size are resized.
+    OpenCV's writer reports no failed write, so a disk that fills under it would
+    leave a truncated video: after every frame the disk must keep room for two
+    raw frames (what the writer buffers and the next), and a file finished on a
+    disk that is full by then must hold every frame written; otherwise the
+    temporary file is removed and :class:`~.errors.OutputError` names the video
+    (an earlier file at its path is kept).
     """
 
     CODECS: ClassVar[dict[str, str]] = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG", ".mov": "mp4v"}
@@ -149,6 +155,8 @@ class VideoSink:
         self._tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self._writer: Any = None
         self._size: Optional[tuple[int, int]] = None
+        self.frames = 0  # frames handed to the writer
+        self._room = 0   # free bytes the disk must keep: two raw frames
 
     def write(self, item: StreamItem) -> None:
         cv2 = opencv()
@@ -164,17 +172,52 @@ class VideoSink:
         if (canvas.shape[1], canvas.shape[0]) != self._size:
             canvas = cv2.resize(canvas, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(canvas)
+        self.frames += 1
+        self._room = 2 * canvas.nbytes  # an encoded frame is smaller than the raw one
+        free = self._free_bytes()
+        if free < self._room:
+            self._fail(f"no space left on device ({free // 1024} KiB free after {self.frames} frames)")
+
+    def _free_bytes(self) -> int:
+        """Bytes this process may still write on the video's disk (root may use the reserve)."""
+        stat = os.statvfs(self._tmp.parent)
+        return stat.f_frsize * (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail)
+
+    def _fail(self, why: str) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write --save-video {self.path}: {why}; the video was not kept")
 
     def close(self, keep: bool = True) -> None:
         """Finish the file; ``keep=False`` (a failed run) removes it instead."""
         if self._writer is not None:
-            self._writer.release()
+            self._writer.release()  # writes the index / trailer
             self._writer = None
-        if self._tmp.exists():
-            if keep:
-                os.replace(self._tmp, self.path)
-            else:
-                self._tmp.unlink()
+        if not self._tmp.exists():
+            return
+        if not keep:
+            self._tmp.unlink()
+            return
+        # Only a disk that filled up now is read back: a backend that counts frames its own
+        # way must never cost a good video.
+        if self._free_bytes() < self._room and (held := self._frames_held()) != self.frames:
+            self._fail(f"no space left on device for its end: the finished file holds {held} of "
+                       f"the {self.frames} frames")
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write --save-video {self.path}: {exc.strerror}") from None
+
+    def _frames_held(self) -> int:
+        cv2 = opencv()
+        capture = cv2.VideoCapture(str(self._tmp))
+        try:
+            return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
+        finally:
+            capture.release()
 
 
 class DisplaySink:

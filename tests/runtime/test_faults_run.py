@@ -5,6 +5,7 @@ Every case checks the exit code of the contract (``ExitCode``), the one
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -138,21 +140,34 @@ def test_dev_full_is_exit_4_with_one_line(default_onnx: Path, image: Path) -> No
     assert "0 rows written" in done.stderr  # the summary still comes
 
 
-@pytest.fixture()
-def small_tmpfs(tmp_path: Path):
-    """A 16 KiB tmpfs (needs root; skipped with the reason elsewhere)."""
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (needs root; skipped with the reason elsewhere)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
-        yield mount
+        yield folder
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 16 KiB tmpfs."""
+    with _tmpfs(tmp_path / "small", "16k") as mount:
+        yield mount
+
+
+@pytest.fixture()
+def video_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a few dozen frames of video fit."""
+    with _tmpfs(tmp_path / "video", "256k") as mount:
+        yield mount
 
 
 def test_disk_full_cuts_back_to_whole_lines(default_onnx: Path, long_video: Path,
@@ -167,6 +182,47 @@ def test_disk_full_cuts_back_to_whole_lines(default_onnx: Path, long_video: Path
     assert 0 < len(rows) < 400 and [r["frame"] for r in rows] == list(range(len(rows)))
     assert f"{len(rows)} rows written" in done.stderr
     assert "an output could not be written" in done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4"])
+def test_disk_full_under_save_video_stops_and_keeps_no_part(default_onnx: Path, long_video: Path,
+                                                            video_tmpfs: Path, tmp_path: Path,
+                                                            suffix: str) -> None:
+    """OpenCV's writer says nothing when the disk fills: the run stops with exit 4 and one
+    line naming the video, its hidden temporary file is gone, an earlier file at its path
+    is untouched, and the JSONL (on another disk) holds every frame of the run."""
+    video, rows_file = video_tmpfs / f"out{suffix}", tmp_path / "rows.jsonl"
+    video.write_bytes(b"an earlier video")
+    done = pg_run("--engine", str(default_onnx), "--source", str(long_video), "--save-video", str(video),
+                  "--jsonl", str(rows_file), "--max-frames", "400")
+    assert done.returncode == ExitCode.OUTPUT_FAILED, done.stderr
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and str(video) in lines[0] and "no space left" in lines[0], lines
+    assert video.read_bytes() == b"an earlier video" and [p.name for p in video_tmpfs.iterdir()] == [video.name]
+    rows = frame_rows(rows_file)
+    assert 0 < len(rows) < 400 and f"{len(rows)} rows written" in done.stderr
+    assert "an output could not be written" in done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4"])
+def test_a_video_whose_end_no_longer_fits_is_not_kept(video_tmpfs: Path, suffix: str) -> None:
+    """The disk fills between the last frame and close (another writer took it): the
+    finished file lacks its index / trailer, so it is removed, not renamed into place."""
+    from patchguard.runtime.errors import OutputError
+    from patchguard.runtime.pipeline import FrameResult, StreamItem
+    from patchguard.runtime.sinks import VideoSink
+
+    result = FrameResult(label=1, class_name="Trouser", certified=True, certified_patch_px=8, patch_px=8,
+                         window=(4, 4), masked_box=None, masked_class=1, frame_size=(64, 64), latency_ms={})
+    rng = np.random.default_rng(0)
+    sink = VideoSink(video_tmpfs / f"out{suffix}", 30.0)
+    for i in range(3):
+        sink.write(StreamItem(i, "noise", 0.0, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), result))
+    stat = os.statvfs(video_tmpfs)
+    (video_tmpfs / "filler").write_bytes(bytes(stat.f_frsize * stat.f_bfree))
+    with pytest.raises(OutputError, match="no space left on device for its end: the finished file holds"):
+        sink.close()
+    assert [p.name for p in video_tmpfs.iterdir()] == ["filler"]
 
 
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"random" * 50])

@@ -179,23 +179,18 @@ def write_report(
 def parity_inputs(record: ModelRecord, data: Optional[str], n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """N model inputs (N, C, H, W) float32 and a description of where they came from.
 
-    ``data``: "fashion-mnist", an image folder, or None (Fashion-MNIST test images
-    when the model takes 28x28 gray and they are installed, else random inputs).
+    ``data``: "fashion-mnist" (its test images, at the model's size and channels),
+    an image folder, or None (Fashion-MNIST test images when the model takes
+    28x28 gray and they are installed, else random inputs).
     """
-    from ..runtime.datasets import fashion_mnist_available, fits_fashion_mnist, load_fashion_mnist
+    from ..runtime.datasets import FASHION_MNIST, fashion_mnist_available, fits_fashion_mnist, load_labelled
     from ..runtime.preprocess import normalize
 
     if n < 1:
         raise PatchGuardError(f"--parity-n must be at least 1, got {n}")
-    fits_fmnist = fits_fashion_mnist(record)
-    if data == "fashion-mnist" or (data is None and fits_fmnist and fashion_mnist_available()):
-        if not fits_fmnist:
-            raise PatchGuardError(
-                f"Fashion-MNIST is 28x28 gray; this model takes {record.in_channels}x"
-                f"{record.input_size[0]}x{record.input_size[1]}"
-            )
-        images, _ = load_fashion_mnist("test")
-        return normalize(images[:n], record), f"fashion-mnist test[:{n}]"
+    if data == FASHION_MNIST or (data is None and fits_fashion_mnist(record) and fashion_mnist_available()):
+        found = load_labelled(FASHION_MNIST, record, "test", n)  # resized for models of other inputs
+        return normalize(found.images, record), f"{found.description}[:{len(found.images)}]"
     if data is not None:
         from ..runtime.preprocess import preprocess
         from ..runtime.sources import list_images, read_image

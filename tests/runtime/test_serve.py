@@ -233,3 +233,41 @@ def test_a_bad_frame_fails_no_other_client_of_its_batch(default_onnx: Path, tmp_
     assert "not an image" in answers["junk"][0]["error"]  # type: ignore[index]
     first, second = answers["mixed"]  # type: ignore[misc]
     assert first["label"] == label and "holds 3 bytes" in second["error"]
+
+
+@needs_serve
+@pytest.mark.slow
+def test_the_example_client_prints_the_servers_answers(default_onnx: Path, tmp_path: Path) -> None:
+    """examples/triton_client.py against a real pg-serve: one JSON line per image, the
+    Pipeline's own answer; an undecodable file gets one Error: line and exit status 1."""
+    import importlib.util
+
+    cv2 = pytest.importorskip("cv2")
+    from _pipeline_fixtures import fashion_frames
+
+    from patchguard.runtime.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("serve_bench", BENCHMARKS / "serve.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    frames = fashion_frames(2, (56, 56))[0]
+    images = []
+    for n, frame in enumerate(frames):
+        images.append(tmp_path / f"frame{n}.png")
+        cv2.imwrite(str(images[-1]), frame)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    client = Path(__file__).resolve().parents[2] / "examples" / "triton_client.py"
+    with bench.Server(str(default_onnx), tmp_path / "serve.log") as server:
+        server.wait_ready()
+        done = subprocess.run([sys.executable, str(client), "--url", f"localhost:{server.http_port}",
+                               *map(str, images), str(junk)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    with Pipeline.from_engine(default_onnx) as pipeline:
+        own = [pipeline(cv2.imread(str(p))).to_dict() for p in images]
+    assert [r["label"] for r in rows] == [o["label"] for o in own]
+    assert [r["certified"] for r in rows] == [o["certified"] for o in own]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("Error: ") and "junk.png" in errors[0]

@@ -30,6 +30,24 @@ def ensure_dir(folder: PathText) -> Path:
     return path
 
 
+def temp_beside(target: PathText, suffix: str = ".part") -> Path:
+    """A new empty hidden file beside ``target``, its name unique to this writer
+    (two runs writing the same target never share it), with the permissions a
+    plain ``open()`` would give; ``suffix`` ends its name."""
+    target = Path(target)
+    ensure_dir(target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror}") from None
+    os.close(fd)
+    # mkstemp creates 0600; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathText) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; move it into place on success.
@@ -38,17 +56,7 @@ def atomic_path(target: PathText) -> Iterator[Path]:
     previous content (or stays absent).
     """
     target = Path(target)
-    ensure_dir(target.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp_path = temp_beside(target)
     try:
         try:
             yield tmp_path

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Optional, Protocol
 import numpy as np
 
 from .errors import OutputError, PatchGuardError
-from .files import LineFile, PathText, ensure_dir
+from .files import LineFile, PathText, temp_beside
 from .pipeline import FrameResult, StreamItem
 from .sources import opencv
 
@@ -151,8 +151,7 @@ class VideoSink:
             raise PatchGuardError(
                 f"--save-video {self.path}: use one of {', '.join(sorted(self.CODECS))}")
         self.fps = fps if fps and fps > 0 else 30.0
-        # Same suffix as the target: OpenCV picks the container from it.
-        self._tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        self._tmp: Optional[Path] = None  # the hidden file beside it, made at the first frame
         self._writer: Any = None
         self._size: Optional[tuple[int, int]] = None
         self.frames = 0  # frames handed to the writer
@@ -162,12 +161,14 @@ class VideoSink:
         cv2 = opencv()
         canvas = draw_overlay(item.view, item.result)
         if self._writer is None:  # created at the first frame, not before
-            ensure_dir(self.path.parent)
+            # Same suffix as the target: OpenCV picks the container from it.
+            self._tmp = temp_beside(self.path, f".part{self.path.suffix}")
             self._size = (canvas.shape[1], canvas.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
             if not self._writer.isOpened():
                 self._writer = None
+                self._tmp.unlink(missing_ok=True)
                 raise PatchGuardError(f"cannot write video {self.path} (OpenCV's writer did not open)")
         if (canvas.shape[1], canvas.shape[0]) != self._size:
             canvas = cv2.resize(canvas, self._size, interpolation=cv2.INTER_AREA)
@@ -180,14 +181,15 @@ class VideoSink:
 
     def _free_bytes(self) -> int:
         """Bytes this process may still write on the video's disk (root may use the reserve)."""
-        stat = os.statvfs(self._tmp.parent)
+        stat = os.statvfs(self.path.parent)
         return stat.f_frsize * (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail)
 
     def _fail(self, why: str) -> None:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write --save-video {self.path}: {why}; the video was not kept")
 
     def close(self, keep: bool = True) -> None:
@@ -195,7 +197,7 @@ class VideoSink:
         if self._writer is not None:
             self._writer.release()  # writes the index / trailer
             self._writer = None
-        if not self._tmp.exists():
+        if self._tmp is None or not self._tmp.exists():  # no frame came
             return
         if not keep:
             self._tmp.unlink()
@@ -213,7 +215,7 @@ class VideoSink:
 
     def _frames_held(self) -> int:
         cv2 = opencv()
-        capture = cv2.VideoCapture(str(self._tmp))
+        capture = cv2.VideoCapture(str(self._tmp or self.path))
         try:
             return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
         finally:

@@ -59,6 +59,28 @@ def test_video_sink_refuses_unknown_suffix_and_writes_atomically(tmp_path: Path)
     assert [p.name for p in tmp_path.iterdir()] == ["out.avi"]
 
 
+def test_two_runs_saving_one_video_never_share_a_file(tmp_path: Path) -> None:
+    """Two sinks on the same path (two pg-run started with the same --save-video) each
+    write their own hidden file: the video in place is one run's whole, nothing is left
+    behind, and a sink that got no frame leaves nothing and removes nothing."""
+    import cv2
+
+    target = tmp_path / "out.avi"
+    first, second, idle = VideoSink(target, 10.0), VideoSink(target, 10.0), VideoSink(target, 10.0)
+    for i in range(6):
+        first.write(_item(i, _result(True, 8)))
+        if i < 3:
+            second.write(_item(i, _result(False, 0)))
+    assert len(list(tmp_path.iterdir())) == 2  # two hidden files, nothing in place yet
+    second.close()
+    first.close()
+    idle.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.avi"]
+    capture = cv2.VideoCapture(str(target))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6  # the last to finish, whole
+    capture.release()
+
+
 def test_summary_with_and_without_frames() -> None:
     empty = RunSummary()
     empty.finish("error")

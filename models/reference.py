@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..runtime.geometry import IntOrPair, as_pair
+from ..runtime.geometry import IntOrPair, as_pair, mask_grid
 
 
 def clipped(u: torch.Tensor, clip: Optional[float] = None) -> torch.Tensor:
@@ -113,11 +113,9 @@ def double_masked_training_logits(
     (i <= j, i = j included) that leaves y the smallest margin. The scores of
     all pairs are one matrix product of v with the cells each pair keeps.
     """
-    from ..runtime.double_masking import mask_set
-
     v = clipped(u, clip)
     batch, height, width, classes = v.shape
-    masks = mask_set((height, width), window, masks_per_axis)
+    masks = mask_grid((height, width), window, masks_per_axis)
     covered = torch.zeros(masks.count, height, width, dtype=torch.bool)
     for i in range(masks.count):
         top, left, bottom, right = masks.box(i)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime.cleanser import DoubleMasking, MaskSet, mask_set
+from ..runtime.cleanser import DoubleMasking, PixelMaskSet, pixel_mask_set
 from ..runtime.errors import PatchGuardError
 from ..runtime.metadata import ModelRecord
 from .train import EpochReport, TrainConfig, TrainingRun
@@ -67,14 +67,14 @@ def cleanser_recipe(record: ModelRecord, evaluation: tuple[np.ndarray, np.ndarra
     return ViewRecipe(record, config, cleanser_augment(masks, fill), evaluate, summary)
 
 
-def cleanser_masks(record: ModelRecord, patch_px: int) -> MaskSet:
+def cleanser_masks(record: ModelRecord, patch_px: int) -> PixelMaskSet:
     """The mask set the record's defense uses against a ``patch_px`` footprint at model size."""
     if record.defense is None or record.defense.kind != "cleanser":
         raise PatchGuardError(f"{record.arch} has no cleanser defense in its record")
-    return mask_set(record.input_size, patch_px, record.defense.masks_per_axis)
+    return pixel_mask_set(record.input_size, patch_px, record.defense.masks_per_axis)
 
 
-def cleanser_augment(masks: MaskSet, fill: float, two_mask_share: float = 0.5) -> Augment:
+def cleanser_augment(masks: PixelMaskSet, fill: float, two_mask_share: float = 0.5) -> Augment:
     """PatchCleanser's training: every image under one random mask of the set, or two."""
     keep = torch.from_numpy(masks.keep)
 
@@ -98,7 +98,7 @@ def torch_scorer(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return score
 
 
-def cleanser_evaluate(x: np.ndarray, y: np.ndarray, masks: MaskSet, fill: float) -> Evaluate:
+def cleanser_evaluate(x: np.ndarray, y: np.ndarray, masks: PixelMaskSet, fill: float) -> Evaluate:
     """Double-masking accuracy and certified accuracy on (x normalised, y), through the runtime's math."""
     def evaluate(model: nn.Module, record: ModelRecord) -> dict:
         model.eval()

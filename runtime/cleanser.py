@@ -1,11 +1,12 @@
 """PatchCleanser (Xiang et al., USENIX Security 2022): double masking for any classifier.
 
 Symbols as in the paper. Per image axis of N pixels, with a patch footprint of
-p pixels (model pixels, from the camera patch) and k masks per axis:
-stride s = ceil((N - p + 1) / k), mask side m = min(p + s - 1, N), mask
+p pixels (model pixels, from the camera patch) and k masks per axis, the
+masks of :func:`.geometry.mask_axis` (shared with feature-space double
+masking): stride s = ceil((N - p + 1) / k), mask side m = min(p + s - 1, N),
 starts range(0, N - m + 1, s) plus N - m when missing. The mask set M is
 the product of the two axes' masks (row-major), |M| <= k_rows * k_cols;
-every p_rows x p_cols patch lies inside one mask (:meth:`MaskSet.covering`).
+every p_rows x p_cols patch lies inside one mask (:meth:`.geometry.MaskGrid.covering`).
 
 f(x ⊙ m) is the classifier on x with the pixels of m set to the record's
 fill value (after normalisation). Two-mask predictions f(x ⊙ m_i ⊙ m_j)
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PatchGuardError
-from .geometry import IntOrPair, Pair, as_pair, mask_starts
+from .geometry import IntOrPair, MaskGrid, Pair, as_pair, mask_grid
 from .views import ViewResult, ViewRunner, chunk_size, masked_views, view_labels
 
 # A table entry never scored (early exit, or not needed).
@@ -43,83 +44,26 @@ UNSCORED = -2
 
 
 @dataclass(frozen=True)
-class MaskAxis:
-    """The masks along one axis: side ``m``, ``stride`` s, start ``positions``."""
+class PixelMaskSet(MaskGrid):
+    """PatchCleanser's masks over an (H, W) image in model pixels: the mask grid
+    (:class:`~patchguard.runtime.geometry.MaskGrid`) and each mask's keep array
+    ``keep`` (|M|, H, W), False inside the mask."""
 
-    size: int
-    patch: int
-    k: int
-    stride: int
-    side: int
-    positions: tuple[int, ...]
-
-
-def mask_axis(size: int, patch: int, k: int) -> MaskAxis:
-    """Mask geometry along one axis of ``size`` pixels for a ``patch``-pixel footprint
-    (the grid of :func:`~patchguard.runtime.geometry.mask_starts`, shared with
-    feature-space double masking)."""
-    positions, side = mask_starts(int(size), int(patch), k)
-    stride = -(-(int(size) - int(patch) + 1) // int(k))
-    return MaskAxis(int(size), int(patch), int(k), stride, side, positions)
-
-
-@dataclass(frozen=True)
-class MaskSet:
-    """PatchCleanser's rectangular masks over an (H, W) image, row-major."""
-
-    rows: MaskAxis
-    cols: MaskAxis
     keep: np.ndarray = field(repr=False, compare=False)
-
-    @property
-    def count(self) -> int:
-        return len(self.rows.positions) * len(self.cols.positions)
-
-    @property
-    def side(self) -> Pair:
-        return self.rows.side, self.cols.side
-
-    @property
-    def stride(self) -> Pair:
-        return self.rows.stride, self.cols.stride
-
-    @property
-    def boxes(self) -> list[tuple[int, int, int, int]]:
-        """(top, left, bottom, right) of each mask, bottom/right exclusive."""
-        return [(r, c, r + self.rows.side, c + self.cols.side)
-                for r in self.rows.positions for c in self.cols.positions]
-
-    @property
-    def pair_count(self) -> int:
-        """Views to certify: |M| (|M| + 1) / 2."""
-        return self.count * (self.count + 1) // 2
-
-    def covering(self, top: int, left: int) -> int:
-        """Index of a mask containing the patch whose corner is (top, left); -1 if none."""
-        ph, pw = self.rows.patch, self.cols.patch
-        for index, (t, lft, b, r) in enumerate(self.boxes):
-            if t <= top and top + ph <= b and lft <= left and left + pw <= r:
-                return index
-        return -1
 
     def pair_keep(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Keep masks (n, H, W) of the two-mask views (i[n], j[n])."""
         return self.keep[np.asarray(i)] & self.keep[np.asarray(j)]
 
 
-def mask_set(input_size: IntOrPair, patch: IntOrPair, masks_per_axis: IntOrPair) -> MaskSet:
+def pixel_mask_set(input_size: IntOrPair, patch: IntOrPair, masks_per_axis: IntOrPair) -> PixelMaskSet:
     """The mask set of an (H, W) image for a (p_rows, p_cols) footprint and (k_rows, k_cols)."""
     h, w = as_pair(input_size, "input size")
-    ph, pw = as_pair(patch, "patch footprint")
-    kh, kw = as_pair(masks_per_axis, "masks per axis")
-    rows, cols = mask_axis(h, ph, kh), mask_axis(w, pw, kw)
-    keep = np.ones((len(rows.positions) * len(cols.positions), h, w), dtype=bool)
-    index = 0
-    for r in rows.positions:
-        for c in cols.positions:
-            keep[index, r : r + rows.side, c : c + cols.side] = False
-            index += 1
-    return MaskSet(rows, cols, keep)
+    grid = mask_grid((h, w), as_pair(patch, "patch footprint"), masks_per_axis)
+    keep = np.ones((grid.count, h, w), dtype=bool)
+    for index, (top, left, bottom, right) in enumerate(grid.boxes):
+        keep[index, top:bottom, left:right] = False
+    return PixelMaskSet(grid.rows, grid.cols, keep)
 
 
 def majority(labels: np.ndarray, num_classes: int) -> int:
@@ -175,7 +119,7 @@ class DoubleMasking:
     ``infer``); ``max_batch`` bounds one call (an engine's profile).
     """
 
-    def __init__(self, masks: MaskSet, fill: float, num_classes: int,
+    def __init__(self, masks: PixelMaskSet, fill: float, num_classes: int,
                  score: Callable[[np.ndarray], np.ndarray], max_batch: int | None = None) -> None:
         self.masks = masks
         self.fill = float(fill)
@@ -305,7 +249,7 @@ class CleanserRunner(ViewRunner):
                  max_batch: int | None = None) -> None:
         super().__init__(record, patch, score, max_batch)
         defense = record.defense
-        self.masks = mask_set(record.input_size, self.patch, defense.masks_per_axis)
+        self.masks = pixel_mask_set(record.input_size, self.patch, defense.masks_per_axis)
         self.engine = DoubleMasking(self.masks, defense.fill, record.num_classes, score, max_batch)
         upper = np.triu_indices(self.masks.count)
         self._upper = (upper[0], upper[1])

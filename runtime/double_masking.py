@@ -4,7 +4,7 @@ PatchCleanser's double-masking rule applied to the local logits instead of
 the pixels (README.md, "The math, in one screen"). Symbols: local logits u (B, H, W, C),
 evidence ``v = clip(u, 0, c_h)`` as for robust masking, class totals S (B, C),
 the patch window (pa, pb) in cells. The mask set: per axis, k masks of side
-``m >= p`` (:func:`geometry.mask_starts`), listed row-major; every patch
+``m >= p`` (:func:`geometry.mask_grid`, in cells), listed row-major; every patch
 window lies inside at least one mask. With ``W(x)`` the sum of v over a set of
 cells x:
 
@@ -38,7 +38,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .errors import PatchGuardError
-from .geometry import IntOrPair, Pair, as_pair, mask_starts
+from .geometry import IntOrPair, MaskGrid, mask_grid
 from .grid import Grid, grid_for
 from .masking import NO_LABEL, check_labels, check_logits, check_params, check_window, clipped_integral, finite_maps
 
@@ -46,36 +46,6 @@ from .masking import NO_LABEL, check_labels, check_logits, check_params, check_w
 DEFAULT_MASKS_PER_AXIS = 6
 # Two-mask scores (B * M * M * C elements) computed per chunk.
 _CHUNK_ELEMENTS = 1 << 20
-
-
-@dataclass(frozen=True)
-class MaskSet:
-    """The masks of one (H, W) map against one patch window: row starts,
-    column starts and the mask side (ma, mb); mask i is row ``i // len(cols)``,
-    column ``i % len(cols)`` of the grid."""
-
-    rows: tuple[int, ...]
-    cols: tuple[int, ...]
-    side: Pair
-
-    @property
-    def count(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-    def box(self, i: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right), bottom/right exclusive, of mask i in cells."""
-        top, left = self.rows[i // len(self.cols)], self.cols[i % len(self.cols)]
-        return top, left, top + self.side[0], left + self.side[1]
-
-
-def mask_set(map_shape: Pair, patch_window: IntOrPair, masks_per_axis: IntOrPair) -> MaskSet:
-    """The mask set for a (H, W) map, a (pa, pb) patch window and k masks per
-    axis (an int, or (k_rows, k_cols))."""
-    pa, pb = as_pair(patch_window, "patch window")
-    ka, kb = as_pair(masks_per_axis, "masks per axis")
-    rows, ma = mask_starts(map_shape[0], pa, ka)
-    cols, mb = mask_starts(map_shape[1], pb, kb)
-    return MaskSet(rows, cols, (ma, mb))
 
 
 def _intervals(starts: tuple[int, ...], side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,14 +57,15 @@ def _intervals(starts: tuple[int, ...], side: int) -> tuple[np.ndarray, np.ndarr
     return lo, hi
 
 
-def two_mask_scores(table: np.ndarray, masks: MaskSet) -> np.ndarray:
+def two_mask_scores(table: np.ndarray, masks: MaskGrid) -> np.ndarray:
     """Two-mask scores (B, M, M, C) from an integral image (B, H + 1, W + 1, C).
 
     Entry (i, j, c) is ``S_c - W(m_i) - W(m_j) + W(m_i and m_j)``; the
     diagonal holds the one-mask scores. Rows and columns of an intersection
     are independent, so all M^2 rectangles are four gathers of the table.
     """
-    (rlo, rhi), (clo, chi) = _intervals(masks.rows, masks.side[0]), _intervals(masks.cols, masks.side[1])
+    rows, cols = masks.rows, masks.cols
+    (rlo, rhi), (clo, chi) = _intervals(rows.starts, rows.side), _intervals(cols.starts, cols.side)
     r0, r1 = rlo[:, :, None, None], rhi[:, :, None, None]
     c0, c1 = clo[None, None], chi[None, None]
     inter = table[:, r1, c1] - table[:, r0, c1] - table[:, r1, c0] + table[:, r0, c0]
@@ -152,7 +123,7 @@ class DoubleMaskEvidence:
     grid: Grid
 
     @classmethod
-    def of(cls, u: np.ndarray, masks: MaskSet, clip: Optional[float]) -> "DoubleMaskEvidence":
+    def of(cls, u: np.ndarray, masks: MaskGrid, clip: Optional[float]) -> "DoubleMaskEvidence":
         grid = grid_for(u.shape, clip)
         with np.errstate(invalid="ignore", over="ignore"):  # 1e300 * unit / c_h: inf, saturated
             table = clipped_integral(u, grid)
@@ -192,7 +163,7 @@ class DoubleMaskEvidence:
         return self.grid.to_logits(self.scores[rows, index, index])
 
 
-def _chunks(u: np.ndarray, masks: MaskSet) -> list[slice]:
+def _chunks(u: np.ndarray, masks: MaskGrid) -> list[slice]:
     per_map = masks.count * masks.count * u.shape[3]
     step = max(1, _CHUNK_ELEMENTS // per_map)
     return [slice(i, min(i + step, u.shape[0])) for i in range(0, u.shape[0], step)]
@@ -206,7 +177,7 @@ def _prepare(local_logits: np.ndarray, patch_window: IntOrPair, masks_per_axis: 
     _, clip = check_params(0.0, clip)
     window = check_window(patch_window, u.shape, "patch window")
     try:
-        masks = mask_set(u.shape[1:3], window, masks_per_axis)
+        masks = mask_grid(u.shape[1:3], window, masks_per_axis)
     except PatchGuardError as exc:
         raise PatchGuardError(f"double masking: {exc}") from None
     y = check_labels(labels, u.shape[0], u.shape[3])

@@ -8,6 +8,7 @@ windows, one axis at a time.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -123,8 +124,22 @@ def map_size(input_px: int, receptive_field: int, stride: int) -> int:
     return (input_px - receptive_field) // stride + 1
 
 
-def mask_starts(size: int, patch: int, per_axis: int) -> tuple[tuple[int, ...], int]:
-    """PatchCleanser's mask grid along one axis: (starts, mask side m).
+@dataclass(frozen=True)
+class MaskAxis:
+    """PatchCleanser's masks along one axis of ``size`` positions (pixels or
+    cells) against a ``patch`` run: ``k`` masks asked, their ``stride`` s, mask
+    ``side`` m and ``starts`` (:func:`mask_axis`)."""
+
+    size: int
+    patch: int
+    k: int
+    stride: int
+    side: int
+    starts: tuple[int, ...]
+
+
+def mask_axis(size: int, patch: int, per_axis: int) -> MaskAxis:
+    """PatchCleanser's mask grid along one axis, the one place of its arithmetic.
 
     For ``per_axis`` = k masks over ``size`` = N positions (pixels or cells)
     against a ``patch`` of p: stride ``s = ceil((N - p + 1) / k)``, side
@@ -133,17 +148,75 @@ def mask_starts(size: int, patch: int, per_axis: int) -> tuple[tuple[int, ...], 
     lies inside one mask (consecutive starts are at most s apart and
     ``m - p + 1 = s``). k >= N - p + 1 gives stride 1 (every position, m = p).
     """
+    size, patch = int(size), int(patch)
     if patch < 1 or size < patch:
         raise PatchGuardError(f"a patch of {patch} does not fit in {size} positions")
     try:
-        count = operator.index(per_axis)
+        k = operator.index(per_axis)
     except TypeError:
-        count = 0
-    if count < 1 or isinstance(per_axis, bool):
+        k = 0
+    if k < 1 or isinstance(per_axis, bool):
         raise PatchGuardError(f"masks per axis must be a positive integer, got {per_axis!r}")
-    stride = -(-(size - patch + 1) // count)
+    stride = -(-(size - patch + 1) // k)
     side = min(patch + stride - 1, size)
-    return tuple(flush_starts(size, side, stride)), side
+    return MaskAxis(size, patch, k, stride, side, tuple(flush_starts(size, side, stride)))
+
+
+@dataclass(frozen=True)
+class MaskGrid:
+    """PatchCleanser's rectangular masks over an (H, W) extent: the product of
+    the two axes' masks, row-major (mask i is row ``i // len(cols.starts)``,
+    column ``i % len(cols.starts)``). The unit is the axes': feature cells for
+    feature-space double masking (:mod:`.double_masking`), model pixels for
+    PatchCleanser (:class:`.cleanser.PixelMaskSet` adds the pixel masks)."""
+
+    rows: MaskAxis
+    cols: MaskAxis
+
+    @property
+    def count(self) -> int:
+        """|M|: masks in the grid."""
+        return len(self.rows.starts) * len(self.cols.starts)
+
+    @property
+    def pair_count(self) -> int:
+        """Two-mask views to certify (i <= j): |M| (|M| + 1) / 2."""
+        return self.count * (self.count + 1) // 2
+
+    @property
+    def side(self) -> Pair:
+        """(m_rows, m_cols): every mask's side."""
+        return self.rows.side, self.cols.side
+
+    @property
+    def stride(self) -> Pair:
+        return self.rows.stride, self.cols.stride
+
+    def box(self, i: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) of mask i, bottom/right exclusive."""
+        top, left = self.rows.starts[i // len(self.cols.starts)], self.cols.starts[i % len(self.cols.starts)]
+        return top, left, top + self.rows.side, left + self.cols.side
+
+    @property
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """:meth:`box` of every mask, in order."""
+        return [self.box(i) for i in range(self.count)]
+
+    def covering(self, top: int, left: int) -> int:
+        """Index of a mask containing the patch whose corner is (top, left); -1 if none."""
+        ph, pw = self.rows.patch, self.cols.patch
+        for index, (t, lft, b, r) in enumerate(self.boxes):
+            if t <= top and top + ph <= b and lft <= left and left + pw <= r:
+                return index
+        return -1
+
+
+def mask_grid(shape: tuple[int, ...], patch: IntOrPair, per_axis: IntOrPair) -> MaskGrid:
+    """The mask grid of an (H, W) extent against a (p_rows, p_cols) patch with
+    k masks per axis (each an int, or a pair)."""
+    pa, pb = as_pair(patch, "patch")
+    ka, kb = as_pair(per_axis, "masks per axis")
+    return MaskGrid(mask_axis(shape[0], pa, ka), mask_axis(shape[1], pb, kb))
 
 
 def flush_starts(extent: int, length: int, stride: int) -> list[int]:

@@ -231,9 +231,9 @@ class ModelRecord:
         and checked on reading: PatchCleanser's mask side and stride per axis."""
         if self.defense is None or self.defense.kind != "cleanser" or self.default_patch_px < 1:
             return {}
-        from .cleanser import mask_set
+        from .cleanser import pixel_mask_set
 
-        masks = mask_set(self.input_size, self.default_patch_px, self.defense.masks_per_axis)
+        masks = pixel_mask_set(self.input_size, self.default_patch_px, self.defense.masks_per_axis)
         return {"patch_px": self.default_patch_px, "mask": list(masks.side),
                 "mask_stride": list(masks.stride), "views": masks.pair_count}
 

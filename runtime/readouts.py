@@ -33,7 +33,7 @@ import numpy as np
 from .detection import DEFAULT_TAU, WindowReadout, check_tau
 from .double_masking import DEFAULT_MASKS_PER_AXIS, DoubleMaskEvidence
 from .errors import PatchGuardError
-from .geometry import IntOrPair, Pair, as_pair
+from .geometry import IntOrPair, Pair, as_pair, mask_grid
 from .masking import MaskEvidence, evidence_from, spatial_max
 from .topk import check_top_k, top_k_certified, top_k_margins
 
@@ -225,9 +225,9 @@ def double_verdicts(u: np.ndarray, window: Pair, settings: FrameSettings,
                     clip: Optional[float]) -> DoubleVerdicts:
     """Feature-space double masking of u (B, H, W, C) against the patch
     ``window``, with ``settings.masks_per_axis`` masks per axis."""
-    from .double_masking import _chunks, mask_set
+    from .double_masking import _chunks
 
-    masks = mask_set(u.shape[1:3], window, settings.masks_per_axis)
+    masks = mask_grid(u.shape[1:3], window, settings.masks_per_axis)
     labels, certified, parts = [], [], []
     found: list[Optional[tuple[int, int, Pair]]] = []
     for part in _chunks(u, masks):

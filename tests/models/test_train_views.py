@@ -14,7 +14,7 @@ from patchguard.models.data import load_training_data
 from patchguard.models.registry import record_for
 from patchguard.models.train import TrainConfig
 from patchguard.models.train_views import cleanser_augment, train_classifier
-from patchguard.runtime.cleanser import mask_set
+from patchguard.runtime.cleanser import pixel_mask_set
 
 SMOKE = ["--defense", "cleanser", "--data", "fashion-mnist", "--limit", "256", "--eval-limit", "8",
          "--batch-size", "128", "--threads", "1"]
@@ -47,7 +47,7 @@ def test_trains_a_cleanser_cnn_with_its_record_and_resumes_identically(tmp_path)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(record, images, labels, out, config, cleanser_augment(mask_set((28, 28), 5, 6), 0.0),
+        train_classifier(record, images, labels, out, config, cleanser_augment(pixel_mask_set((28, 28), 5, 6), 0.0),
                          on_epoch=stop)
     result = _train(out, "--epochs", "2", "--seed", "1", "--resume")
     assert '"epoch": 2' in result.output and '"epoch": 1' not in result.output
@@ -57,7 +57,7 @@ def test_trains_a_cleanser_cnn_with_its_record_and_resumes_identically(tmp_path)
 
 
 def test_augment_masks_one_or_two_mask_rectangles():
-    masks = mask_set((28, 28), 5, 6)
+    masks = pixel_mask_set((28, 28), 5, 6)
     augment = cleanser_augment(masks, fill=0.5)
     x = torch.full((400, 1, 28, 28), 9.0)
     out = augment(x, torch.Generator().manual_seed(0))

@@ -1,17 +1,16 @@
-"""PatchCleanser's mask set: the geometry of the issue, and coverage of every patch position."""
+"""PatchCleanser's pixel masks: the geometry of the issue, and coverage of every patch position
+(the one-axis arithmetic: test_geometry.py)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from patchguard.runtime import PatchGuardError
-from patchguard.runtime.cleanser import mask_axis, mask_set
+from patchguard.runtime.cleanser import pixel_mask_set
 
 
 def test_fashion_mnist_geometry():
-    masks = mask_set((28, 28), 5, 6)
+    masks = pixel_mask_set((28, 28), 5, 6)
     assert masks.stride == (4, 4) and masks.side == (8, 8)
-    assert masks.rows.positions == (0, 4, 8, 12, 16, 20)
+    assert masks.rows.starts == (0, 4, 8, 12, 16, 20)
     assert masks.count == 36 and masks.pair_count == 666
     assert masks.keep.shape == (36, 28, 28)
     # Each mask drops exactly its 8x8 rectangle.
@@ -19,21 +18,6 @@ def test_fashion_mnist_geometry():
     top, left, bottom, right = masks.boxes[7]
     assert (top, left, bottom, right) == (4, 4, 12, 12)
     assert not masks.keep[7, 4:12, 4:12].any() and masks.keep[7].sum() == 28 * 28 - 64
-
-
-def test_last_mask_is_flush_with_the_border():
-    axis = mask_axis(30, 5, 4)  # s = ceil(26 / 4) = 7, m = 11: starts 0, 7, 14 then 19
-    assert (axis.stride, axis.side, axis.positions) == (7, 11, (0, 7, 14, 19))
-    assert mask_axis(10, 10, 3).positions == (0,) and mask_axis(10, 10, 3).side == 10
-    # More masks than positions: stride 1, masks as wide as the patch.
-    many = mask_axis(8, 3, 20)
-    assert (many.stride, many.side, many.positions) == (1, 3, tuple(range(6)))
-
-
-@pytest.mark.parametrize("size, patch, k", [(28, 0, 6), (28, 29, 6), (28, 5, 0)])
-def test_bad_geometry_is_an_error(size, patch, k):
-    with pytest.raises(PatchGuardError):
-        mask_axis(size, patch, k)
 
 
 def _covered(masks) -> np.ndarray:
@@ -54,8 +38,8 @@ def test_every_patch_position_lies_inside_a_mask_for_100_random_geometries():
         h, w = (int(v) for v in rng.integers(1, 40, size=2))
         ph, pw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
         kh, kw = (int(v) for v in rng.integers(1, 9, size=2))
-        masks = mask_set((h, w), (ph, pw), (kh, kw))
-        assert len(masks.rows.positions) <= kh and len(masks.cols.positions) <= kw
+        masks = pixel_mask_set((h, w), (ph, pw), (kh, kw))
+        assert len(masks.rows.starts) <= kh and len(masks.cols.starts) <= kw
         covered = _covered(masks)
         assert covered.all(), f"uncovered patch for N={h}x{w}, p={ph}x{pw}, k={kh}x{kw}"
         for top, left in [(0, 0), (h - ph, w - pw), (int(rng.integers(0, h - ph + 1)), 0)]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from patchguard.runtime.cleanser import UNSCORED, DoubleMasking, certified, decide, majority, mask_set
+from patchguard.runtime.cleanser import UNSCORED, DoubleMasking, certified, decide, majority, pixel_mask_set
 
 
 class Linear:
@@ -49,7 +49,7 @@ def _naive_label(table, classes):
 def test_batched_runs_agree_with_the_full_table(seed):
     rng = np.random.default_rng(seed)
     shape, classes = (1, 10, 12), 4
-    masks = mask_set(shape[1:], (3, 2), (3, 4))
+    masks = pixel_mask_set(shape[1:], (3, 2), (3, 4))
     model = Linear(rng, shape, classes)
     x, _ = _frames(rng, model, 40, shape, classes)
     runner = DoubleMasking(masks, 0.0, classes, model, max_batch=64)
@@ -94,7 +94,7 @@ def _attacked_label(model, masks, frame, classes, top, left, content):
 def test_certified_frames_survive_every_patch(seed):
     rng = np.random.default_rng(100 + seed)
     shape, classes = (1, 9, 11), 3
-    masks = mask_set(shape[1:], (2, 3), (3, 3))
+    masks = pixel_mask_set(shape[1:], (2, 3), (3, 3))
     model = Linear(rng, shape, classes)
     x, _ = _frames(rng, model, 30, shape, classes)
     results, _ = DoubleMasking(masks, 0.0, classes, model).run(x, certify=True)

@@ -1,34 +1,15 @@
-"""Feature-space double masking: agreement with the naive loops (ties included),
-the mask grid's covering property, and brute-force soundness of every certificate."""
+"""Feature-space double masking: agreement with the naive loops (ties included)
+and brute-force soundness of every certificate (the mask grid: test_geometry.py)."""
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
 from _certify_fixtures import biased_maps, survives
-from _feature_fixtures import integer_maps, naive_double, naive_double_certify, naive_mask_starts, survives_extremes
+from _feature_fixtures import integer_maps, naive_double, naive_double_certify, survives_extremes
 
 from patchguard.runtime import PatchGuardError
-from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking, double_masking_certified, mask_set
-from patchguard.runtime.geometry import mask_starts
-
-
-def test_mask_grid_covers_every_patch_and_matches_patchcleanser() -> None:
-    for size, patch, k in itertools.product(range(1, 14), range(1, 14), range(1, 16)):
-        if patch > size:
-            continue
-        starts, side = mask_starts(size, patch, k)
-        assert (list(starts), side) == naive_mask_starts(size, patch, k)
-        assert side >= patch and starts[0] == 0 and starts[-1] == size - side
-        for q in range(size - patch + 1):  # every patch run lies inside some mask
-            assert any(s <= q and q + patch <= s + side for s in starts), (size, patch, k, q)
-
-
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])
-def test_mask_grid_rejects_bad_counts(bad: object) -> None:
-    with pytest.raises(PatchGuardError, match="masks per axis"):
-        mask_starts(10, 3, bad)  # type: ignore[arg-type]
+from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking, double_masking_certified
+from patchguard.runtime.geometry import mask_grid
 
 
 def test_patch_window_larger_than_map_is_one_error() -> None:
@@ -47,7 +28,7 @@ def _random_case(rng: np.random.Generator) -> tuple:
 
 def _has_tie(u: np.ndarray, patch: tuple, k: int, clip: object) -> bool:
     """Does some two-mask score vector of the map have a tie at its top?"""
-    masks = mask_set(u.shape[:2], patch, k)
+    masks = mask_grid(u.shape[:2], patch, k)
     scores = DoubleMaskEvidence.of(u[None], masks, clip).scores  # type: ignore[arg-type]
     return bool(((scores == scores.max(axis=3, keepdims=True)).sum(axis=3) > 1).any())
 
@@ -104,12 +85,6 @@ def test_double_masking_certificates_survive_brute_force() -> None:
           f"the same adversary flipped {flipped} of {uncertified} uncertified ones")
     assert broken == 0
     assert flipped > 0.2 * uncertified
-
-
-def test_mask_set_lists_masks_row_major() -> None:
-    masks = mask_set((10, 7), (3, 2), (2, 3))
-    assert masks.rows == (0, 4) and masks.side == (6, 3) and masks.cols == (0, 2, 4)
-    assert masks.count == 6 and masks.box(4) == (4, 2, 10, 5)
 
 
 def test_nan_maps_get_no_label_and_no_certificate() -> None:

@@ -1,13 +1,24 @@
-"""Patch -> window geometry (PatchGuard Lemma 1), torch-free."""
+"""Patch -> window geometry (PatchGuard Lemma 1) and PatchCleanser's mask grid, torch-free."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
+from _feature_fixtures import naive_mask_starts
 
 from patchguard.runtime import PatchGuardError, map_size, window_shape, window_size
-from patchguard.runtime.geometry import as_pair, first_cell, flush_starts, parse_pair, parse_size_flags, touched_cells
+from patchguard.runtime.geometry import (
+    as_pair,
+    first_cell,
+    flush_starts,
+    mask_axis,
+    mask_grid,
+    parse_pair,
+    parse_size_flags,
+    touched_cells,
+)
 
 
 @pytest.mark.parametrize(
@@ -120,3 +131,43 @@ def test_size_flags_are_rows_by_columns_and_the_older_spelling_is_width_first():
     for bad in ("0x720", "axb", "1x2x3"):
         with pytest.raises(PatchGuardError, match="--camera-size"):
             parse_size_flags(None, bad, "--camera-frame-size", "--camera-size")
+
+
+def test_mask_grid_covers_every_patch_and_matches_patchcleanser() -> None:
+    for size, patch, k in itertools.product(range(1, 14), range(1, 14), range(1, 16)):
+        if patch > size:
+            continue
+        axis = mask_axis(size, patch, k)
+        starts, side = axis.starts, axis.side
+        assert (list(starts), side) == naive_mask_starts(size, patch, k)
+        assert side >= patch and starts[0] == 0 and starts[-1] == size - side
+        for q in range(size - patch + 1):  # every patch run lies inside some mask
+            assert any(s <= q and q + patch <= s + side for s in starts), (size, patch, k, q)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])
+def test_mask_grid_rejects_bad_counts(bad: object) -> None:
+    with pytest.raises(PatchGuardError, match="masks per axis"):
+        mask_axis(10, 3, bad)  # type: ignore[arg-type]
+
+
+def test_last_mask_is_flush_with_the_border():
+    axis = mask_axis(30, 5, 4)  # s = ceil(26 / 4) = 7, m = 11: starts 0, 7, 14 then 19
+    assert (axis.stride, axis.side, axis.starts) == (7, 11, (0, 7, 14, 19))
+    assert mask_axis(10, 10, 3).starts == (0,) and mask_axis(10, 10, 3).side == 10
+    # More masks than positions: stride 1, masks as wide as the patch.
+    many = mask_axis(8, 3, 20)
+    assert (many.stride, many.side, many.starts) == (1, 3, tuple(range(6)))
+
+
+@pytest.mark.parametrize("size, patch, k", [(28, 0, 6), (28, 29, 6), (28, 5, 0)])
+def test_bad_mask_geometry_is_an_error(size, patch, k):
+    with pytest.raises(PatchGuardError):
+        mask_axis(size, patch, k)
+
+
+def test_mask_grid_lists_masks_row_major() -> None:
+    masks = mask_grid((10, 7), (3, 2), (2, 3))
+    assert masks.rows.starts == (0, 4) and masks.side == (6, 3) and masks.cols.starts == (0, 2, 4)
+    assert masks.count == 6 and masks.box(4) == (4, 2, 10, 5)
+    assert masks.boxes == [masks.box(i) for i in range(6)] and masks.covering(4, 3) == 4

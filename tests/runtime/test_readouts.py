@@ -6,7 +6,8 @@ from _certify_fixtures import biased_maps
 
 from patchguard.runtime import certify, robust_masking
 from patchguard.runtime.detection import detect
-from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking_certified, mask_set
+from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking_certified
+from patchguard.runtime.geometry import mask_grid
 from patchguard.runtime.masking import MaskEvidence
 from patchguard.runtime.readouts import read_double, read_mask, softmax, spread
 from patchguard.runtime.topk import certification_margin
@@ -34,7 +35,7 @@ def test_mask_readouts_match_the_defenses() -> None:
 def test_double_readouts_match_the_certificate() -> None:
     rng = np.random.default_rng(148)
     u, _ = biased_maps(rng, 60, 8, 8, 4, strength=1.5)
-    masks = mask_set((8, 8), (2, 2), 3)
+    masks = mask_grid((8, 8), (2, 2), 3)
     evidence = DoubleMaskEvidence.of(u, masks, None)
     labels = evidence.predictions()
     out = read_double(u, evidence, labels, (2, 2), tau=0.6, k=2)

@@ -54,6 +54,16 @@ def check_tau(tau: float) -> float:
     return tau
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float64, the project's one; rows holding
+    NaN or inf get all-zero probabilities (no evidence)."""
+    z = np.asarray(logits, dtype=np.float64)
+    finite = np.isfinite(z).all(axis=-1, keepdims=True)
+    z = np.where(finite, z, 0.0)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.where(finite, e / e.sum(axis=-1, keepdims=True), 0.0)
+
+
 def softmax_top(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Argmax (ties: lowest index) and its softmax probability over the last axis."""
     top = scores.argmax(axis=-1)

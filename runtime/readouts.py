@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from .detection import DEFAULT_TAU, WindowReadout, check_tau
+from .detection import DEFAULT_TAU, WindowReadout, check_tau, softmax
 from .double_masking import DEFAULT_MASKS_PER_AXIS, DoubleMaskEvidence
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, mask_grid
@@ -115,13 +115,6 @@ class Readouts:
     margin: np.ndarray            # (B,) float64, evidence units (NaN: no label)
     confidence: np.ndarray        # (B,) float64 in (0, 1] (NaN: no label)
     spread: np.ndarray            # (B,) float64, logits
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, stable for any finite scores."""
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def top_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

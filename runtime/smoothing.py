@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .ablation import crop_starts
+from .detection import softmax
 from .errors import PatchGuardError
 from .geometry import IntOrPair, as_pair
 from .masking import check_labels
@@ -48,25 +49,13 @@ def check_view_logits(logits: np.ndarray) -> np.ndarray:
     return z
 
 
-def softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax over the last axis in float64 and which rows are finite.
-
-    Rows holding NaN or inf get all-zero probabilities (no evidence).
-    """
-    z = np.asarray(logits, dtype=np.float64)
-    finite = np.asarray(np.isfinite(z).all(axis=-1))
-    z = np.where(finite[..., None], z, 0.0)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    p = e / e.sum(axis=-1, keepdims=True)
-    return np.where(finite[..., None], p, 0.0), finite
-
-
 def ds_votes(logits: np.ndarray, theta: float = 0.0) -> np.ndarray:
     """Each view's vote (B, V) int64: argmax of its logits if its softmax
     confidence is at least ``theta``, else :data:`NO_VOTE`."""
     z = check_view_logits(logits)
     theta = check_theta(theta)
-    p, finite = softmax(z)
+    p = softmax(z)
+    finite = np.isfinite(z).all(axis=-1)  # a view with NaN or inf logits never votes
     # The argmax of the logits, not of p: equal logits stay equal (ties to
     # the lowest index) however the softmax rounds.
     top = np.where(finite[..., None], z, 0).argmax(axis=-1)
@@ -168,7 +157,7 @@ def band_confidences(logits: np.ndarray, theta: float = 0.0) -> np.ndarray:
     up over many bands); a band with NaN or inf logits contributes zeros. Each
     entry depends on its own band only, as robust masking requires, and zeros
     are a value a patch could produce anyway."""
-    p, _ = softmax(check_view_logits(logits))
+    p = softmax(check_view_logits(logits))
     theta = check_theta(theta)
     if theta > 0.0:
         p = np.where(p >= theta, p, 0.0)

@@ -9,7 +9,7 @@ from _certify_fixtures import biased_maps, survives
 from _feature_fixtures import integer_maps, naive_certify_detection, naive_detect, survives_extremes
 
 from patchguard.runtime import PatchGuardError
-from patchguard.runtime.detection import WindowReadout, certify_detection, detect
+from patchguard.runtime.detection import WindowReadout, certify_detection, detect, softmax, softmax_top
 
 
 def _case(rng: np.random.Generator) -> tuple:
@@ -155,3 +155,14 @@ def test_alerts_screened_without_a_softmax_are_the_softmax_alerts() -> None:
     print(f"windows predicting another class: {screened} cleared without a softmax, {computed} computed; "
           f"{alerts} alerts")
     assert screened > 100 and computed > 100 and alerts > 50
+
+
+def test_softmax_rows_sum_to_one_and_rows_with_nan_or_inf_are_no_evidence() -> None:
+    z = np.array([[1.0, 2.0, 3.0], [1e300, -1e300, 0.0], [np.nan, 1.0, 0.0], [np.inf, 0.0, 0.0]])
+    p = softmax(z)
+    assert softmax(z[:1].astype(np.float32)).dtype == np.float64
+    assert np.allclose(p[:2].sum(axis=1), 1.0) and p[1].tolist() == [1.0, 0.0, 0.0]
+    assert np.allclose(p[0], np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum())
+    assert (p[2:] == 0).all()
+    top, confidence = softmax_top(np.array([[1.0, 2.0, 3.0]]))
+    assert top.tolist() == [2] and np.isclose(confidence[0], p[0, 2])

@@ -5,11 +5,11 @@ import numpy as np
 from _certify_fixtures import biased_maps
 
 from patchguard.runtime import certify, robust_masking
-from patchguard.runtime.detection import detect
+from patchguard.runtime.detection import detect, softmax
 from patchguard.runtime.double_masking import DoubleMaskEvidence, double_masking_certified
 from patchguard.runtime.geometry import mask_grid
 from patchguard.runtime.masking import MaskEvidence
-from patchguard.runtime.readouts import read_double, read_mask, softmax, spread
+from patchguard.runtime.readouts import read_double, read_mask, spread
 from patchguard.runtime.topk import certification_margin
 
 

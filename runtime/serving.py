@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from .errors import PatchGuardError, first_line, lazy_import
-from .sources import opencv
+from .sources import decode_image
 
 MODEL_NAME = "patchguard"
 INPUT_NAMES = ("image", "frame", "size")
@@ -58,7 +58,7 @@ class Refused:
 def decode_request(request: dict[str, np.ndarray]) -> list[Union[np.ndarray, Refused]]:
     """The frames of one request (its batch dimension first), each decoded or refused."""
     if "image" in request:
-        return [_decoded(decode_image, item) for item in np.asarray(request["image"]).reshape(-1)]
+        return [_decoded(decode_image_input, item) for item in np.asarray(request["image"]).reshape(-1)]
     if "frame" not in request or "size" not in request:
         # Triton hands over only the inputs a request has: its rows are the frames to answer.
         count = max([len(np.asarray(v)) for v in request.values()] or [1])
@@ -78,13 +78,11 @@ def _decoded(decode: Callable[..., np.ndarray], *args: Any) -> Union[np.ndarray,
         return Refused(first_line(exc))
 
 
-def decode_image(data: Any) -> np.ndarray:
-    cv2 = opencv()  # quiet, and with the project's decoded-pixel limit
+def decode_image_input(data: Any) -> np.ndarray:
+    """The ``image`` input's bytes -> the image as sent (gray, alpha and 16-bit
+    kept; the Pipeline judges them), or one error (:func:`.sources.decode_image`)."""
     raw = np.frombuffer(_bytes(data), dtype=np.uint8)
-    try:
-        image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-    except cv2.error:
-        image = None
+    image = decode_image(raw, as_sent=True)
     if image is None:
         raise PatchGuardError(f"'image' is not an image OpenCV can decode ({raw.size} bytes)")
     return image

@@ -130,13 +130,18 @@ def read_image(path: PathText) -> Optional[np.ndarray]:
     return decode_image(data)
 
 
-def decode_image(data: np.ndarray) -> Optional[np.ndarray]:
-    """The bytes of an image file (uint8 (n,)) -> uint8 BGR (H, W, 3), or None when corrupt."""
-    cv2 = opencv()
+def decode_image(data: np.ndarray, as_sent: bool = False) -> Optional[np.ndarray]:
+    """The bytes of an image file (uint8 (n,)) -> uint8 BGR (H, W, 3), or None when corrupt.
+
+    The one image decoder. ``as_sent``: keep the file's own layout and depth
+    instead (gray (H, W), BGRA, 16-bit: ``IMREAD_UNCHANGED``), for callers
+    that judge those themselves (pg-serve's ``image`` input).
+    """
+    cv2 = opencv()  # quiet, and with the project's decoded-pixel limit
     if data.size == 0:
         return None
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED if as_sent else cv2.IMREAD_COLOR)
     except cv2.error:
         return None
     return image if image is not None and image.size else None

@@ -10,7 +10,7 @@ import pytest
 from patchguard.runtime.camera import open_camera
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.metadata import ModelRecord
-from patchguard.runtime.sources import list_images, open_source, read_image, read_image_folder
+from patchguard.runtime.sources import decode_image, list_images, open_source, read_image, read_image_folder
 
 cv2 = pytest.importorskip("cv2")
 
@@ -72,6 +72,18 @@ def test_read_image_returns_bgr_or_none(image_folder: Path, tmp_path: Path) -> N
     assert read_image(tmp_path / "missing.png") is None
     (tmp_path / "empty.png").write_bytes(b"")
     assert read_image(tmp_path / "empty.png") is None
+
+
+def test_decode_image_as_sent_keeps_gray_alpha_and_16_bit() -> None:
+    import cv2
+
+    for image in (np.full((4, 5), 200, np.uint8), np.full((4, 5, 4), 9, np.uint8), np.full((4, 5), 4000, np.uint16)):
+        data = np.frombuffer(cv2.imencode(".png", image)[1].tobytes(), dtype=np.uint8)
+        sent = decode_image(data, as_sent=True)
+        assert sent is not None and sent.dtype == image.dtype and np.array_equal(sent, image)
+        color = decode_image(data)
+        assert color is not None and color.dtype == np.uint8 and color.shape == (4, 5, 3)
+    assert decode_image(np.frombuffer(b"not a png", dtype=np.uint8), as_sent=True) is None
 
 
 def test_folder_source_skips_corrupt_with_one_warning(image_folder: Path,

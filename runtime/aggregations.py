@@ -24,7 +24,7 @@ import numpy as np
 
 from .geometry import IntOrPair, Pair
 from .grid import scores_to_grid
-from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, finite_maps, integral
+from .masking import NO_LABEL, batch_slices, box_sums, check_labels, check_logits, check_window, finite_maps, integral
 
 
 def cbn_scores(u: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def cbn_predict(local_logits: np.ndarray) -> np.ndarray:
     u = check_logits(local_logits)
     out = np.empty(u.shape[0], dtype=np.int64)
     with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
+        for part in batch_slices(u):
             out[part] = cbn_grid(u[part])[0].sum(axis=(1, 2)).argmax(axis=1)
     return np.where(finite_maps(u), out, NO_LABEL)
 
@@ -70,7 +70,7 @@ def cbn_certify(
     u, (a, b), y = _certify_inputs(local_logits, window, labels, cbn_predict)
     certified = np.zeros(u.shape[0], dtype=bool)
     with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
+        for part in batch_slices(u):
             ys = np.maximum(y[part], 0)
             scores, unit = cbn_grid(u[part])
             table = integral(scores)
@@ -109,7 +109,7 @@ def vote_certify(
     """
     u, (a, b), y = _certify_inputs(local_logits, window, labels, vote_predict)
     certified = np.zeros(u.shape[0], dtype=bool)
-    for part in chunks(u):
+    for part in batch_slices(u):
         votes = cell_votes(u[part])
         ys = np.maximum(y[part], 0)
         present, compact = np.unique(np.concatenate([ys, votes.ravel()]), return_inverse=True)

@@ -44,12 +44,12 @@ from .grid import beats, exceeds_fraction
 from .masking import (
     NO_LABEL,
     MaskEvidence,
+    batch_slices,
     box_sums,
     check_labels,
     check_logits,
     check_params,
     check_window,
-    chunks,
     class_max,
     containing_max,
     each_chunk,
@@ -255,7 +255,7 @@ def certify_batch(
     index = np.full(u.shape[0], -1, dtype=np.int64)
     found: list[Optional[tuple[int, int, int]]] = []
     with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
+        for part in batch_slices(u):
             evidence = MaskEvidence(u[part], window, thres, clip, wrap)
             if labels is None:
                 out_labels[part] = evidence.predictions()

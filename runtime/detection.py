@@ -34,7 +34,16 @@ import numpy as np
 from .errors import PatchGuardError
 from .geometry import IntOrPair
 from .grid import Grid, grid_for
-from .masking import NO_LABEL, box_sums, check_labels, check_logits, check_window, chunks, clipped_integral, finite_maps
+from .masking import (
+    NO_LABEL,
+    batch_slices,
+    box_sums,
+    check_labels,
+    check_logits,
+    check_window,
+    clipped_integral,
+    finite_maps,
+)
 
 # Above this many classes, alerts screen windows before their softmax (cheaper than it for few).
 _SCREEN_CLASSES = 32
@@ -172,7 +181,7 @@ def detect(local_logits: np.ndarray, window: IntOrPair, *, tau: float = DEFAULT_
     tau = check_tau(tau)
     labels = np.empty(u.shape[0], dtype=np.int64)
     alerts = np.empty(u.shape[0], dtype=bool)
-    for part in chunks(u):
+    for part in batch_slices(u):
         readout = WindowReadout.of(u[part], (a, b))
         labels[part], alerts[part] = readout.labels, readout.alerts(tau)
     return Detection(labels, alerts)
@@ -192,7 +201,7 @@ def certify_detection(
     tau = check_tau(tau)
     y = check_labels(labels, u.shape[0], u.shape[3])
     out = np.zeros(u.shape[0], dtype=bool)
-    for part in chunks(u):
+    for part in batch_slices(u):
         readout = WindowReadout.of(u[part], (a, b))
         ys = readout.labels if y is None else y[part]
         out[part] = readout.certified(np.maximum(ys, 0), tau) & (ys >= 0)

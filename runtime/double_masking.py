@@ -40,12 +40,21 @@ import numpy as np
 from .errors import PatchGuardError
 from .geometry import IntOrPair, MaskGrid, mask_grid
 from .grid import Grid, grid_for
-from .masking import NO_LABEL, check_labels, check_logits, check_params, check_window, clipped_integral, finite_maps
+from .masking import (
+    NO_LABEL,
+    batch_slices,
+    check_labels,
+    check_logits,
+    check_params,
+    check_window,
+    clipped_integral,
+    finite_maps,
+)
 
 #: PatchCleanser's default: 6 masks per axis (36 masks, 666 pairs).
 DEFAULT_MASKS_PER_AXIS = 6
 # Two-mask scores (B * M * M * C elements) computed per chunk.
-_CHUNK_ELEMENTS = 1 << 20
+_PAIR_ELEMENTS = 1 << 20
 
 
 def _intervals(starts: tuple[int, ...], side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,10 +172,9 @@ class DoubleMaskEvidence:
         return self.grid.to_logits(self.scores[rows, index, index])
 
 
-def _chunks(u: np.ndarray, masks: MaskGrid) -> list[slice]:
-    per_map = masks.count * masks.count * u.shape[3]
-    step = max(1, _CHUNK_ELEMENTS // per_map)
-    return [slice(i, min(i + step, u.shape[0])) for i in range(0, u.shape[0], step)]
+def pair_slices(u: np.ndarray, masks: MaskGrid) -> list[slice]:
+    """Slices of u's batch whose two-mask scores (M * M * C per map) fit one chunk."""
+    return batch_slices(u, masks.count * masks.count * u.shape[3], _PAIR_ELEMENTS)
 
 
 def _prepare(local_logits: np.ndarray, patch_window: IntOrPair, masks_per_axis: IntOrPair,
@@ -181,7 +189,7 @@ def _prepare(local_logits: np.ndarray, patch_window: IntOrPair, masks_per_axis: 
     except PatchGuardError as exc:
         raise PatchGuardError(f"double masking: {exc}") from None
     y = check_labels(labels, u.shape[0], u.shape[3])
-    parts = ((part, DoubleMaskEvidence.of(u[part], masks, clip)) for part in _chunks(u, masks))
+    parts = ((part, DoubleMaskEvidence.of(u[part], masks, clip)) for part in pair_slices(u, masks))
     return u, y, parts
 
 

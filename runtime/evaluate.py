@@ -40,7 +40,16 @@ from .detection import WindowReadout, check_tau
 from .double_masking import DEFAULT_MASKS_PER_AXIS, double_masking_certified
 from .errors import PatchGuardError
 from .geometry import IntOrPair, as_pair, check_fits, size_text, window_shape
-from .masking import MaskEvidence, check_labels, check_logits, check_params, chunks, clipped, each_chunk, finite_maps
+from .masking import (
+    MaskEvidence,
+    batch_slices,
+    check_labels,
+    check_logits,
+    check_params,
+    clipped,
+    each_chunk,
+    finite_maps,
+)
 from .readouts import masked_scores
 from .topk import check_top_k
 
@@ -183,7 +192,7 @@ def _detection(u: np.ndarray, y: np.ndarray, window: tuple[int, int],
     correct = np.zeros(u.shape[0], dtype=bool)
     certified = np.zeros((len(taus), u.shape[0]), dtype=bool)
     alerts = np.zeros((len(taus), u.shape[0]), dtype=bool)
-    for part in chunks(u):
+    for part in batch_slices(u):
         readout = WindowReadout.of(u[part], window)
         correct[part] = readout.labels == y[part]
         for i, tau in enumerate(taus):

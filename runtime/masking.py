@@ -125,10 +125,12 @@ def finite_maps(u: np.ndarray) -> np.ndarray:
     return np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1))
 
 
-def chunks(u: np.ndarray) -> list[slice]:
-    """Batch slices small enough that float64 temporaries stay cache-sized."""
-    per_map = max(1, math.prod(u.shape[1:]))
-    step = max(1, _CHUNK_ELEMENTS // per_map)
+def batch_slices(u: np.ndarray, per_map: Optional[int] = None, budget: int = _CHUNK_ELEMENTS) -> list[slice]:
+    """Slices of u's batch (axis 0) small enough that the float64 temporaries
+    of ``per_map`` elements per map (default: the map's own H W C) stay within
+    ``budget`` elements, cache-sized."""
+    per_map = max(1, math.prod(u.shape[1:]) if per_map is None else per_map)
+    step = max(1, budget // per_map)
     return [slice(i, min(i + step, u.shape[0])) for i in range(0, u.shape[0], step)]
 
 
@@ -465,7 +467,7 @@ def robust_masking(
     grid = grid_for(u.shape, clip)
     evidence = np.empty((u.shape[0], u.shape[3]), dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
+        for part in batch_slices(u):
             evidence[part] = _evidence(clipped_integral(u[part], grid), a, b, thres, wrap)
     finite = finite_maps(u)
     predictions = np.where(finite, evidence.argmax(axis=1), NO_LABEL)
@@ -479,7 +481,7 @@ def each_chunk(
     figure: Callable[["MaskEvidence", slice], np.ndarray], dtype: npt.DTypeLike, wrap: bool = False,
 ) -> np.ndarray:
     """``figure(evidence, part)``, one value per map, for checked maps u (B, H,
-    W, C): one :class:`MaskEvidence` per chunk (:func:`chunks`), so its window
+    W, C): one :class:`MaskEvidence` per chunk (:func:`batch_slices`), so its window
     sums serve whatever the figure asks of that chunk; a (B,) array of ``dtype``.
 
     The one loop of the masking entry points (:func:`.defenses.predict` and
@@ -487,7 +489,7 @@ def each_chunk(
     """
     out = np.zeros(u.shape[0], dtype=dtype)
     with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
+        for part in batch_slices(u):
             out[part] = figure(MaskEvidence(u[part], mask, thres, clip, wrap), part)
     return out
 

@@ -192,11 +192,11 @@ def mask_readouts(u: np.ndarray, window: Pair, settings: FrameSettings, thres: f
                   clip: Optional[float], labels: np.ndarray) -> Readouts:
     """Readouts (B maps) of robust masking with the mask ``window``, given its
     predictions ``labels`` (B,) for u (B, H, W, C)."""
-    from .masking import chunks
+    from .masking import batch_slices
 
     parts = []
     with np.errstate(invalid="ignore", over="ignore"):
-        for part in chunks(u):
+        for part in batch_slices(u):
             evidence = MaskEvidence(u[part], window, thres, clip)
             parts.append(read_mask(u[part], evidence, labels[part], window, settings.tau,
                                    settings.top_k))
@@ -218,12 +218,12 @@ def double_verdicts(u: np.ndarray, window: Pair, settings: FrameSettings,
                     clip: Optional[float]) -> DoubleVerdicts:
     """Feature-space double masking of u (B, H, W, C) against the patch
     ``window``, with ``settings.masks_per_axis`` masks per axis."""
-    from .double_masking import _chunks
+    from .double_masking import pair_slices
 
     masks = mask_grid(u.shape[1:3], window, settings.masks_per_axis)
     labels, certified, parts = [], [], []
     found: list[Optional[tuple[int, int, Pair]]] = []
-    for part in _chunks(u, masks):
+    for part in pair_slices(u, masks):
         evidence = DoubleMaskEvidence.of(u[part], masks, clip)
         y, deciding = evidence.decision()
         labels.append(y)

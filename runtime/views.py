@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,17 +162,12 @@ def chunk_size(view_shape: tuple[int, ...], max_batch: int | None = None) -> int
     return min(size, max_batch) if max_batch else size
 
 
-def chunks(total: int, size: int) -> Iterator[slice]:
-    for start in range(0, total, size):
-        yield slice(start, min(total, start + size))
-
-
 def score_views(score: Scorer, views: np.ndarray, max_batch: int | None = None) -> np.ndarray:
     """Logits (N, K) of views (N, C, H, W) from ``score`` (e.g. ``backend.infer``), in chunks."""
     size = chunk_size(views.shape[1:], max_batch)
     if len(views) <= size:
         return np.asarray(score(views))
-    return np.concatenate([np.asarray(score(views[part])) for part in chunks(len(views), size)])
+    return np.concatenate([np.asarray(score(views[i:i + size])) for i in range(0, len(views), size)])
 
 
 def view_labels(logits: np.ndarray) -> np.ndarray:

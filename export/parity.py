@@ -87,7 +87,7 @@ def _row(artifact: str, precision: str, backend_name: str, errors: tuple[float, 
                      agreement.certified_reference, agreement.certified_candidate)
 
 
-def compare(
+def compare_maps(
     artifact: str,
     precision: str,
     backend_name: str,
@@ -96,7 +96,8 @@ def compare(
     window: int,
     tolerance: Optional[float],
 ) -> ParityRow:
-    """One row of the report: errors and defense agreement of ``candidate`` vs ``reference``."""
+    """A report row for a local-logit model: errors and robust-masking agreement of the
+    ``candidate`` maps (N, H, W, C) vs the ``reference`` maps (:func:`compare_views` for view defenses)."""
     errors = _errors(artifact, reference, candidate)
     return _row(artifact, precision, backend_name, errors, tolerance, measure(reference, candidate, window))
 

@@ -202,8 +202,8 @@ def _parity(artifacts: list[tuple[str, str, Path]], fp32_onnx: Path, record: Mod
                                                      tolerance))
             else:
                 got = backend.infer_all(inputs, options.max_batch)
-                rows.append(parity_mod.compare(label, precision, backend.name, expected, got, window,
-                                               tolerance))
+                rows.append(parity_mod.compare_maps(label, precision, backend.name, expected, got, window,
+                                                    tolerance))
             if backend.proof is not None:  # every ONNX artifact proved at open (verify.py)
                 proofs[label] = backend.proof
     parity_mod.write_report(staging.path(artifact_names(options.name)["parity"]), rows, record,

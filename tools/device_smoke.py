@@ -216,13 +216,13 @@ def latency_ms(backend: Any, x: np.ndarray, iterations: int) -> dict[str, float]
 def measure(report: Report, step: str, open_model: Callable[[], Any], inputs: np.ndarray, reference: np.ndarray,
             row: dict[str, Any], tolerance: Optional[float], iterations: int) -> None:
     """Parity (the same comparison as pg-export's report) and latency of one backend."""
-    from patchguard.export.parity import compare, parity_window
+    from patchguard.export.parity import compare_maps, parity_window
 
     def run() -> str:
         with open_model() as backend:
             got = backend.infer_all(inputs, 8)
-            result = compare(row["artifact"], row["precision"], row["backend"], reference, got,
-                             parity_window(backend.record), tolerance)
+            result = compare_maps(row["artifact"], row["precision"], row["backend"], reference, got,
+                                  parity_window(backend.record), tolerance)
             row.update(provider=backend.provider, max_rel=result.max_rel, tolerance=tolerance,
                        masking_agreement=result.prediction_agreement,
                        certificate_agreement=result.certificate_agreement, **latency_ms(backend, inputs, iterations))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from patchguard.export.agreement import MAX_CERTIFIED_DROP, MIN_AGREEMENT, Agreement, measure
-from patchguard.export.parity import compare
+from patchguard.export.parity import compare_maps
 from patchguard.export.pipeline import parity_drift
 from patchguard.runtime import certify, robust_masking
 from patchguard.runtime.errors import PatchGuardError
@@ -58,12 +58,12 @@ def test_parity_rows_carry_the_measures_and_the_gate_reads_them() -> None:
     reference = rng.normal(size=(16, 6, 6, 3)).astype(np.float32)
     candidate = reference.copy()
     candidate[:4] = np.roll(reference[:4], 1, axis=-1)  # classes shifted: a quarter decided otherwise
-    row = compare("m.int8.onnx", "int8", "onnxruntime", reference, candidate, 2, None)
+    row = compare_maps("m.int8.onnx", "int8", "onnxruntime", reference, candidate, 2, None)
     assert row.agreement == measure(reference, candidate, 2)
-    exact = compare("m.onnx", "fp32", "onnxruntime", reference, reference, 2, 1e-4)
+    exact = compare_maps("m.onnx", "fp32", "onnxruntime", reference, reference, 2, 1e-4)
     assert exact.within_tolerance and exact.prediction_agreement == 1.0
     assert row.prediction_agreement == 0.75
     drift = parity_drift([exact, row], "the fp32 ONNX")
     assert len(drift) == 1 and drift[0].startswith("m.int8.onnx agrees with the fp32 ONNX on 75.0%")
     # fp32 rows are judged by their tolerance, never by the decision bars.
-    assert parity_drift([compare("m.onnx", "fp32", "x", reference, candidate, 2, None)]) == []
+    assert parity_drift([compare_maps("m.onnx", "fp32", "x", reference, candidate, 2, None)]) == []

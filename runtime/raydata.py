@@ -116,9 +116,11 @@ class Certifier:
         from .evaluate import per_image
         from .preprocess import normalize
 
-        # One backend call per chunk: the single-process path's calls.
-        u = np.concatenate([np.asarray(self.backend.infer(normalize(images[chunks == c], self.backend.record)),
-                                       dtype=np.float32) for c in np.unique(chunks)])
+        # One backend call per chunk, the single-process path's calls: the items of the one
+        # batched path are the chunks of this batch (rows sorted by chunk), one per call.
+        record = self.backend.record
+        parts = [images[chunks == c] for c in np.unique(chunks)]
+        u = self.backend.infer_all(parts, 1, prepare=lambda part: normalize(part[0], record))
         out.update(per_image(u, labels, self.sizes, self.options))
         if self.keep_logits:
             out["logits"] = u

@@ -7,7 +7,8 @@ response per request. The wire format (one place, shared by the server, the
 client helpers below, ``examples/triton_client.py`` and the benchmark):
 
 inputs (each BYTES, shape [1] per frame; give ``image`` or ``frame`` + ``size``):
-  ``image``  an encoded image (PNG, JPEG, ...), decoded with OpenCV (BGR);
+  ``image``  an encoded image (PNG, JPEG, ...), decoded with OpenCV as sent (colour in BGR order;
+             gray, alpha and 16-bit kept for the Pipeline to take or refuse);
   ``frame``  a raw uint8 frame, row-major, channels last (in the server's
              ``--color`` order); ``size`` INT64 [3]: height, width, channels
              (channels 1 for gray).

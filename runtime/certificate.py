@@ -429,8 +429,14 @@ def _candidates(evidence: MaskEvidence, y: np.ndarray, floor: np.ndarray) -> int
     prunes.
     """
     reach = (1.0 - evidence.thres) * floor
-    reach = reach - np.abs(reach) * 1e-9 - 1.0
-    candidate = evidence.totals >= reach[:, None]
+    return reaching(evidence, y, reach - np.abs(reach) * 1e-9 - 1.0)
+
+
+def reaching(evidence: MaskEvidence, y: np.ndarray, least: np.ndarray) -> int:
+    """How many classes c != y (the most over the maps) have a total (over-estimated)
+    of at least ``least`` (B,): ranked by total, they are a prefix of the ranking
+    once y is skipped, so bounding that many best-ranked classes covers them."""
+    candidate = evidence.totals >= least[:, None]
     candidate[np.arange(y.shape[0]), y] = False
     return int(candidate.sum(axis=1).max(initial=0))
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .certificate import _decide, _exact_lower, _label_side, _rival_gaps, per_map
+from .certificate import _decide, _exact_lower, _label_side, _rival_gaps, per_map, reaching
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
 from .masking import MaskEvidence, spatial_max
@@ -58,9 +58,7 @@ def _kth_gap(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.n
     index, exact, windows = evidence.ranked(k + 1)
     floor = np.where(index == y[:, None], -np.inf, exact - spatial_max(windows))
     least = np.partition(floor, floor.shape[1] - k, axis=1)[:, floor.shape[1] - k]
-    reach = evidence.totals >= least[:, None]
-    reach[np.arange(batch), y] = False
-    count = max(int(reach.sum(axis=1).max(initial=0)), k)
+    count = max(reaching(evidence, y, least), k)
     return _rival_gaps(evidence, y, min(count, classes - 1), patch, k)
 
 

@@ -516,6 +516,7 @@ class MaskEvidence:
         self.index = self.exact = self.windows = np.empty(0)
         self._label: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
         self._table: Optional[np.ndarray] = None  # integral image of the ``index`` classes
+        self._largest: Optional[np.ndarray] = None  # M_c of the ``index`` classes, once asked for
         batch, classes = u.shape[0], u.shape[3]
         if classes <= _WHOLE_CLASSES:
             self._table = clipped_integral(u, self.grid)
@@ -548,6 +549,8 @@ class MaskEvidence:
                 self.index[maps], self.exact[maps], self.windows[maps])
         if self._table is not None:
             part._table = self._table[maps]
+        if self._largest is not None:
+            part._largest = self._largest[maps]
         if self._label is not None:
             part._label = tuple(x[maps] for x in self._label)
         return part
@@ -568,8 +571,15 @@ class MaskEvidence:
                 index = _every_class(batch, classes)
             self.index, self._table = index, table
             self.exact, self.windows = table[:, -1, -1], box_sums(table, *self.mask, self.wrap)
-            self.known = k
+            self.known, self._largest = k, None
         return self.index, self.exact, self.windows
+
+    def largest(self) -> np.ndarray:
+        """``M_c`` (B, K): each summed class's (``index``) largest mask window sum,
+        computed once for the sums :meth:`ranked` last returned."""
+        if self._largest is None:
+            self._largest = spatial_max(self.windows)
+        return self._largest
 
     def label(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Integral image (B, H + 1, W + 1) and mask window sums of v[..., y], y (B,)."""
@@ -614,8 +624,8 @@ class MaskEvidence:
         classes = self.totals.shape[1]
         k = _FIRST_CLASSES
         while True:
-            index, exact, windows = self.ranked(k)
-            evidence = evidence_from(exact, spatial_max(windows), self.thres)
+            index, exact, _ = self.ranked(k)
+            evidence = evidence_from(exact, self.largest(), self.thres)
             best = evidence.max(axis=1)
             # Ranked by total, the classes with S_c >= best are a prefix of `order`.
             k = int((self.totals >= best[:, None]).sum(axis=1).max(initial=0))

@@ -34,7 +34,7 @@ from .detection import DEFAULT_TAU, WindowReadout, check_tau, softmax
 from .double_masking import DEFAULT_MASKS_PER_AXIS, DoubleMaskEvidence
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair, as_pair, mask_grid
-from .masking import MaskEvidence, evidence_from, spatial_max
+from .masking import MaskEvidence, evidence_from
 from .topk import check_top_k, top_k_certified, top_k_margins
 
 #: Defenses a frame pipeline runs on the local logits.
@@ -134,8 +134,8 @@ def masked_scores(evidence: MaskEvidence) -> np.ndarray:
     """Robust-masking evidence of every class (B, C), in class order, exact
     grid units (``evidence.grid.to_logits`` for logits)."""
     classes = evidence.totals.shape[1]
-    _, exact, windows = evidence.ranked(classes)
-    return evidence_from(exact, spatial_max(windows), evidence.thres)
+    _, exact, _ = evidence.ranked(classes)
+    return evidence_from(exact, evidence.largest(), evidence.thres)
 
 
 def _finish(u: np.ndarray, labels: np.ndarray, scores: np.ndarray, margin: np.ndarray,

@@ -25,7 +25,7 @@ import numpy as np
 from .certificate import _decide, _exact_lower, _label_side, _rival_gaps, per_map, reaching
 from .errors import PatchGuardError
 from .geometry import IntOrPair, Pair
-from .masking import MaskEvidence, spatial_max
+from .masking import MaskEvidence
 
 # Up to this many classes the k-th rival gap bounds every class (no pruning).
 _ALL_CLASSES = 32
@@ -55,8 +55,8 @@ def _kth_gap(evidence: MaskEvidence, y: np.ndarray, patch: Pair, k: int) -> np.n
         return np.full((batch, height - patch[0] + 1, width - patch[1] + 1), -np.inf)
     if classes <= _ALL_CLASSES:  # bounding them all costs less than choosing
         return _rival_gaps(evidence, y, classes - 1, patch, k)
-    index, exact, windows = evidence.ranked(k + 1)
-    floor = np.where(index == y[:, None], -np.inf, exact - spatial_max(windows))
+    index, exact, _ = evidence.ranked(k + 1)
+    floor = np.where(index == y[:, None], -np.inf, exact - evidence.largest())
     least = np.partition(floor, floor.shape[1] - k, axis=1)[:, floor.shape[1] - k]
     count = max(reaching(evidence, y, least), k)
     return _rival_gaps(evidence, y, min(count, classes - 1), patch, k)

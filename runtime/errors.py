@@ -44,6 +44,12 @@ class MissingDependencyError(PatchGuardError):
     """An optional dependency (a pip extra) is not installed."""
 
 
+class InferenceError(PatchGuardError):
+    """The model failed to run on a batch the caller gave it correctly (the runtime's
+    own error, a closed backend, outputs that do not match the record): a fault of
+    the model or the machine, not of the frames in that batch."""
+
+
 class OutputError(PatchGuardError):
     """An output could not be written (disk full, I/O error, a closed pipe)."""
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import PatchGuardError, first_line, lazy_import
+from .errors import InferenceError, PatchGuardError, first_line, lazy_import
 from .sources import decode_image
 
 MODEL_NAME = "patchguard"
@@ -139,15 +139,20 @@ def infer_requests(pipeline: Any, requests: Sequence[dict[str, np.ndarray]]) -> 
 def _run(pipeline: Any, frames: list[np.ndarray]) -> list[Any]:
     """FrameResults of ``frames`` in one batch; when the batch is refused (a frame too
     small for the patch, samples that are not uint8, ...), frame by frame, so only the
-    frames at fault are refused. Other exceptions (the backend failing) fail the batch."""
+    frames at fault are refused. The model failing (:class:`~.errors.InferenceError`)
+    and other exceptions fail the batch: no frame of it is at fault."""
     try:
         return list(pipeline.run_batch(frames))
+    except InferenceError:
+        raise
     except PatchGuardError:
         pass
     out: list[Any] = []
     for frame in frames:
         try:
             out.extend(pipeline.run_batch([frame]))
+        except InferenceError:
+            raise
         except PatchGuardError as exc:
             out.append(Refused(first_line(exc)))
     return out

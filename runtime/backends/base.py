@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import MissingDependencyError, PatchGuardError
+from ..errors import InferenceError, MissingDependencyError, PatchGuardError
 from ..metadata import ModelRecord
 from ..verify import ProvedGeometry, VerificationError
 
@@ -135,21 +135,23 @@ class Backend(abc.ABC):
         with self._lock if self.serial else contextlib.nullcontext():
             # Checked under the lock: a close() on another thread cannot slip in between.
             if self._closed:
-                raise PatchGuardError(f"{self.path.name}: backend is closed")
+                raise InferenceError(f"{self.path.name}: backend is closed")
             # Engines have a largest batch (their optimisation profile); larger ones run in chunks.
             try:
                 parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
-            except PatchGuardError:
+            except InferenceError:
                 raise
+            except PatchGuardError as exc:  # a backend's own one-line error (CUDA's, ...)
+                raise InferenceError(str(exc)) from None
             except Exception as exc:  # onnxruntime's / TensorRT's own errors: one line, file and cause
                 text = str(exc).strip()
                 cause = text.splitlines()[0] if text else type(exc).__name__
-                raise PatchGuardError(f"{self.path.name}: {self.name} failed on a batch of "
-                                      f"{len(batch)}: {cause}") from None
+                raise InferenceError(f"{self.path.name}: {self.name} failed on a batch of "
+                                     f"{len(batch)}: {cause}") from None
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         expected = (batch.shape[0], *self.record.output_shape)
         if tuple(out.shape) != expected:
-            raise PatchGuardError(self._map_mismatch(out.shape[1:]))
+            raise InferenceError(self._map_mismatch(out.shape[1:]))
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
     def infer_all(

@@ -139,6 +139,22 @@ def test_a_bad_frame_gets_its_own_error_row_and_the_batch_its_results(default_on
             assert row["label"][0] == result["label"] and row["certified"][0] == result["certified"]
 
 
+def test_a_failing_model_fails_the_batch_rather_than_refusing_its_frames(default_onnx: Path) -> None:
+    """The model failing (here: its backend closed under the server) is no fault of the
+    frames: the batch fails as a whole (Triton answers every client with an error) instead
+    of every good frame coming back as a refused one."""
+    from patchguard.runtime.errors import InferenceError
+    from patchguard.runtime.pipeline import Pipeline
+
+    frame = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
+    request = {"frame": np.array([[frame.tobytes()]], dtype=object), "size": np.array([[56, 56, 3]], dtype=np.int64)}
+    with Pipeline.from_engine(default_onnx) as pipeline:
+        assert infer_requests(pipeline, [request])[0]["label"][0] >= 0
+        pipeline.backend.close()
+        with pytest.raises(InferenceError, match="backend is closed"):
+            infer_requests(pipeline, [request, request])
+
+
 def test_python_library_folder_is_put_on_the_loader_path() -> None:
     import sysconfig
 

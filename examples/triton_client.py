@@ -25,11 +25,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model-name", default="patchguard", help="pg-serve's --model-name (default: %(default)s).")
     args = parser.parse_args(argv)
 
-    import tritonclient.http as http
-    from tritonclient.utils import InferenceServerException
-
-    from patchguard.runtime.errors import PatchGuardError
+    from patchguard.runtime.errors import PatchGuardError, first_line, lazy_import
     from patchguard.runtime.serving import client_inputs, client_outputs, response_dict
+
+    try:
+        http = lazy_import("tritonclient.http", "serve")
+        InferenceServerException = lazy_import("tritonclient.utils", "serve").InferenceServerException
+    except PatchGuardError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
 
     client = http.InferenceServerClient(args.url)
     failed = False
@@ -38,8 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             inputs = client_inputs(http, image=Path(path).read_bytes())
             result = response_dict(client.infer(args.model_name, inputs, outputs=client_outputs(http)))
         except (OSError, PatchGuardError, InferenceServerException) as error:
-            print(f"Error: {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-                  file=sys.stderr)
+            print(f"Error: {path}: {first_line(error)}", file=sys.stderr)
             failed = True
             continue
         shown = ("label", "class_name", "certified", "certified_patch_px", "masked_box")

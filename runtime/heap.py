@@ -10,14 +10,13 @@ readouts at 1000 classes. Raising glibc's mmap threshold to its maximum
 in the heap, where the next frame reuses them; the resident size then stays
 at its peak instead of shrinking between frames.
 
-``pg-run`` and ``pg-bench`` call :func:`keep_freed_memory` at start; a robot
-node using the Python API may call it once. Where malloc is not glibc's
+``pg-run``, ``pg-bench`` and ``pg-serve`` call :func:`keep_freed_memory` at
+start; a robot node using the Python API may call it once. Where malloc is not glibc's
 (musl, macOS, Windows) it changes nothing and returns False.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -30,9 +29,9 @@ KEEP_BYTES = 128 << 20
 
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds; True when glibc took both."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # no C library by that name, or no mallopt in it
+    try:  # the process's own symbols: glibc's mallopt where malloc is glibc's
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # no such symbol; Windows takes no None
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

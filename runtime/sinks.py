@@ -155,7 +155,8 @@ class VideoSink:
         self._writer: Any = None
         self._size: Optional[tuple[int, int]] = None
         self.frames = 0  # frames handed to the writer
-        self._room = 0   # free bytes the disk must keep: two raw frames
+        self._room = 0   # free bytes the disk must keep: two raw frames (set at the first)
+        self._reserve = os.geteuid() == 0  # root may write into the blocks reserved for it
 
     def write(self, item: StreamItem) -> None:
         cv2 = opencv()
@@ -164,6 +165,7 @@ class VideoSink:
             # Same suffix as the target: OpenCV picks the container from it.
             self._tmp = temp_beside(self.path, f".part{self.path.suffix}")
             self._size = (canvas.shape[1], canvas.shape[0])
+            self._room = 2 * canvas.nbytes  # every frame is written at this size; encoded ones are smaller
             fourcc = cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
             if not self._writer.isOpened():
@@ -174,7 +176,6 @@ class VideoSink:
             canvas = cv2.resize(canvas, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(canvas)
         self.frames += 1
-        self._room = 2 * canvas.nbytes  # an encoded frame is smaller than the raw one
         free = self._free_bytes()
         if free < self._room:
             self._fail(f"no space left on device ({free // 1024} KiB free after {self.frames} frames)")
@@ -182,7 +183,7 @@ class VideoSink:
     def _free_bytes(self) -> int:
         """Bytes this process may still write on the video's disk (root may use the reserve)."""
         stat = os.statvfs(self.path.parent)
-        return stat.f_frsize * (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail)
+        return stat.f_frsize * (stat.f_bfree if self._reserve else stat.f_bavail)
 
     def _fail(self, why: str) -> None:
         if self._writer is not None:
@@ -215,7 +216,7 @@ class VideoSink:
 
     def _frames_held(self) -> int:
         cv2 = opencv()
-        capture = cv2.VideoCapture(str(self._tmp or self.path))
+        capture = cv2.VideoCapture(str(self._tmp))
         try:
             return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
         finally:

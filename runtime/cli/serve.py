@@ -59,8 +59,11 @@ def main(model: str, max_batch: int, http_port: int, grpc_port: int, metrics_por
         if not 0 < port < 65536:
             raise PatchGuardError(f"{flag} must be a port number (1-65535), got {port}")
     lazy_import("pytriton.triton", "serve")  # before loading the model
+    from ..heap import keep_freed_memory
     from ..pipeline import Pipeline
     from ..serving import serve
+
+    keep_freed_memory()  # as pg-run: every batch reuses the last one's memory (glibc)
 
     with Pipeline.from_engine(model, patch_size=patch_size, patch_frac=patch_frac, provider=provider,
                               color=color.lower()) as pipeline:

@@ -41,12 +41,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from .errors import PatchGuardError, lazy_import
+from .errors import PatchGuardError, first_line, lazy_import
 
 
 def _read_chunks(labelled: Any, chunk: int, first: int, last: int) -> Iterator[Any]:
@@ -153,6 +154,40 @@ def start_ray(ray: Any, address: Optional[str], num_cpus: int) -> None:
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _one_line_logs(name: str) -> Iterator[None]:
+    """Ray Data logs a failed task's traceback on the console before the driver
+    sees the error; while ``name``'s console handlers carry this filter they print
+    the log line alone (the error itself becomes one ``Error:`` line; Ray's log
+    file keeps the traceback)."""
+    screen = _NoTraceback()
+    handlers = [h for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+    for handler in handlers:
+        handler.addFilter(screen)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(screen)
+
+
+def task_error(exc: BaseException) -> str:
+    """The one line a failed Ray task's error stands for. Ray Data hands the driver
+    its own exception whose text holds the task's traceback (the task's exception
+    object does not travel): our own error's line when it is there (a bad label,
+    an unreadable cell), else the first line of Ray's."""
+    ours = [line.split(": ", 1)[1] for line in str(exc).splitlines()
+            if line.startswith("patchguard.runtime.errors.") and ": " in line]
+    return ours[-1] if ours else f"the Ray run failed: {first_line(exc)}"
+
+
 def _reap(pids: set[int], grace: float = 5.0) -> None:
     """End the actors of the local Ray instance we started that outlive its shutdown.
 
@@ -215,7 +250,11 @@ def certify_with_ray(labelled: Any, model: str, sizes: list[Any], options: Any, 
                                    "allow_unverified": allow_unverified, "sizes": list(sizes),
                                    "options": options, "keep_logits": keep_logits},
             num_cpus=per_actor, **_retry_forever(ray))
-        parts = [part for part in out.iter_batches(batch_size=None, batch_format="numpy")]
+        try:
+            with _one_line_logs("ray.data"):
+                parts = [part for part in out.iter_batches(batch_size=None, batch_format="numpy")]
+        except ray.exceptions.RayError as exc:
+            raise PatchGuardError(task_error(exc)) from None
         pids.update(int(pid) for part in parts for pid in np.unique(part["pid"]))
     finally:
         if started_here:

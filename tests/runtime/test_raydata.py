@@ -209,3 +209,25 @@ def test_ray_is_refused_in_logits_mode(tmp_path: Path) -> None:
     done = subprocess.run([*PG_CERTIFY, "--logits", str(tmp_path / "u.npy"), "--window", "2", "--ray"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Error: --ray belongs to --model mode" in done.stderr
+
+
+def test_a_bad_table_on_ray_is_one_error_line_not_a_traceback(default_onnx: Path, tmp_path: Path) -> None:
+    """An error raised inside a Ray task (a label out of range in the actors, a cell that
+    is no image in a read task) ends pg-certify --ray as it ends the single-process run:
+    one Error: line, exit 1, and no traceback on the console."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "label99.npz", images=images, labels=np.full(20, 99))
+    pq.write_table(pa.table({"image": [b"not an image"] * 20, "label": np.zeros(20, np.int64)}),
+                   tmp_path / "cells.parquet")
+    cases = {"label99.npz": "labels must be class indices in [0, 10), got 99",
+             "cells.parquet": "an 'image' cell is not a readable image"}
+    for name, message in cases.items():
+        for extra in ([], ["--ray", "--ray-workers", "1"]):
+            done = subprocess.run([*PG_CERTIFY, "--model", str(default_onnx), "--data", str(tmp_path / name),
+                                   "--patch-size", "5", *extra], capture_output=True, text=True, timeout=300)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+            assert lines[-1].startswith("Error: ") and message in lines[-1], (name, extra, lines[-1])

@@ -11,7 +11,7 @@ into exit status 3; a corrupt image in a folder is skipped with one warning
 not images are ignored.
 
 Also the image readers the calibration, export and training stages share:
-:func:`list_images`, :func:`read_image`, :func:`read_image_folder`.
+:func:`list_images`, :func:`read_image`, :func:`list_image_folder` (read by :mod:`.datasets`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import numpy as np
 
 from .errors import PatchGuardError, first_line, lazy_import
 from .files import PathText
-from .metadata import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -145,24 +144,6 @@ def decode_image(data: np.ndarray, as_sent: bool = False) -> Optional[np.ndarray
     except cv2.error:
         return None
     return image if image is not None and image.size else None
-
-
-def read_image_folder(
-    folder: PathText, record: ModelRecord
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A class-per-sub-folder image set at model size.
-
-    Returns uint8 images (N, H, W) for 1-channel models or (N, H, W, C),
-    int64 labels (N,) indexing ``class_names`` (the sorted sub-folder names).
-    Corrupt images are skipped with one warning each.
-    """
-    from .preprocess import to_model_image
-
-    paths, labels, names = list_image_folder(folder)
-    images, kept = read_images(paths)
-    if not images:
-        raise PatchGuardError(f"no readable images in the class folders of {folder}")
-    return np.stack([to_model_image(image, record) for image in images]), labels[kept], names
 
 
 def list_image_folder(folder: PathText) -> tuple[list[Path], np.ndarray, list[str]]:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from patchguard.runtime.camera import open_camera
+from patchguard.runtime.datasets import load_labelled
 from patchguard.runtime.errors import PatchGuardError
 from patchguard.runtime.metadata import ModelRecord
-from patchguard.runtime.sources import decode_image, list_images, open_source, read_image, read_image_folder
+from patchguard.runtime.sources import decode_image, list_images, open_source, read_image
 
 cv2 = pytest.importorskip("cv2")
 
@@ -160,15 +161,16 @@ def test_gstreamer_pipeline_needs_gstreamer_opencv() -> None:
         open_source("videotestsrc num-buffers=3 ! videoconvert ! appsink")
 
 
-def test_read_image_folder_for_training(tmp_path: Path) -> None:
+def test_a_class_folder_set_reads_at_model_size(tmp_path: Path) -> None:
     for label, name in enumerate(("cats", "dogs")):
         for i in range(3 + label):
             _png(tmp_path / "data" / name / f"{i}.png", 40 * i + label)
     _corrupt(tmp_path / "data" / "dogs" / "bad.png")
     (tmp_path / "data" / "README.txt").write_text("ignored")
-    images, labels, names = read_image_folder(tmp_path / "data", GRAY)
+    found = load_labelled(str(tmp_path / "data"), GRAY)
+    images, labels, names = found.images, found.labels, list(found.class_names)
     assert names == ["cats", "dogs"]
     assert images.shape == (7, 28, 28) and images.dtype == np.uint8
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 1] and labels.dtype == np.int64
     with pytest.raises(PatchGuardError, match="sub-folder"):
-        read_image_folder(tmp_path / "data" / "cats", GRAY)
+        load_labelled(str(tmp_path / "data" / "cats"), GRAY)

@@ -88,8 +88,8 @@ class ParquetTable:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        meta = self._file().metadata
-        names = set(self._file().schema_arrow.names)
+        opened = self._file()
+        meta, names = opened.metadata, set(opened.schema_arrow.names)
         if not {"image", "label"} <= names:
             raise PatchGuardError(f"{path} has columns {sorted(names)}; expected 'image' and 'label'")
         self.length = int(meta.num_rows)
